@@ -1,0 +1,1 @@
+//! Kelson API server.

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything Kelson's build, tests and one-machine stack need on a fresh Debian 12
+# machine. Idempotent: packages already present are not reinstalled. Run as root.
+set -euo pipefail
+
+packages=(
+  etcd-server          # the etcd storage backend and its tests
+  protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
+  ca-certificates
+  git
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# the official Python client, used by the end-to-end tests
+if ! python3 -c 'import kubernetes' 2>/dev/null; then
+  echo "setup: installing the kubernetes Python client"
+  python3 -m pip install --quiet kubernetes
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing; install Rust (rustup) first" >&2
+  exit 1
+fi
