@@ -1,1 +1,384 @@
-//! Kelson API server.
+//! Kelson's Kubernetes-compatible API server: the only component that touches storage. Real
+//! kubectl (1.27–1.33), the `kube` crate and the official Python client work against it.
+//!
+//! Start reading at [`run`] (what `kelson server` calls), then [`rest::handle`], which routes
+//! every request. Resource types live in [`registry`] (built-in kinds from [`kinds`], custom
+//! ones from [`crd`]); objects are validated against [`schema`], patched by [`patch`], and their
+//! field ownership is tracked by [`fieldset`]. [`discovery`] and [`openapi`] describe the API
+//! to clients; [`pki`], [`auth`] and [`serve`] handle TLS, identities and connections.
+
+pub mod auth;
+pub mod crd;
+pub mod discovery;
+pub mod error;
+pub mod fieldset;
+pub mod kinds;
+pub mod meta;
+pub mod metrics;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod protobuf;
+pub mod registry;
+pub mod rest;
+pub mod schema;
+pub mod selectors;
+pub mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use kelson_storage::{Embedded, EmbeddedOptions, Etcd, EtcdOptions, Storage};
+use parking_lot::RwLock;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::{Tokens, User};
+use crate::registry::{Registry, ResourceType};
+use crate::rest::objects::Objects;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Storage could not be opened.
+    #[error("failed to open storage: {0}")]
+    Storage(#[from] kelson_storage::Error),
+    /// TLS material could not be prepared.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where objects are stored.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    /// The embedded database under the data directory.
+    Embedded,
+    /// An etcd cluster.
+    Etcd {
+        /// Client URLs.
+        endpoints: Vec<String>,
+    },
+}
+
+/// Configuration of `kelson server`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Holds storage, TLS material, `kubeconfig.yaml` and `addresses.json`.
+    pub data_dir: PathBuf,
+    /// Address of the HTTPS listener (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where objects are stored.
+    pub storage: StorageConfig,
+    /// Extra names and addresses for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// How often old revisions are compacted.
+    pub compaction_interval: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory.
+    #[must_use]
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
+            storage: StorageConfig::Embedded,
+            tls_sans: Vec::new(),
+            compaction_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The shared state of the API server.
+pub struct ApiServer {
+    /// Resource types.
+    pub registry: Registry,
+    /// Object storage.
+    pub objects: Objects,
+    /// Bearer tokens.
+    pub tokens: RwLock<Tokens>,
+    /// Request metrics.
+    pub metrics: metrics::Metrics,
+    advertised: RwLock<String>,
+}
+
+impl ApiServer {
+    /// A server over `storage` with the built-in kinds.
+    #[must_use]
+    pub fn new(storage: Arc<dyn Storage>) -> Arc<Self> {
+        Arc::new(Self {
+            registry: Registry::with_builtins(),
+            objects: Objects::new(storage),
+            tokens: RwLock::new(Tokens::default()),
+            metrics: metrics::Metrics::new(),
+            advertised: RwLock::new("127.0.0.1:6443".into()),
+        })
+    }
+
+    /// The HTTP application.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let server = self.clone();
+        Router::new().fallback(move |request: http::Request<axum::body::Body>| {
+            let server = server.clone();
+            async move { rest::handle(server, request).await }
+        })
+    }
+
+    /// `host:port` clients are told to use.
+    #[must_use]
+    pub fn advertised_address(&self) -> String {
+        self.advertised.read().clone()
+    }
+
+    /// Creates what every cluster has from the start and serves stored custom resources.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn bootstrap(self: &Arc<Self>) -> Result<(), error::ApiError> {
+        let namespaces = self
+            .registry
+            .lookup("", "v1", "namespaces")
+            .expect("namespaces are built in");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if self
+                .objects
+                .try_get(&namespaces, None, name)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let mut object =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            meta::meta_mut(&mut object)
+                .insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            meta::meta_mut(&mut object).insert("creationTimestamp".into(), json!(meta::now()));
+            kinds::defaults::apply("", "Namespace", &mut object);
+            kinds::strategy::prepare_create(&namespaces, &mut object);
+            match self.objects.create(&namespaces, object).await {
+                Ok(_) => {}
+                Err(error) if error.code == 409 => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let crds = self
+            .registry
+            .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .expect("built in");
+        let page = self
+            .objects
+            .list(&crds.list_prefix(None), None, None, 0, |_| true)
+            .await?;
+        for crd in page.items {
+            crd::register(self, &crd).await;
+        }
+        Ok(())
+    }
+
+    /// Side effects of a stored write.
+    pub async fn after_write(self: &Arc<Self>, rt: &ResourceType, object: &serde_json::Value) {
+        if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
+            crd::register(self, object).await;
+        }
+    }
+
+    /// Side effects of a completed delete.
+    pub async fn after_delete(self: &Arc<Self>, rt: &ResourceType, object: &serde_json::Value) {
+        if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
+            crd::unregister(self, object).await;
+        }
+    }
+}
+
+/// What a running server exposes to its caller.
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// `https://host:port` of the API.
+    pub url: String,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Opens the configured storage.
+///
+/// # Errors
+/// When storage cannot be opened or reached.
+pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, Error> {
+    Ok(match &config.storage {
+        StorageConfig::Embedded => {
+            let path = config.data_dir.join("storage").join("state.redb");
+            let options = EmbeddedOptions::at(path);
+            Arc::new(
+                tokio::task::spawn_blocking(move || Embedded::open(options))
+                    .await
+                    .map_err(|e| Error::Io {
+                        what: "storage open task".into(),
+                        source: std::io::Error::other(e),
+                    })??,
+            )
+        }
+        StorageConfig::Etcd { endpoints } => {
+            Arc::new(Etcd::connect(EtcdOptions::new(endpoints.clone())).await?)
+        }
+    })
+}
+
+/// Runs the API server until `shutdown` fires. `started` receives the addresses once the
+/// listener is up.
+///
+/// # Errors
+/// When storage, TLS material or the listener cannot be set up.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+        "failed to create {}",
+        config.data_dir.display()
+    )))?;
+    let storage = open_storage(&config).await?;
+    let server = ApiServer::new(storage.clone());
+
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "10.96.0.1",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    if !config.listen.ip().is_unspecified() {
+        names.push(config.listen.ip().to_string());
+    }
+    names.extend(config.tls_sans.iter().cloned());
+    names.sort();
+    names.dedup();
+    let pki = pki::Pki::load_or_create(&config.data_dir, &names)?;
+    let tls = pki.server_config()?;
+
+    let token_path = config.data_dir.join("tokens.csv");
+    if !token_path.exists() {
+        let token: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        pki::write_file(
+            &token_path,
+            &format!("{token},kelson-admin,kelson-admin,\"system:masters\"\n"),
+            true,
+        )?;
+    }
+    *server.tokens.write() = Tokens::load(&token_path).map_err(io("failed to read tokens.csv"))?;
+
+    server.bootstrap().await.map_err(|e| Error::Io {
+        what: "bootstrap failed".into(),
+        source: std::io::Error::other(e.message),
+    })?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("failed to listen on {}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(io("failed to read the listener address"))?;
+    let client_host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    let url = format!("https://{client_host}:{}", local.port());
+    *server.advertised.write() = format!("{client_host}:{}", local.port());
+    let kubeconfig = config.data_dir.join("kubeconfig.yaml");
+    pki::write_file(&kubeconfig, &pki.admin_kubeconfig(&url), true)?;
+    pki::write_file(
+        &config.data_dir.join("addresses.json"),
+        &serde_json::to_string_pretty(&json!({"apiserver": url, "listen": local.to_string()}))
+            .expect("serializes"),
+        false,
+    )?;
+    info!(%url, kubeconfig = %kubeconfig.display(), "api server listening");
+    if let Some(started) = started {
+        let _ = started.send(Running { url, kubeconfig });
+    }
+    tokio::spawn(compact_periodically(
+        storage,
+        config.compaction_interval,
+        shutdown.clone(),
+    ));
+    serve::serve_tls(
+        listener,
+        tls,
+        server.router(),
+        shutdown,
+        Duration::from_secs(5),
+    )
+    .await;
+    info!("api server stopped");
+    Ok(())
+}
+
+/// Compacts history older than one interval (keeping at least 1000 revisions), as
+/// kube-apiserver does every five minutes.
+async fn compact_periodically(
+    storage: Arc<dyn Storage>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut previous: Option<i64> = None;
+    let mut compacted = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Ok(current) = storage.current_revision().await else {
+            continue;
+        };
+        if let Some(previous) = previous {
+            let target = previous.min(current - 1000);
+            if target > compacted {
+                match storage.compact(target).await {
+                    Ok(()) => compacted = target,
+                    Err(kelson_storage::Error::Compacted { .. }) => compacted = target,
+                    Err(error) => warn!(%error, "compaction failed"),
+                }
+            }
+        }
+        previous = Some(current);
+    }
+}
+
+/// The admin user of a kubeconfig (used by tests and in-process clients).
+#[must_use]
+pub fn admin_user() -> User {
+    User::new("kelson-admin", vec!["system:masters".into()])
+}

@@ -481,7 +481,11 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: Vec<WriteOp>) {
         // on failure every reply of the batch is dropped, which callers see as a failed write
-        let Applied { outcomes, versions, revision: current } = match self.apply_batch(batch) {
+        let Applied {
+            outcomes,
+            versions,
+            revision: current,
+        } = match self.apply_batch(batch) {
             Ok(applied) => applied,
             Err(error) => {
                 error!(%error, "storage commit failed");
@@ -520,10 +524,7 @@ impl Writer {
 
     /// Checks preconditions, writes the log records and commits; precondition failures are
     /// answered at once and the rest wait in the returned outcomes.
-    fn apply_batch(
-        &mut self,
-        batch: Vec<WriteOp>,
-    ) -> Result<Applied> {
+    fn apply_batch(&mut self, batch: Vec<WriteOp>) -> Result<Applied> {
         let mut revision = self.shared.index.read().current;
         let mut staged: HashMap<String, Staged> = HashMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -637,7 +638,11 @@ impl Writer {
             meta.insert(META_CURRENT, revision).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        Ok(Applied { outcomes, versions, revision })
+        Ok(Applied {
+            outcomes,
+            versions,
+            revision,
+        })
     }
 
     /// The state of `key` as this batch sees it: staged by an earlier op, else committed.

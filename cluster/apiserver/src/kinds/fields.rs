@@ -1,0 +1,100 @@
+//! Fields each kind lets clients select on (`fieldSelector`), as Kubernetes'
+//! `ToSelectableFields`/`GetAttrs` define them. Unknown fields are refused with 400.
+
+use serde_json::Value;
+
+fn at(object: &Value, pointer: &str) -> String {
+    match object.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The value of a selectable field, or `None` when the kind does not support it.
+#[must_use]
+pub fn field_value(group: &str, kind: &str, object: &Value, field: &str) -> Option<String> {
+    match field {
+        "metadata.name" => return Some(at(object, "/metadata/name")),
+        "metadata.namespace" => return Some(at(object, "/metadata/namespace")),
+        _ => {}
+    }
+    let pointer = match (group, kind, field) {
+        ("", "Pod", "spec.nodeName") => "/spec/nodeName",
+        ("", "Pod", "spec.restartPolicy") => "/spec/restartPolicy",
+        ("", "Pod", "spec.schedulerName") => "/spec/schedulerName",
+        ("", "Pod", "spec.serviceAccountName") => "/spec/serviceAccountName",
+        ("", "Pod", "spec.hostNetwork") => {
+            let host = object
+                .pointer("/spec/hostNetwork")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            return Some(host.to_string());
+        }
+        ("", "Pod", "status.phase") => "/status/phase",
+        ("", "Pod", "status.podIP") => "/status/podIP",
+        ("", "Pod", "status.nominatedNodeName") => "/status/nominatedNodeName",
+        ("", "Node", "spec.unschedulable") => {
+            let unschedulable = object
+                .pointer("/spec/unschedulable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            return Some(unschedulable.to_string());
+        }
+        ("", "Event", "involvedObject.kind") => "/involvedObject/kind",
+        ("", "Event", "involvedObject.namespace") => "/involvedObject/namespace",
+        ("", "Event", "involvedObject.name") => "/involvedObject/name",
+        ("", "Event", "involvedObject.uid") => "/involvedObject/uid",
+        ("", "Event", "involvedObject.apiVersion") => "/involvedObject/apiVersion",
+        ("", "Event", "involvedObject.resourceVersion") => "/involvedObject/resourceVersion",
+        ("", "Event", "involvedObject.fieldPath") => "/involvedObject/fieldPath",
+        ("", "Event", "reason") => "/reason",
+        ("", "Event", "reportingComponent") => "/reportingComponent",
+        ("", "Event", "source") => "/source/component",
+        ("", "Event", "type") => "/type",
+        ("events.k8s.io", "Event", "regarding.kind") => "/regarding/kind",
+        ("events.k8s.io", "Event", "regarding.name") => "/regarding/name",
+        ("events.k8s.io", "Event", "regarding.namespace") => "/regarding/namespace",
+        ("events.k8s.io", "Event", "reason") => "/reason",
+        ("events.k8s.io", "Event", "type") => "/type",
+        ("", "Namespace", "status.phase") => "/status/phase",
+        ("", "Secret", "type") => "/type",
+        ("", "ReplicationController", "status.replicas") => "/status/replicas",
+        ("apps", "ReplicaSet", "status.replicas") => "/status/replicas",
+        ("batch", "Job", "status.successful") => "/status/succeeded",
+        ("", "PersistentVolumeClaim", "spec.volumeName") => "/spec/volumeName",
+        _ => return None,
+    };
+    Some(at(object, pointer))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn pod_fields() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        assert_eq!(
+            field_value("", "Pod", &pod, "spec.nodeName").as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            field_value("", "Pod", &pod, "status.phase").as_deref(),
+            Some("Running")
+        );
+        assert_eq!(
+            field_value("", "Pod", &pod, "spec.hostNetwork").as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            field_value("", "Pod", &pod, "metadata.name").as_deref(),
+            Some("p")
+        );
+        assert_eq!(field_value("", "Pod", &pod, "spec.bogus"), None);
+        assert_eq!(field_value("", "ConfigMap", &pod, "spec.nodeName"), None);
+    }
+}

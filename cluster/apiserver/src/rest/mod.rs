@@ -1,0 +1,430 @@
+//! The Kubernetes REST API over storage: request routing, then one module per concern —
+//! [`read`] (get, list, watch, Table), [`write`] (create, update, patch, delete and the
+//! subresources), [`objects`] (storage access) and [`body`] (decoding request bodies).
+//!
+//! Start at [`handle`]: it authenticates, parses the path into a [`ResourceRequest`] the way
+//! Kubernetes' `RequestInfoFactory` does, and calls the handler for the verb.
+
+pub mod body;
+pub mod objects;
+pub mod read;
+pub mod write;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, Request, StatusCode};
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::auth::User;
+use crate::error::{ApiError, ApiResult};
+use crate::registry::ResourceType;
+
+/// Decoded query parameters (repeated keys kept in order).
+#[derive(Clone, Debug, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses a raw query string.
+    #[must_use]
+    pub fn parse(raw: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`.
+    #[must_use]
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A boolean parameter (`true`, `1`).
+    #[must_use]
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true" | "1" | "True"))
+    }
+
+    /// An integer parameter.
+    ///
+    /// # Errors
+    /// 400 when present but not an integer.
+    pub fn int(&self, name: &str) -> ApiResult<Option<i64>> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid {name}: {v:?}")))
+            })
+            .transpose()
+    }
+}
+
+/// One request, authenticated, with its body not yet read.
+pub struct Req {
+    /// HTTP method.
+    pub method: Method,
+    /// Query parameters.
+    pub query: Query,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The authenticated user.
+    pub user: User,
+    /// The body.
+    pub body: Body,
+}
+
+impl Req {
+    /// The field manager for non-apply writes: `fieldManager`, else derived from the user agent
+    /// as Kubernetes does (`kubectl-client-side-apply/v1.33 ...` → `kubectl-client-side-apply`).
+    #[must_use]
+    pub fn field_manager(&self) -> String {
+        if let Some(manager) = self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return manager.to_owned();
+        }
+        let agent = self
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        agent.split('/').next().unwrap_or(agent).to_owned()
+    }
+
+    /// Whether the client asked for a dry run.
+    #[must_use]
+    pub fn dry_run(&self) -> bool {
+        self.query.all("dryRun").contains(&"All")
+    }
+
+    /// Whether the client accepts a `Table` rendering.
+    #[must_use]
+    pub fn wants_table(&self) -> bool {
+        self.headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|part| {
+                let part = part.replace(' ', "");
+                part.contains("as=Table") && part.contains("g=meta.k8s.io")
+            })
+    }
+}
+
+/// A request for a resource, parsed from its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRequest {
+    /// API group ("" for core).
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Namespace from the path.
+    pub namespace: Option<String>,
+    /// Resource (plural).
+    pub resource: String,
+    /// Object name.
+    pub name: Option<String>,
+    /// Subresource.
+    pub subresource: Option<String>,
+}
+
+/// Parses `/api/v1/...` or `/apis/<group>/<version>/...` below the group-version.
+#[must_use]
+pub fn parse_resource_path(group: &str, version: &str, parts: &[&str]) -> Option<ResourceRequest> {
+    let mut parts = parts.to_vec();
+    let mut namespace = None;
+    if parts.first() == Some(&"namespaces") && parts.len() > 1 {
+        namespace = Some(parts[1].to_owned());
+        if parts.len() > 2 && !matches!(parts[2], "status" | "finalize") {
+            parts.drain(..2);
+        }
+    }
+    let resource = (*parts.first()?).to_owned();
+    if resource.is_empty() {
+        return None;
+    }
+    let name = parts.get(1).map(|s| (*s).to_owned());
+    let subresource = parts.get(2).map(|s| (*s).to_owned());
+    if parts.len() > 3 {
+        return None;
+    }
+    // `/api/v1/namespaces/<name>` names the namespace object itself
+    if resource == "namespaces" && namespace.is_some() && name.as_deref() == namespace.as_deref() {
+        return Some(ResourceRequest {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            namespace: None,
+            resource,
+            name,
+            subresource,
+        });
+    }
+    Some(ResourceRequest {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        namespace,
+        resource,
+        name,
+        subresource,
+    })
+}
+
+fn is_public(path: &str) -> bool {
+    path == "/version"
+        || ["/healthz", "/livez", "/readyz"]
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// Handles one HTTP request.
+pub async fn handle(server: Arc<ApiServer>, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let user = crate::auth::authenticate(&server, &parts);
+    let Some(user) = user.or_else(|| is_public(&path).then(User::anonymous)) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let req = Req {
+        method: parts.method.clone(),
+        query: Query::parse(parts.uri.query()),
+        headers: parts.headers,
+        user,
+        body,
+    };
+    let (verb, resource, response) = route(&server, &path, req).await;
+    let response = response.unwrap_or_else(IntoResponse::into_response);
+    server.metrics.observe(
+        &verb,
+        &resource,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn route(
+    server: &Arc<ApiServer>,
+    path: &str,
+    req: Req,
+) -> (String, String, ApiResult<Response>) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let get = req.method == Method::GET;
+    let result = match segments.as_slice() {
+        ["version"] if get => Ok(crate::discovery::version(server)),
+        [probe] if get && matches!(*probe, "healthz" | "livez" | "readyz") => Ok(health()),
+        [probe, _] if get && matches!(*probe, "healthz" | "livez" | "readyz") => Ok(health()),
+        ["metrics"] if get => Ok(server.metrics.render()),
+        ["api"] if get => Ok(crate::discovery::core_versions(server, &req)),
+        ["apis"] if get => Ok(crate::discovery::groups(server, &req)),
+        ["api", version] if get => crate::discovery::resource_list(server, "", version),
+        ["apis", group] if get => crate::discovery::group(server, group),
+        ["apis", group, version] if get => crate::discovery::resource_list(server, group, version),
+        ["openapi", "v2"] if get => Ok(crate::openapi::v2(server, &req)),
+        ["openapi", "v3"] if get => Ok(crate::openapi::v3_index(server)),
+        ["openapi", "v3", rest @ ..] if get => {
+            crate::openapi::v3_document(server, &rest.join("/"), &req)
+        }
+        ["api", version, rest @ ..] => return resource(server, "", version, rest, req).await,
+        ["apis", group, version, rest @ ..] => {
+            return resource(server, group, version, rest, req).await;
+        }
+        _ => Err(ApiError::no_route()),
+    };
+    ("get".into(), String::new(), result)
+}
+
+fn health() -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok",
+    )
+        .into_response()
+}
+
+async fn resource(
+    server: &Arc<ApiServer>,
+    group: &str,
+    version: &str,
+    parts: &[&str],
+    req: Req,
+) -> (String, String, ApiResult<Response>) {
+    let Some(request) = parse_resource_path(group, version, parts) else {
+        return ("unknown".into(), String::new(), Err(ApiError::no_route()));
+    };
+    let Some(rt) = server.registry.lookup(group, version, &request.resource) else {
+        return (
+            "unknown".into(),
+            request.resource.clone(),
+            Err(ApiError::no_route()),
+        );
+    };
+    if request.namespace.is_some() && !rt.namespaced {
+        return (
+            "unknown".into(),
+            rt.plural.clone(),
+            Err(ApiError::no_route()),
+        );
+    }
+    let verb = verb_of(&req, &request);
+    let resource_label = match &request.subresource {
+        Some(sub) => format!("{}/{sub}", rt.plural),
+        None => rt.plural.clone(),
+    };
+    let result = dispatch(server, rt, request, req).await;
+    (verb.to_owned(), resource_label, result)
+}
+
+fn verb_of(req: &Req, request: &ResourceRequest) -> &'static str {
+    match (&req.method, request.name.is_some()) {
+        (&Method::GET, false) if req.query.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, false) => "deletecollection",
+        (&Method::DELETE, true) => "delete",
+        _ => "unknown",
+    }
+}
+
+async fn dispatch(
+    server: &Arc<ApiServer>,
+    rt: Arc<ResourceType>,
+    request: ResourceRequest,
+    req: Req,
+) -> ApiResult<Response> {
+    let namespace = request.namespace.as_deref();
+    if rt.namespaced
+        && namespace.is_none()
+        && !(req.method == Method::GET && request.name.is_none())
+    {
+        return Err(ApiError::no_route());
+    }
+    match (request.name.as_deref(), request.subresource.as_deref()) {
+        (None, _) => match req.method {
+            Method::GET if req.query.flag("watch") => {
+                read::watch(server, &rt, namespace, req).await
+            }
+            Method::GET => read::list(server, &rt, namespace, req).await,
+            Method::POST => write::create(server, &rt, namespace, req).await,
+            Method::DELETE => write::delete_collection(server, &rt, namespace, req).await,
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource".to_string(),
+            )),
+        },
+        (Some(name), None) => match req.method {
+            Method::GET => read::get(server, &rt, namespace, name, req).await,
+            Method::PUT => {
+                write::update(server, &rt, namespace, name, req, write::Target::Main).await
+            }
+            Method::PATCH => {
+                write::patch(server, &rt, namespace, name, req, write::Target::Main).await
+            }
+            Method::DELETE => write::delete(server, &rt, namespace, name, req).await,
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        },
+        (Some(name), Some(sub)) if rt.has_subresource(sub) => match (sub, &req.method) {
+            ("status", &Method::GET) => read::get(server, &rt, namespace, name, req).await,
+            ("status", &Method::PUT) => {
+                write::update(server, &rt, namespace, name, req, write::Target::Status).await
+            }
+            ("status", &Method::PATCH) => {
+                write::patch(server, &rt, namespace, name, req, write::Target::Status).await
+            }
+            ("scale", &Method::GET) => write::get_scale(server, &rt, namespace, name).await,
+            ("scale", &Method::PUT) => {
+                write::update(server, &rt, namespace, name, req, write::Target::Scale).await
+            }
+            ("scale", &Method::PATCH) => {
+                write::patch(server, &rt, namespace, name, req, write::Target::Scale).await
+            }
+            ("binding", &Method::POST) => write::bind(server, &rt, namespace, name, req).await,
+            ("finalize", &Method::PUT) => {
+                write::update(server, &rt, namespace, name, req, write::Target::Finalize).await
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        },
+        _ => Err(ApiError::no_route()),
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).expect("json values serialize");
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(path: &str) -> Option<ResourceRequest> {
+        let parts: Vec<&str> = path.split('/').collect();
+        parse_resource_path("", "v1", &parts)
+    }
+
+    #[test]
+    fn paths() {
+        let r = parse("namespaces/default/pods/web/status").unwrap();
+        assert_eq!(
+            (
+                r.namespace.as_deref(),
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            (Some("default"), "pods", Some("web"), Some("status"))
+        );
+        let r = parse("namespaces/default").unwrap();
+        assert_eq!(
+            (r.namespace, r.resource.as_str(), r.name.as_deref()),
+            (None, "namespaces", Some("default"))
+        );
+        let r = parse("namespaces/default/status").unwrap();
+        assert_eq!(
+            (
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            ("namespaces", Some("default"), Some("status"))
+        );
+        let r = parse("namespaces").unwrap();
+        assert_eq!((r.resource.as_str(), r.name), ("namespaces", None));
+        let r = parse("pods").unwrap();
+        assert_eq!((r.namespace, r.resource.as_str()), (None, "pods"));
+        let r = parse("nodes/n1").unwrap();
+        assert_eq!(r.name.as_deref(), Some("n1"));
+        assert!(parse("namespaces/a/pods/b/c/d").is_none());
+    }
+}

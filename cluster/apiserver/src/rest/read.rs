@@ -1,0 +1,555 @@
+//! Reads: get, list (selectors, pagination, resourceVersion semantics), watch (newline-delimited
+//! JSON events, bookmarks, 410 for compacted revisions) and their `Table` renderings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use base64::Engine;
+use futures::StreamExt;
+use http::StatusCode;
+use kelson_storage::{Event, Revision, WatchMessage};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult};
+use crate::kinds::{fields, table};
+use crate::meta;
+use crate::registry::ResourceType;
+use crate::rest::objects::Objects;
+use crate::rest::{Query, Req, json_response};
+use crate::selectors::{FieldSelector, LabelSelector};
+
+/// Label and field selectors of a list or watch.
+pub struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+    group: String,
+    kind: String,
+}
+
+impl Filter {
+    /// Parses `labelSelector` and `fieldSelector`, refusing fields the kind cannot select on.
+    ///
+    /// # Errors
+    /// 400 with the parse problem.
+    pub fn from_query(rt: &ResourceType, query: &Query) -> ApiResult<Self> {
+        let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        for requirement in &fields.0 {
+            let supported = rt.custom
+                && matches!(
+                    requirement.field.as_str(),
+                    "metadata.name" | "metadata.namespace"
+                )
+                || fields::field_value(&rt.group, &rt.kind, &Value::Null, &requirement.field)
+                    .is_some();
+            if !supported {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {}",
+                    requirement.field
+                )));
+            }
+        }
+        Ok(Self {
+            labels,
+            fields,
+            group: rt.group.clone(),
+            kind: rt.kind.clone(),
+        })
+    }
+
+    /// Whether the filter selects everything.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.0.is_empty()
+    }
+
+    /// Whether an object passes.
+    #[must_use]
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(&meta::labels(object))
+            && self
+                .fields
+                .matches(|field| fields::field_value(&self.group, &self.kind, object, field))
+    }
+}
+
+/// Reads one object (or its status).
+///
+/// # Errors
+/// 404 when absent.
+pub async fn get(
+    server: &Arc<ApiServer>,
+    rt: &ResourceType,
+    namespace: Option<&str>,
+    name: &str,
+    req: Req,
+) -> ApiResult<Response> {
+    let object = server.objects.get(rt, namespace, name).await?;
+    if req.wants_table() {
+        let revision = meta::meta_str(&object, "resourceVersion")
+            .unwrap_or("")
+            .to_owned();
+        let include = req.query.get("includeObject").unwrap_or("Metadata");
+        return Ok(json_response(
+            StatusCode::OK,
+            &to_table(rt, &[object], &revision, None, include, true),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &with_type(rt, object)))
+}
+
+/// Sets `kind` and `apiVersion` on an object read from storage.
+#[must_use]
+pub fn with_type(rt: &ResourceType, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("kind".into(), json!(rt.kind));
+        map.insert("apiVersion".into(), json!(rt.api_version()));
+    }
+    object
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+fn encode_continue(revision: Revision, start_relative: &str) -> String {
+    let token = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv: revision,
+        start: start_relative.to_owned(),
+    };
+    base64::engine::general_purpose::URL_SAFE
+        .encode(serde_json::to_vec(&token).expect("token serializes"))
+}
+
+fn decode_continue(token: &str) -> ApiResult<ContinueToken> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token))
+        .map_err(|_| bad())?;
+    let token: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if token.v != "meta.k8s.io/v1" || token.start.contains("..") {
+        return Err(bad());
+    }
+    Ok(token)
+}
+
+/// Waits (briefly) until storage has reached `revision`, for `resourceVersion=N` reads.
+async fn wait_for_revision(objects: &Objects, revision: Revision) -> ApiResult<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let current = objects.storage().current_revision().await?;
+        if current >= revision {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {revision}, current: {current}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Lists objects.
+///
+/// # Errors
+/// 400 for bad parameters, 410 for an expired continue token.
+pub async fn list(
+    server: &Arc<ApiServer>,
+    rt: &ResourceType,
+    namespace: Option<&str>,
+    req: Req,
+) -> ApiResult<Response> {
+    let filter = Filter::from_query(rt, &req.query)?;
+    let limit = usize::try_from(req.query.int("limit")?.unwrap_or(0).max(0)).unwrap_or(0);
+    let prefix = rt.list_prefix(namespace);
+    let resource_version = req.query.get("resourceVersion").filter(|v| !v.is_empty());
+    let (start, revision) = match req.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            if resource_version.is_some_and(|v| v != "0") {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            let token = decode_continue(token)?;
+            (Some(format!("{prefix}{}", token.start)), Some(token.rv))
+        }
+        None => {
+            let requested = resource_version
+                .filter(|v| *v != "0")
+                .map(|v| {
+                    v.parse::<Revision>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion: {v:?}"))
+                    })
+                })
+                .transpose()?;
+            match (requested, req.query.get("resourceVersionMatch")) {
+                (Some(revision), Some("Exact")) => (None, Some(revision)),
+                (None, Some("Exact")) => {
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch=Exact requires a resourceVersion",
+                    ));
+                }
+                (Some(revision), _) => {
+                    wait_for_revision(&server.objects, revision).await?;
+                    (None, None)
+                }
+                (None, _) => (None, None),
+            }
+        }
+    };
+    let page = server
+        .objects
+        .list(&prefix, start, revision, limit, |object| filter.matches(object))
+        .await
+        .map_err(|error| {
+            if error.code == 410 && req.query.get("continue").is_some() {
+                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
+            } else {
+                error
+            }
+        })?;
+    let continue_token = page.next_key.as_deref().map(|key| {
+        encode_continue(
+            page.revision,
+            key.strip_prefix(prefix.as_str()).unwrap_or(key),
+        )
+    });
+    let revision = page.revision.to_string();
+    if req.wants_table() {
+        let include = req.query.get("includeObject").unwrap_or("Metadata");
+        let table = to_table(
+            rt,
+            &page.items,
+            &revision,
+            continue_token.as_deref(),
+            include,
+            true,
+        );
+        return Ok(json_response(StatusCode::OK, &table));
+    }
+    let mut metadata = json!({"resourceVersion": revision});
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    let items: Vec<Value> = page.items.into_iter().map(|o| with_type(rt, o)).collect();
+    let list = json!({
+        "kind": format!("{}List", rt.kind),
+        "apiVersion": rt.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// Renders objects as a `meta.k8s.io/v1` Table.
+#[must_use]
+pub fn to_table(
+    rt: &ResourceType,
+    objects: &[Value],
+    revision: &str,
+    continue_token: Option<&str>,
+    include_object: &str,
+    with_columns: bool,
+) -> Value {
+    let columns = table::columns(rt);
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|object| {
+            let mut row = json!({"cells": table::cells(rt, object)});
+            match include_object {
+                "None" => {}
+                "Object" => row["object"] = with_type(rt, object.clone()),
+                _ => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                    });
+                }
+            }
+            row
+        })
+        .collect();
+    let mut metadata = json!({"resourceVersion": revision});
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    let mut table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "rows": rows});
+    if with_columns {
+        table["columnDefinitions"] = table::column_definitions(&columns);
+    }
+    table
+}
+
+/// What a watch sends for one object change.
+struct WatchEncoder {
+    rt: Arc<ResourceType>,
+    table: bool,
+    include_object: String,
+    columns_sent: bool,
+}
+
+impl WatchEncoder {
+    fn line(&mut self, event_type: &str, object: Value) -> bytes::Bytes {
+        let object = if self.table {
+            let revision = meta::meta_str(&object, "resourceVersion")
+                .unwrap_or("")
+                .to_owned();
+            let with_columns = !self.columns_sent;
+            self.columns_sent = true;
+            to_table(
+                &self.rt,
+                &[object],
+                &revision,
+                None,
+                &self.include_object,
+                with_columns,
+            )
+        } else {
+            with_type(&self.rt, object)
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": event_type, "object": object})).expect("serializes");
+        line.push(b'\n');
+        bytes::Bytes::from(line)
+    }
+
+    fn raw(value: &Value) -> bytes::Bytes {
+        let mut line = serde_json::to_vec(value).expect("serializes");
+        line.push(b'\n');
+        bytes::Bytes::from(line)
+    }
+}
+
+fn expired_event(message: &str) -> Value {
+    json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": "Expired", "code": 410
+    }})
+}
+
+/// Watches objects: newline-delimited JSON events until the timeout or the client leaves.
+///
+/// # Errors
+/// 400 for bad parameters.
+pub async fn watch(
+    server: &Arc<ApiServer>,
+    rt: &Arc<ResourceType>,
+    namespace: Option<&str>,
+    req: Req,
+) -> ApiResult<Response> {
+    let filter = Filter::from_query(rt, &req.query)?;
+    let prefix = rt.list_prefix(namespace);
+    let bookmarks = req.query.flag("allowWatchBookmarks") && !req.wants_table();
+    let send_initial_events = req.query.flag("sendInitialEvents");
+    let timeout = match req.query.int("timeoutSeconds")? {
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
+        _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
+    };
+    let requested = req
+        .query
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion: {v:?}")))
+        })
+        .transpose()?
+        .filter(|r| *r != 0);
+    let mut encoder = WatchEncoder {
+        rt: rt.clone(),
+        table: req.wants_table(),
+        include_object: req
+            .query
+            .get("includeObject")
+            .unwrap_or("Metadata")
+            .to_owned(),
+        columns_sent: false,
+    };
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    let storage = server.objects.storage().clone();
+    let objects = server.objects.clone();
+
+    // initial state: synthetic ADDED events when no (or a zero) resourceVersion was given
+    let mut initial = Vec::new();
+    let start = match requested {
+        Some(revision) if !send_initial_events => revision,
+        _ => {
+            let page = objects
+                .list(&prefix, None, None, 0, |o| filter.matches(o))
+                .await?;
+            initial = page.items;
+            page.revision
+        }
+    };
+    let stream = match storage.watch(&prefix, start).await {
+        Ok(stream) => stream,
+        Err(kelson_storage::Error::Compacted {
+            requested,
+            compacted,
+        }) => {
+            let message = format!("too old resource version: {requested} ({compacted})");
+            let body = WatchEncoder::raw(&expired_event(&message));
+            return Ok(watch_response(Body::from(body)));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    tokio::spawn(async move {
+        for object in initial {
+            if tx.send(Ok(encoder.line("ADDED", object))).await.is_err() {
+                return;
+            }
+        }
+        if send_initial_events {
+            let bookmark = json!({"type": "BOOKMARK", "object": {
+                "kind": encoder.rt.kind, "apiVersion": encoder.rt.api_version(),
+                "metadata": {"resourceVersion": start.to_string(),
+                             "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            if tx.send(Ok(WatchEncoder::raw(&bookmark))).await.is_err() {
+                return;
+            }
+        }
+        follow(stream, tx, encoder, filter, bookmarks, timeout).await;
+    });
+    Ok(watch_response(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
+
+fn watch_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .expect("valid response")
+}
+
+async fn follow(
+    mut stream: kelson_storage::WatchStream,
+    tx: mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    mut encoder: WatchEncoder,
+    filter: Filter,
+    bookmarks: bool,
+    timeout: Duration,
+) {
+    const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut last_bookmark = tokio::time::Instant::now();
+    let mut last_sent: Revision = 0;
+    loop {
+        let message = tokio::select! {
+            () = &mut deadline => return,
+            () = tx.closed() => return,
+            message = stream.next() => message,
+        };
+        let line = match message {
+            None => return,
+            Some(Err(kelson_storage::Error::Compacted {
+                requested,
+                compacted,
+            })) => {
+                let message = format!("too old resource version: {requested} ({compacted})");
+                let _ = tx
+                    .send(Ok(WatchEncoder::raw(&expired_event(&message))))
+                    .await;
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "watch ended by storage error");
+                let status = ApiError::internal(error.to_string()).status();
+                let _ = tx
+                    .send(Ok(WatchEncoder::raw(
+                        &json!({"type": "ERROR", "object": status}),
+                    )))
+                    .await;
+                return;
+            }
+            Some(Ok(WatchMessage::Progress(revision))) => {
+                if bookmarks && revision > last_sent && last_bookmark.elapsed() >= BOOKMARK_EVERY {
+                    last_bookmark = tokio::time::Instant::now();
+                    last_sent = revision;
+                    let bookmark = json!({"type": "BOOKMARK", "object": {
+                        "kind": encoder.rt.kind, "apiVersion": encoder.rt.api_version(),
+                        "metadata": {"resourceVersion": revision.to_string()}}});
+                    Some(WatchEncoder::raw(&bookmark))
+                } else {
+                    None
+                }
+            }
+            Some(Ok(WatchMessage::Event(event))) => {
+                last_sent = event.revision();
+                match translate(&event, &filter) {
+                    Ok(Some((event_type, object))) => Some(encoder.line(event_type, object)),
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(error = %error.message, "undecodable object in watch");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(line) = line
+            && tx.send(Ok(line)).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Maps a storage event to a watch event for a filtered watcher: objects entering the
+/// selection are ADDED, objects leaving it are DELETED.
+fn translate(event: &Event, filter: &Filter) -> ApiResult<Option<(&'static str, Value)>> {
+    Ok(match event {
+        Event::Created(kv) => {
+            let object = Objects::decode(kv)?;
+            filter.matches(&object).then_some(("ADDED", object))
+        }
+        Event::Updated { kv, prev } => {
+            let object = Objects::decode(kv)?;
+            if filter.is_empty() {
+                return Ok(Some(("MODIFIED", object)));
+            }
+            let old = Objects::decode(prev)?;
+            match (filter.matches(&old), filter.matches(&object)) {
+                (true, true) => Some(("MODIFIED", object)),
+                (false, true) => Some(("ADDED", object)),
+                (true, false) => Some(("DELETED", object)),
+                (false, false) => None,
+            }
+        }
+        Event::Deleted { prev, revision } => {
+            let object = Objects::decode_at(&prev.value, *revision)?;
+            filter.matches(&object).then_some(("DELETED", object))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_junk() {
+        let token = encode_continue(42, "default/web\0");
+        let decoded = decode_continue(&token).unwrap();
+        assert_eq!((decoded.rv, decoded.start.as_str()), (42, "default/web\0"));
+        assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+        let traversal = base64::engine::general_purpose::URL_SAFE
+            .encode(br#"{"v":"meta.k8s.io/v1","rv":1,"start":"../x"}"#);
+        assert_eq!(decode_continue(&traversal).unwrap_err().code, 400);
+    }
+}
