@@ -242,18 +242,19 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
     types
 }
 
+fn group_and_plural(crd: &Value) -> (String, String) {
+    let text = |pointer: &str| {
+        crd.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (text("/spec/group"), text("/spec/names/plural"))
+}
+
 /// Starts serving a CRD's resources and marks it Established.
 pub async fn register(server: &Arc<ApiServer>, crd: &Value) {
-    let group = crd
-        .pointer("/spec/group")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let plural = crd
-        .pointer("/spec/names/plural")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let (group, plural) = group_and_plural(crd);
     let types = if crate::meta::is_deleting(crd) {
         Vec::new()
     } else {
@@ -306,16 +307,7 @@ pub async fn register(server: &Arc<ApiServer>, crd: &Value) {
 
 /// Stops serving a deleted CRD and deletes its custom resources.
 pub async fn unregister(server: &Arc<ApiServer>, crd: &Value) {
-    let group = crd
-        .pointer("/spec/group")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let plural = crd
-        .pointer("/spec/names/plural")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let (group, plural) = group_and_plural(crd);
     server.registry.set_custom(&group, &plural, Vec::new());
     let prefix = format!("/registry/{group}/{plural}/");
     if let Ok(page) = server.objects.list(&prefix, None, None, 0, |_| true).await {

@@ -238,11 +238,11 @@ fn collect_item_fields(
 fn find_item<'a>(items: &'a [Value], token: &str) -> Option<(usize, &'a Value)> {
     if let Some(key) = token.strip_prefix("k:") {
         let key: Value = serde_json::from_str(key).ok()?;
-        let key = key.as_object()?;
+        let names: Vec<String> = key.as_object()?.keys().cloned().collect();
         return items
             .iter()
             .enumerate()
-            .find(|(_, item)| key.iter().all(|(k, v)| item.get(k) == Some(v)));
+            .find(|(_, item)| item_key(item, &names) == key);
     }
     if let Some(value) = token.strip_prefix("v:") {
         let value: Value = serde_json::from_str(value).ok()?;

@@ -251,11 +251,24 @@ pub async fn run(
     shutdown: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> Result<(), Error> {
+    let storage = open_storage(&config).await?;
+    run_with_storage(config, storage, shutdown, started).await
+}
+
+/// Like [`run`], over storage the caller opened (tests keep it across server restarts).
+///
+/// # Errors
+/// When TLS material or the listener cannot be set up.
+pub async fn run_with_storage(
+    config: Config,
+    storage: Arc<dyn Storage>,
+    shutdown: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), Error> {
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
         "failed to create {}",
         config.data_dir.display()
     )))?;
-    let storage = open_storage(&config).await?;
     let server = ApiServer::new(storage.clone());
 
     let mut names: Vec<String> = [

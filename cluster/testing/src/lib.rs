@@ -1,1 +1,347 @@
-//! Test harness for Kelson.
+//! Test harness for Kelson: an in-process API server ([`TestServer`]) that kube-rs clients talk
+//! to over real HTTPS, the `kelson` binary as a child process ([`KelsonProcess`]), and the
+//! versioned kubectl binaries ([`Kubectl`]). The etcd helper lives in
+//! `kelson_storage::test_support`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kelson_apiserver::{Config, Running};
+use kelson_storage::{Embedded, EmbeddedOptions, Storage};
+use tokio_util::sync::CancellationToken;
+
+/// An API server running in this process on 127.0.0.1 with its own data directory.
+pub struct TestServer {
+    /// The storage the server uses (kept across restarts).
+    pub storage: Arc<dyn Storage>,
+    /// The data directory (TLS material, kubeconfig).
+    pub dir: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server over a fresh embedded store in a temporary directory.
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub async fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let storage: Arc<dyn Storage> = Arc::new(
+            Embedded::open(EmbeddedOptions::at(temp.path().join("storage/state.redb")))
+                .expect("open storage"),
+        );
+        Self::start_in(storage, temp).await
+    }
+
+    /// Starts a server over the given storage (e.g. etcd).
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub async fn with_storage(storage: Arc<dyn Storage>) -> Self {
+        Self::start_in(storage, tempfile::tempdir().expect("temp dir")).await
+    }
+
+    async fn start_in(storage: Arc<dyn Storage>, temp: tempfile::TempDir) -> Self {
+        let dir = temp.path().to_owned();
+        let mut server = Self {
+            storage,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            running: None,
+            _temp: Some(temp),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Stops the server (connections are closed; storage stays).
+    pub async fn stop(&mut self) {
+        if let Some((token, handle)) = self.running.take() {
+            token.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    /// (Re)starts the server on the same address.
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut config = Config::new(&self.dir);
+        config.listen = self.addr;
+        let token = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Running>();
+        let storage = self.storage.clone();
+        let shutdown = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) =
+                kelson_apiserver::run_with_storage(config, storage, shutdown, Some(tx)).await
+            {
+                eprintln!("test server failed: {error}");
+            }
+        });
+        let running = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("server starts")
+            .expect("server runs");
+        let port: u16 = running
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in url");
+        self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.running = Some((token, handle));
+    }
+
+    /// The admin kubeconfig path.
+    #[must_use]
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig.yaml")
+    }
+
+    /// A kube client authenticated as the admin.
+    ///
+    /// # Panics
+    /// When the kubeconfig is unusable.
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig()).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some((token, _)) = &self.running {
+            token.cancel();
+        }
+    }
+}
+
+/// A kube client from a kubeconfig file.
+///
+/// # Panics
+/// When the kubeconfig is unusable.
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kubeconfig loads");
+    kube::Client::try_from(config).expect("client builds")
+}
+
+/// The `kelson` binary running as a child process; killed (SIGKILL) on drop.
+pub struct KelsonProcess {
+    child: Child,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl KelsonProcess {
+    /// Runs `kelson server` on 127.0.0.1 (port 0 unless `args` says otherwise) and waits until
+    /// it wrote `addresses.json` for this start.
+    ///
+    /// # Errors
+    /// When it exits or does not come up within 30 s.
+    pub fn server(binary: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let addresses = data_dir.join("addresses.json");
+        let _ = std::fs::remove_file(&addresses);
+        let mut command = Command::new(binary);
+        command.arg("server").arg("--data-dir").arg(data_dir);
+        if !args.iter().any(|a| a.starts_with("--listen")) {
+            command.arg("--listen=127.0.0.1:0");
+        }
+        let log =
+            std::fs::File::create(data_dir.with_extension("log")).context("create log file")?;
+        command.args(args).stdout(Stdio::null()).stderr(log);
+        let mut child = command.spawn().context("spawn kelson")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&addresses)
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = value["apiserver"].as_str()
+            {
+                return Ok(Self {
+                    child,
+                    data_dir: data_dir.to_owned(),
+                    url: url.to_owned(),
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                bail!("kelson exited with {status}: {log}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("kelson did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The admin kubeconfig.
+    #[must_use]
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("kubeconfig.yaml")
+    }
+
+    /// The port it listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    ///
+    /// # Errors
+    /// When it does not exit within 10 s.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("kelson did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for KelsonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One of the installed kubectl versions, with its own discovery cache.
+pub struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+}
+
+/// Where the versioned kubectl binaries live.
+pub const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
+
+impl Kubectl {
+    /// kubectl `1.<minor>` against a kubeconfig.
+    ///
+    /// # Panics
+    /// When that kubectl is not installed.
+    #[must_use]
+    pub fn new(minor: u32, kubeconfig: &Path) -> Self {
+        let binary = PathBuf::from(format!("{KUBECTL_DIR}/kubectl.1.{minor}"));
+        assert!(binary.exists(), "{} is not installed", binary.display());
+        Self {
+            binary,
+            kubeconfig: kubeconfig.to_owned(),
+            cache: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The kubectl command with its kubeconfig and cache set, ready for `args`.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.cache.path())
+            .arg(format!("--cache-dir={}", self.cache.path().display()))
+            .args(args);
+        command
+    }
+
+    /// Runs kubectl with `args` (and `stdin`), returning its output whatever the exit code.
+    ///
+    /// # Panics
+    /// When kubectl cannot be started.
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl and returns stdout, panicking with stderr when it fails.
+    ///
+    /// # Panics
+    /// When kubectl fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, None)
+    }
+
+    /// Like [`Kubectl::ok`], with standard input.
+    ///
+    /// # Panics
+    /// When kubectl fails.
+    pub fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let output = self.run(args, stdin);
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}\n{}",
+            self.binary.display(),
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    ///
+    /// # Panics
+    /// When kubectl succeeds.
+    #[must_use]
+    pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let output = self.run(args, stdin);
+        assert!(
+            !output.status.success(),
+            "{args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}

@@ -41,13 +41,21 @@ pub fn atomic_map(schema: Option<Node<'_>>) -> bool {
     schema.and_then(|s| s.str_field("x-kubernetes-map-type")) == Some("atomic")
 }
 
-/// The key of a map-list item, as a JSON object of its key fields.
+/// The key of a map-list item, as a JSON object of its key fields. A key field the item leaves
+/// out takes its schema default, as structured merge does (`protocol` defaults to `TCP` in
+/// every list keyed by it).
 #[must_use]
 pub fn item_key(item: &Value, keys: &[String]) -> Value {
     let mut key = Map::new();
     for name in keys {
-        if let Some(value) = item.get(name) {
-            key.insert(name.clone(), value.clone());
+        match item.get(name) {
+            Some(value) => {
+                key.insert(name.clone(), value.clone());
+            }
+            None if name == "protocol" => {
+                key.insert(name.clone(), Value::String("TCP".into()));
+            }
+            None => {}
         }
     }
     Value::Object(key)

@@ -416,7 +416,7 @@ async fn read_modify_write(
         let current = server.objects.try_get(rt, namespace, name).await?;
         let desired = desired_of(current.as_ref())?;
         let Some(current) = current else {
-            if target == Target::Main && allows_create_on_update(rt) {
+            if target == Target::Main && (options.apply || allows_create_on_update(rt)) {
                 let created =
                     create_object(server, rt, namespace, desired, options, warnings).await?;
                 return Ok((created, true));

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Starts Kelson on this machine: installs what it needs, builds the binary and runs the
+# control plane with its data in ${KELSON_DATA_DIR:-/var/lib/kelson}. Stop it with Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo build --release --bin kelson
+data_dir="${KELSON_DATA_DIR:-/var/lib/kelson}"
+echo "kelson: starting; the admin kubeconfig will be $data_dir/kubeconfig.yaml"
+echo "kelson: try: KUBECONFIG=$data_dir/kubeconfig.yaml kubectl get namespaces"
+exec target/release/kelson server --data-dir "$data_dir" "$@"
