@@ -208,55 +208,79 @@ fn exercise(minor: u32) {
     );
 
     // create commands (kubectl 1.32+ sends protobuf bodies for these)
-    if minor < 32 {
-        k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "made",
+        "-n",
+        "team-a",
+        "--from-literal=k=v",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "-n",
+        "team-a",
+        "--from-literal=password=s3cret",
+    ]);
+    k.ok(&[
+        "create",
+        "deployment",
+        "made",
+        "-n",
+        "team-a",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    k.ok(&[
+        "create",
+        "job",
+        "once",
+        "-n",
+        "team-a",
+        "--image=busybox:1.36",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    let secret = k.ok(&[
+        "get",
+        "secret",
+        "token",
+        "-n",
+        "team-a",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    assert_eq!(secret, "czNjcmV0");
+    let made = k.ok(&["get", "deploy", "made", "-n", "team-a", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]);
+    assert_eq!(made, "2 busybox:1.36 8080");
+    let job = k.ok(&[
+        "get",
+        "job",
+        "once",
+        "-n",
+        "team-a",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].command} {.spec.template.spec.restartPolicy}",
+    ]);
+    assert_eq!(job, r#"["echo","hi"] Never"#);
+    assert_eq!(
         k.ok(&[
-            "create",
-            "configmap",
-            "made",
-            "-n",
-            "team-a",
-            "--from-literal=k=v",
-        ]);
-        k.ok(&[
-            "create",
-            "secret",
-            "generic",
-            "token",
-            "-n",
-            "team-a",
-            "--from-literal=password=s3cret",
-        ]);
-        k.ok(&[
-            "create",
-            "deployment",
-            "made",
-            "-n",
-            "team-a",
-            "--image=busybox:1.36",
-            "--replicas=2",
-        ]);
-        let secret = k.ok(&[
             "get",
-            "secret",
-            "token",
+            "cm",
+            "made",
             "-n",
             "team-a",
             "-o",
-            "jsonpath={.data.password}",
-        ]);
-        assert_eq!(secret, "czNjcmV0");
-        let made = k.ok(&[
-            "get",
-            "deploy",
-            "made",
-            "-n",
-            "team-a",
-            "-o",
-            "jsonpath={.spec.replicas}",
-        ]);
-        assert_eq!(made, "2");
-    }
+            "jsonpath={.data.k}"
+        ]),
+        "v"
+    );
 
     // explain reads the served OpenAPI schemas
     let explain = k.ok(&["explain", "deployment.spec.replicas"]);

@@ -29,8 +29,7 @@ pub async fn read(body: Body) -> ApiResult<bytes::Bytes> {
         .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
 }
 
-/// Decodes bytes as JSON, or YAML when the content type says so (or when JSON fails and the
-/// content type is absent).
+/// Decodes bytes as JSON, YAML or Kubernetes protobuf, as the content type says.
 ///
 /// # Errors
 /// 400 for malformed input, 415 for media types this server cannot decode.
@@ -46,6 +45,7 @@ pub fn decode(media_type: &str, bytes: &[u8]) -> ApiResult<Value> {
         | "application/json-patch+json"
         | "application/strategic-merge-patch+json"
         | "*/*" => decode_json(bytes),
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode_object(bytes),
         other => Err(ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
         ))),
@@ -79,9 +79,6 @@ pub fn decode_yaml(bytes: &[u8]) -> ApiResult<Value> {
 pub async fn read_object(req: &mut Req) -> ApiResult<Value> {
     let media_type = content_type(req);
     let bytes = read(std::mem::take(&mut req.body)).await?;
-    if media_type == "application/vnd.kubernetes.protobuf" {
-        return crate::protobuf::decode_object(&bytes);
-    }
     let value = decode(&media_type, &bytes)?;
     if !value.is_object() {
         return Err(ApiError::bad_request(
