@@ -113,7 +113,9 @@ fn message_name(api_version: &str, kind: &str) -> Option<String> {
                 "io.k8s.apimachinery.pkg.apis.meta.{version}.{kind}"
             ));
         }
-        other => other.trim_end_matches(".k8s.io").replace(".authorization", ""),
+        other => other
+            .trim_end_matches(".k8s.io")
+            .replace(".authorization", ""),
     };
     let name = format!("io.k8s.api.{package}.{version}.{kind}");
     table().contains_key(&name).then_some(name)

@@ -19,6 +19,16 @@ pub struct Objects {
     storage: Arc<dyn Storage>,
 }
 
+/// A page of a list of anything derived from stored objects.
+pub struct PageOf<T> {
+    /// Selected items in key order.
+    pub items: Vec<T>,
+    /// The snapshot revision.
+    pub revision: Revision,
+    /// The key to continue from, when more keys remain.
+    pub next_key: Option<String>,
+}
+
 /// A page of a list.
 pub struct Page {
     /// Matching objects in key order.
@@ -60,13 +70,110 @@ impl Objects {
         Ok(object)
     }
 
+    /// The stored form: `apiVersion`, `kind` and `metadata` (without `resourceVersion`) first,
+    /// then the other fields, so that [`Objects::response_bytes`] can add the resourceVersion
+    /// without parsing.
     fn encode(object: &mut Value) -> Bytes {
-        let removed = meta::meta_mut(object).remove("resourceVersion");
-        let bytes = serde_json::to_vec(object).expect("json values serialize");
-        if let Some(removed) = removed {
-            meta::meta_mut(object).insert("resourceVersion".into(), removed);
+        let mut out = Vec::with_capacity(1024);
+        out.push(b'{');
+        let Some(map) = object.as_object() else {
+            return Bytes::from(serde_json::to_vec(object).expect("json values serialize"));
+        };
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, key: &str, value: &Value| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, key).expect("strings serialize");
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value).expect("json values serialize");
+        };
+        for key in ["apiVersion", "kind"] {
+            if let Some(value) = map.get(key) {
+                field(&mut out, key, value);
+            }
         }
-        Bytes::from(bytes)
+        if let Some(Value::Object(metadata)) = map.get("metadata") {
+            let mut metadata = metadata.clone();
+            metadata.remove("resourceVersion");
+            field(&mut out, "metadata", &Value::Object(metadata));
+        }
+        for (key, value) in map {
+            if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                field(&mut out, key, value);
+            }
+        }
+        out.push(b'}');
+        Bytes::from(out)
+    }
+
+    /// The prefix every object of `rt` stored by [`Objects::encode`] starts with.
+    #[must_use]
+    pub fn stored_prefix(rt: &ResourceType) -> String {
+        format!(
+            r#"{{"apiVersion":"{}","kind":"{}","metadata":{{"#,
+            rt.api_version(),
+            rt.kind
+        )
+    }
+
+    /// An object as a client receives it (with `kind`, `apiVersion` and `resourceVersion`),
+    /// spliced from the stored bytes without parsing when they have the stored layout.
+    ///
+    /// # Errors
+    /// When the stored bytes do not decode (500).
+    pub fn response_bytes(
+        rt: &ResourceType,
+        prefix: &str,
+        stored: &[u8],
+        revision: Revision,
+    ) -> ApiResult<Bytes> {
+        if let Some(rest) = stored.strip_prefix(prefix.as_bytes())
+            && !rest.is_empty()
+        {
+            let mut out = Vec::with_capacity(stored.len() + 32);
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(b"\"resourceVersion\":\"");
+            out.extend_from_slice(revision.to_string().as_bytes());
+            out.push(b'"');
+            if rest[0] != b'}' {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+            return Ok(Bytes::from(out));
+        }
+        let object = crate::rest::read::with_type(rt, Self::decode_at(stored, revision)?);
+        Ok(Bytes::from(
+            serde_json::to_vec(&object).expect("json values serialize"),
+        ))
+    }
+
+    /// Keys and values of a prefix, unfiltered, for responses that need no decoding.
+    ///
+    /// # Errors
+    /// 410 when the revision was compacted.
+    pub async fn list_raw(
+        &self,
+        prefix: &str,
+        start: Option<String>,
+        revision: Option<Revision>,
+        limit: usize,
+    ) -> ApiResult<(Vec<KeyValue>, Revision, Option<String>)> {
+        let response = self
+            .storage
+            .list(ListRequest {
+                prefix: prefix.to_owned(),
+                start,
+                revision,
+                limit,
+            })
+            .await?;
+        let next_key = response
+            .more
+            .then(|| response.kvs.last().map(|kv| format!("{}\0", kv.key)))
+            .flatten();
+        Ok((response.kvs, response.revision, next_key))
     }
 
     /// Reads one object.
@@ -179,6 +286,32 @@ impl Objects {
         limit: usize,
         mut keep: impl FnMut(&Value) -> bool,
     ) -> ApiResult<Page> {
+        let page = self
+            .list_with(prefix, start, revision, limit, |kv| {
+                let object = Self::decode(&kv)?;
+                Ok(keep(&object).then_some(object))
+            })
+            .await?;
+        Ok(Page {
+            items: page.items,
+            revision: page.revision,
+            next_key: page.next_key,
+        })
+    }
+
+    /// Like [`Objects::list`], but `select` turns each stored object into what the caller keeps
+    /// (or `None` to skip it), so that callers holding many objects need not keep them parsed.
+    ///
+    /// # Errors
+    /// 410 when the revision was compacted; whatever `select` fails with.
+    pub async fn list_with<T>(
+        &self,
+        prefix: &str,
+        start: Option<String>,
+        revision: Option<Revision>,
+        limit: usize,
+        mut select: impl FnMut(KeyValue) -> ApiResult<Option<T>>,
+    ) -> ApiResult<PageOf<T>> {
         let mut items = Vec::new();
         let mut start = start;
         let mut revision = revision;
@@ -189,26 +322,24 @@ impl Objects {
             } else {
                 (limit - items.len()).max(limit.min(500))
             };
-            let response = self
-                .storage
-                .list(ListRequest {
-                    prefix: prefix.to_owned(),
-                    start: start.clone(),
-                    revision,
-                    limit: batch,
-                })
-                .await?;
+            let request = ListRequest {
+                prefix: prefix.to_owned(),
+                start: start.clone(),
+                revision,
+                limit: batch,
+            };
+            let response = self.storage.list(request).await?;
             revision = Some(response.revision);
             let last_key = response.kvs.last().map(|kv| kv.key.clone());
             let mut kvs = response.kvs.into_iter();
-            for kv in kvs.by_ref() {
-                let object = Self::decode(&kv)?;
-                if keep(&object) {
-                    items.push(object);
+            while let Some(kv) = kvs.next() {
+                let key = kv.key.clone();
+                if let Some(item) = select(kv)? {
+                    items.push(item);
                     if limit != 0 && items.len() == limit {
                         let more = kvs.len() > 0 || response.more;
-                        let next_key = more.then(|| format!("{}\0", kv.key));
-                        return Ok(Page {
+                        let next_key = more.then(|| format!("{key}\0"));
+                        return Ok(PageOf {
                             items,
                             revision: response.revision,
                             next_key,
@@ -217,7 +348,7 @@ impl Objects {
                 }
             }
             if !response.more {
-                return Ok(Page {
+                return Ok(PageOf {
                     items,
                     revision: response.revision,
                     next_key: None,
@@ -225,5 +356,54 @@ impl Objects {
             }
             start = last_key.map(|k| format!("{k}\0"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn configmaps() -> ResourceType {
+        crate::kinds::builtin_types()
+            .into_iter()
+            .find(|t| t.kind == "ConfigMap")
+            .unwrap()
+    }
+
+    #[test]
+    fn spliced_responses_equal_decoded_ones() {
+        let rt = configmaps();
+        let prefix = Objects::stored_prefix(&rt);
+        for mut object in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "1"}, "metadata": {"name": "x", "namespace": "d", "resourceVersion": "3", "annotations": {"resourceVersion": "trap"}}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}),
+        ] {
+            let stored = Objects::encode(&mut object);
+            assert!(
+                stored.starts_with(prefix.as_bytes()),
+                "{}",
+                String::from_utf8_lossy(&stored)
+            );
+            let spliced = Objects::response_bytes(&rt, &prefix, &stored, 42).unwrap();
+            let spliced: Value = serde_json::from_slice(&spliced).unwrap();
+            let decoded =
+                crate::rest::read::with_type(&rt, Objects::decode_at(&stored, 42).unwrap());
+            assert_eq!(spliced, decoded);
+            assert_eq!(spliced["metadata"]["resourceVersion"], "42");
+        }
+    }
+
+    #[test]
+    fn objects_stored_in_another_layout_still_read() {
+        let rt = configmaps();
+        let foreign =
+            br#"{"data":{"a":"1"},"metadata":{"name":"x"},"kind":"ConfigMap","apiVersion":"v1"}"#;
+        let response =
+            Objects::response_bytes(&rt, &Objects::stored_prefix(&rt), foreign, 7).unwrap();
+        let value: Value = serde_json::from_slice(&response).unwrap();
+        assert_eq!(value["metadata"]["resourceVersion"], "7");
+        assert_eq!(value["data"]["a"], "1");
     }
 }

@@ -90,18 +90,37 @@ pub async fn get(
     name: &str,
     req: Req,
 ) -> ApiResult<Response> {
-    let object = server.objects.get(rt, namespace, name).await?;
+    let (kv, _) = server
+        .objects
+        .storage()
+        .get(&rt.key(namespace, name))
+        .await?;
+    let kv = kv.ok_or_else(|| ApiError::not_found(rt, name))?;
     if req.wants_table() {
-        let revision = meta::meta_str(&object, "resourceVersion")
-            .unwrap_or("")
-            .to_owned();
+        let object = Objects::decode(&kv)?;
         let include = req.query.get("includeObject").unwrap_or("Metadata");
-        return Ok(json_response(
-            StatusCode::OK,
-            &to_table(rt, &[object], &revision, None, include, true),
-        ));
+        let table = to_table(
+            rt,
+            &[object],
+            &kv.mod_revision.to_string(),
+            None,
+            include,
+            true,
+        );
+        return Ok(json_response(StatusCode::OK, &table));
     }
-    Ok(json_response(StatusCode::OK, &with_type(rt, object)))
+    let prefix = Objects::stored_prefix(rt);
+    let bytes = Objects::response_bytes(rt, &prefix, &kv.value, kv.mod_revision)?;
+    Ok(raw_json(bytes))
+}
+
+/// A JSON response from ready bytes.
+fn raw_json(bytes: bytes::Bytes) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(bytes))
+        .expect("valid response")
 }
 
 /// Sets `kind` and `apiVersion` on an object read from storage.
@@ -209,48 +228,175 @@ pub async fn list(
             }
         }
     };
-    let page = server
-        .objects
-        .list(&prefix, start, revision, limit, |object| filter.matches(object))
-        .await
-        .map_err(|error| {
-            if error.code == 410 && req.query.get("continue").is_some() {
-                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
-            } else {
-                error
-            }
-        })?;
-    let continue_token = page.next_key.as_deref().map(|key| {
-        encode_continue(
-            page.revision,
-            key.strip_prefix(prefix.as_str()).unwrap_or(key),
-        )
-    });
-    let revision = page.revision.to_string();
-    if req.wants_table() {
-        let include = req.query.get("includeObject").unwrap_or("Metadata");
-        let table = to_table(
+    if filter.is_empty() && !req.wants_table() {
+        return list_unfiltered(
+            server,
             rt,
-            &page.items,
-            &revision,
+            &prefix,
+            start,
+            revision,
+            limit,
+            req.query.get("continue").is_some(),
+        )
+        .await;
+    }
+    let had_continue = req.query.get("continue").is_some();
+    if req.wants_table() {
+        // rows are rendered as objects are read, so only the rows stay in memory
+        let include = req
+            .query
+            .get("includeObject")
+            .unwrap_or("Metadata")
+            .to_owned();
+        let page = server
+            .objects
+            .list_with(&prefix, start, revision, limit, |kv| {
+                let object = Objects::decode(&kv)?;
+                Ok(filter
+                    .matches(&object)
+                    .then(|| table_row(rt, &object, &include)))
+            })
+            .await
+            .map_err(|e| expired_continue(e, had_continue))?;
+        let continue_token = page.next_key.as_deref().map(|key| {
+            encode_continue(
+                page.revision,
+                key.strip_prefix(prefix.as_str()).unwrap_or(key),
+            )
+        });
+        let table = table_of(
+            rt,
+            page.items,
+            &page.revision.to_string(),
             continue_token.as_deref(),
-            include,
             true,
         );
         return Ok(json_response(StatusCode::OK, &table));
     }
+    // filtered: objects are parsed to match, but the response is spliced from the stored bytes
+    let page = server
+        .objects
+        .list_with(&prefix, start, revision, limit, |kv| {
+            let object = Objects::decode(&kv)?;
+            Ok(filter.matches(&object).then_some(kv))
+        })
+        .await
+        .map_err(|e| expired_continue(e, had_continue))?;
+    Ok(raw_json(list_body(
+        rt,
+        &prefix,
+        page.items,
+        page.revision,
+        page.next_key,
+    )?))
+}
+
+fn expired_continue(error: ApiError, had_continue: bool) -> ApiError {
+    if error.code == 410 && had_continue {
+        ApiError::expired(
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+        )
+    } else {
+        error
+    }
+}
+
+/// A list with no selectors and no Table: the body is spliced from stored bytes, no object is
+/// parsed (this is what makes large lists cheap).
+async fn list_unfiltered(
+    server: &Arc<ApiServer>,
+    rt: &ResourceType,
+    prefix: &str,
+    start: Option<String>,
+    revision: Option<Revision>,
+    limit: usize,
+    had_continue: bool,
+) -> ApiResult<Response> {
+    let (kvs, revision, next_key) = server
+        .objects
+        .list_raw(prefix, start, revision, limit)
+        .await
+        .map_err(|e| expired_continue(e, had_continue))?;
+    Ok(raw_json(list_body(rt, prefix, kvs, revision, next_key)?))
+}
+
+/// A `<Kind>List` body spliced from stored objects.
+fn list_body(
+    rt: &ResourceType,
+    prefix: &str,
+    kvs: Vec<kelson_storage::KeyValue>,
+    revision: Revision,
+    next_key: Option<String>,
+) -> ApiResult<bytes::Bytes> {
+    let stored_prefix = Objects::stored_prefix(rt);
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(key) = next_key {
+        metadata["continue"] = json!(encode_continue(
+            revision,
+            key.strip_prefix(prefix).unwrap_or(&key)
+        ));
+    }
+    let mut body =
+        Vec::with_capacity(kvs.iter().map(|kv| kv.value.len() + 40).sum::<usize>() + 256);
+    body.extend_from_slice(
+        format!(
+            r#"{{"kind":"{}List","apiVersion":"{}","metadata":"#,
+            rt.kind,
+            rt.api_version()
+        )
+        .as_bytes(),
+    );
+    serde_json::to_writer(&mut body, &metadata).expect("serializes");
+    body.extend_from_slice(br#","items":["#);
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&Objects::response_bytes(
+            rt,
+            &stored_prefix,
+            &kv.value,
+            kv.mod_revision,
+        )?);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(bytes::Bytes::from(body))
+}
+
+/// One Table row for an object.
+fn table_row(rt: &ResourceType, object: &Value, include_object: &str) -> Value {
+    let mut row = json!({"cells": table::cells(rt, object)});
+    match include_object {
+        "None" => {}
+        "Object" => row["object"] = with_type(rt, object.clone()),
+        _ => {
+            row["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            });
+        }
+    }
+    row
+}
+
+/// A `meta.k8s.io/v1` Table of rows.
+fn table_of(
+    rt: &ResourceType,
+    rows: Vec<Value>,
+    revision: &str,
+    continue_token: Option<&str>,
+    with_columns: bool,
+) -> Value {
     let mut metadata = json!({"resourceVersion": revision});
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
     }
-    let items: Vec<Value> = page.items.into_iter().map(|o| with_type(rt, o)).collect();
-    let list = json!({
-        "kind": format!("{}List", rt.kind),
-        "apiVersion": rt.api_version(),
-        "metadata": metadata,
-        "items": items,
-    });
-    Ok(json_response(StatusCode::OK, &list))
+    let mut table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "rows": rows});
+    if with_columns {
+        table["columnDefinitions"] = table::column_definitions(&table::columns(rt));
+    }
+    table
 }
 
 /// Renders objects as a `meta.k8s.io/v1` Table.
@@ -263,45 +409,38 @@ pub fn to_table(
     include_object: &str,
     with_columns: bool,
 ) -> Value {
-    let columns = table::columns(rt);
-    let rows: Vec<Value> = objects
+    let rows = objects
         .iter()
-        .map(|object| {
-            let mut row = json!({"cells": table::cells(rt, object)});
-            match include_object {
-                "None" => {}
-                "Object" => row["object"] = with_type(rt, object.clone()),
-                _ => {
-                    row["object"] = json!({
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": "meta.k8s.io/v1",
-                        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-                    });
-                }
-            }
-            row
-        })
+        .map(|object| table_row(rt, object, include_object))
         .collect();
-    let mut metadata = json!({"resourceVersion": revision});
-    if let Some(token) = continue_token {
-        metadata["continue"] = json!(token);
-    }
-    let mut table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "rows": rows});
-    if with_columns {
-        table["columnDefinitions"] = table::column_definitions(&columns);
-    }
-    table
+    table_of(rt, rows, revision, continue_token, with_columns)
 }
 
 /// What a watch sends for one object change.
 struct WatchEncoder {
     rt: Arc<ResourceType>,
+    stored_prefix: String,
     table: bool,
     include_object: String,
     columns_sent: bool,
 }
 
 impl WatchEncoder {
+    /// The event line for an unfiltered, non-Table watch, spliced from the stored bytes.
+    fn splice(&self, event: &Event) -> ApiResult<bytes::Bytes> {
+        let (event_type, value, revision) = match event {
+            Event::Created(kv) => ("ADDED", &kv.value, kv.mod_revision),
+            Event::Updated { kv, .. } => ("MODIFIED", &kv.value, kv.mod_revision),
+            Event::Deleted { prev, revision } => ("DELETED", &prev.value, *revision),
+        };
+        let object = Objects::response_bytes(&self.rt, &self.stored_prefix, value, revision)?;
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
+        line.extend_from_slice(&object);
+        line.extend_from_slice(b"}\n");
+        Ok(bytes::Bytes::from(line))
+    }
+
     fn line(&mut self, event_type: &str, object: Value) -> bytes::Bytes {
         let object = if self.table {
             let revision = meta::meta_str(&object, "resourceVersion")
@@ -370,6 +509,7 @@ pub async fn watch(
         .filter(|r| *r != 0);
     let mut encoder = WatchEncoder {
         rt: rt.clone(),
+        stored_prefix: Objects::stored_prefix(rt),
         table: req.wants_table(),
         include_object: req
             .query
@@ -488,6 +628,16 @@ async fn follow(
                     Some(WatchEncoder::raw(&bookmark))
                 } else {
                     None
+                }
+            }
+            Some(Ok(WatchMessage::Event(event))) if filter.is_empty() && !encoder.table => {
+                last_sent = event.revision();
+                match encoder.splice(&event) {
+                    Ok(line) => Some(line),
+                    Err(error) => {
+                        tracing::warn!(error = %error.message, "undecodable object in watch");
+                        None
+                    }
                 }
             }
             Some(Ok(WatchMessage::Event(event))) => {
