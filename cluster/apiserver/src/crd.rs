@@ -310,13 +310,9 @@ pub async fn unregister(server: &Arc<ApiServer>, crd: &Value) {
     let (group, plural) = group_and_plural(crd);
     server.registry.set_custom(&group, &plural, Vec::new());
     let prefix = format!("/registry/{group}/{plural}/");
-    if let Ok(page) = server.objects.list(&prefix, None, None, 0, |_| true).await {
-        for object in page.items {
-            let key = match crate::meta::namespace(&object) {
-                Some(ns) => format!("{prefix}{ns}/{}", crate::meta::name(&object)),
-                None => format!("{prefix}{}", crate::meta::name(&object)),
-            };
-            let _ = server.objects.storage().delete(&key, None).await;
+    if let Ok((kvs, _, _)) = server.objects.list_raw(&prefix, None, None, 0).await {
+        for kv in kvs {
+            let _ = server.objects.storage().delete(&kv.key, None).await;
         }
     }
 }

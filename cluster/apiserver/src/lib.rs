@@ -8,6 +8,7 @@
 //! to clients; [`pki`], [`auth`] and [`serve`] handle TLS, identities and connections.
 
 pub mod auth;
+pub mod convert;
 pub mod crd;
 pub mod discovery;
 pub mod error;
@@ -180,7 +181,7 @@ impl ApiServer {
             .expect("built in");
         let page = self
             .objects
-            .list(&crds.list_prefix(None), None, None, 0, |_| true)
+            .list(&crds, &crds.list_prefix(None), None, None, 0, |_| true)
             .await?;
         for crd in page.items {
             crd::register(self, &crd).await;

@@ -234,3 +234,47 @@ async fn reflector_survives_restart_and_compaction() {
     wait_for(|| names(&store) == ["after-restart", "before", "written-offline"]).await;
     task.abort();
 }
+
+#[tokio::test]
+async fn events_recorded_through_events_k8s_io_are_core_events() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = maps
+        .create(&PostParams::default(), &config_map("noted", &[]))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kelson-test".into(),
+            instance: None,
+        },
+    );
+    let reference = kube::Resource::object_ref(&cm, &());
+    recorder
+        .publish(
+            &Event {
+                type_: EventType::Normal,
+                reason: "Noted".into(),
+                note: Some("seen by the test".into()),
+                action: "Note".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await
+        .unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let events = core
+        .list(&ListParams::default().fields("involvedObject.name=noted"))
+        .await
+        .unwrap();
+    assert_eq!(events.items.len(), 1, "{events:?}");
+    let event = &events.items[0];
+    assert_eq!(event.reason.as_deref(), Some("Noted"));
+    assert_eq!(event.message.as_deref(), Some("seen by the test"));
+    assert_eq!(event.reporting_component.as_deref(), Some("kelson-test"));
+}

@@ -166,8 +166,8 @@ const SPECS: &[Spec] = &[
         true,
         "io.k8s.api.events.v1.Event",
     )
-    .short(&["ev"])
-    .stored_at("/registry/events.k8s.io/events/"),
+    // stored with the v1 Events (see `crate::convert`)
+    .short(&["ev"]),
     spec(
         "apps/v1",
         "Deployment",

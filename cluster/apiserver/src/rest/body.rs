@@ -66,10 +66,58 @@ pub fn decode_json(bytes: &[u8]) -> ApiResult<Value> {
 /// # Errors
 /// 400 with the parser's message.
 pub fn decode_yaml(bytes: &[u8]) -> ApiResult<Value> {
+    check_flow_depth(bytes, MAX_YAML_FLOW_DEPTH)?;
     let value: serde_yaml::Value = serde_yaml::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("error decoding request body as YAML: {e}")))?;
     serde_json::to_value(value)
         .map_err(|e| ApiError::bad_request(format!("YAML does not convert to JSON: {e}")))
+}
+
+/// The deepest nesting of YAML flow collections (`[`, `{`) accepted. The YAML parser's time
+/// grows with the square of this depth, so hostile documents are refused before parsing.
+const MAX_YAML_FLOW_DEPTH: usize = 1000;
+
+/// Refuses YAML whose flow collections nest deeper than `max` (a cheap scan that skips quoted
+/// scalars and comments).
+fn check_flow_depth(bytes: &[u8], max: usize) -> ApiResult<()> {
+    let mut depth = 0usize;
+    let (mut in_single, mut in_double, mut escaped, mut in_comment) = (false, false, false, false);
+    let mut previous = b'\n';
+    for &b in bytes {
+        if in_comment {
+            in_comment = b != b'\n';
+        } else if in_double {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_double = false;
+            }
+        } else if in_single {
+            in_single = b != b'\'';
+        } else {
+            let after_separator =
+                previous.is_ascii_whitespace() || matches!(previous, b'[' | b'{' | b',' | b':');
+            match b {
+                b'"' if after_separator => in_double = true,
+                b'\'' if after_separator => in_single = true,
+                b'#' if previous.is_ascii_whitespace() => in_comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return Err(ApiError::bad_request(format!(
+                            "error decoding request body as YAML: collections nested deeper than {max} levels"
+                        )));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = b;
+    }
+    Ok(())
 }
 
 /// Reads and decodes the body of a write as an object.
@@ -121,6 +169,29 @@ mod tests {
                 .code,
             400
         );
+    }
+
+    #[test]
+    fn deep_yaml_is_refused_before_parsing() {
+        let deep = format!("a: {}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            decode("application/yaml", deep.as_bytes())
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // brackets inside quoted scalars and comments do not count
+        let quoted = format!(
+            "a: \"{}\"\nb: '{}' # {}\n",
+            "[".repeat(5000),
+            "{".repeat(5000),
+            "[".repeat(5000)
+        );
+        assert!(decode("application/yaml", quoted.as_bytes()).is_ok());
+        let reasonable = format!("a: {}1{}", "[".repeat(50), "]".repeat(50));
+        assert!(decode("application/yaml", reasonable.as_bytes()).is_ok());
     }
 
     #[test]

@@ -55,19 +55,19 @@ impl Objects {
     ///
     /// # Errors
     /// When the stored bytes are not a JSON object (500).
-    pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
-        Self::decode_at(&kv.value, kv.mod_revision)
+    pub fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
+        Self::decode_at(rt, &kv.value, kv.mod_revision)
     }
 
     /// Decodes stored bytes and sets the given resourceVersion.
     ///
     /// # Errors
     /// When the stored bytes are not a JSON object (500).
-    pub fn decode_at(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
+    pub fn decode_at(rt: &ResourceType, bytes: &[u8], revision: Revision) -> ApiResult<Value> {
         let mut object: Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::internal(format!("stored object does not decode: {e}")))?;
         meta::set_resource_version(&mut object, revision);
-        Ok(object)
+        Ok(crate::convert::from_storage(rt, object))
     }
 
     /// The stored form: `apiVersion`, `kind` and `metadata` (without `resourceVersion`) first,
@@ -143,7 +143,7 @@ impl Objects {
             out.extend_from_slice(rest);
             return Ok(Bytes::from(out));
         }
-        let object = crate::rest::read::with_type(rt, Self::decode_at(stored, revision)?);
+        let object = crate::rest::read::with_type(rt, Self::decode_at(rt, stored, revision)?);
         Ok(Bytes::from(
             serde_json::to_vec(&object).expect("json values serialize"),
         ))
@@ -202,7 +202,7 @@ impl Objects {
         name: &str,
     ) -> ApiResult<Option<Value>> {
         let (kv, _) = self.storage.get(&rt.key(namespace, name)).await?;
-        kv.as_ref().map(Self::decode).transpose()
+        kv.as_ref().map(|kv| Self::decode(rt, kv)).transpose()
     }
 
     /// Stores a new object; returns it with its resourceVersion.
@@ -212,7 +212,7 @@ impl Objects {
     pub async fn create(&self, rt: &ResourceType, mut object: Value) -> ApiResult<Value> {
         let name = meta::name(&object).to_owned();
         let key = rt.key(meta::namespace(&object), &name);
-        let bytes = Self::encode(&mut object);
+        let bytes = Self::encode(&mut crate::convert::to_storage(rt, object.clone()));
         match self.storage.create(&key, bytes).await {
             Ok(kv) => {
                 meta::set_resource_version(&mut object, kv.mod_revision);
@@ -237,7 +237,7 @@ impl Objects {
     ) -> ApiResult<Value> {
         let name = meta::name(&object).to_owned();
         let key = rt.key(meta::namespace(&object), &name);
-        let bytes = Self::encode(&mut object);
+        let bytes = Self::encode(&mut crate::convert::to_storage(rt, object.clone()));
         match self.storage.update(&key, bytes, expected).await {
             Ok(kv) => {
                 meta::set_resource_version(&mut object, kv.mod_revision);
@@ -266,7 +266,7 @@ impl Objects {
             .delete(&rt.key(namespace, name), expected)
             .await
         {
-            Ok((prev, revision)) => Self::decode_at(&prev.value, revision),
+            Ok((prev, revision)) => Self::decode_at(rt, &prev.value, revision),
             Err(kelson_storage::Error::Conflict { .. }) => Err(ApiError::conflict(rt, name)),
             Err(kelson_storage::Error::NotFound { .. }) => Err(ApiError::not_found(rt, name)),
             Err(other) => Err(other.into()),
@@ -280,6 +280,7 @@ impl Objects {
     /// 410 when the revision was compacted.
     pub async fn list(
         &self,
+        rt: &ResourceType,
         prefix: &str,
         start: Option<String>,
         revision: Option<Revision>,
@@ -288,7 +289,7 @@ impl Objects {
     ) -> ApiResult<Page> {
         let page = self
             .list_with(prefix, start, revision, limit, |kv| {
-                let object = Self::decode(&kv)?;
+                let object = Self::decode(rt, &kv)?;
                 Ok(keep(&object).then_some(object))
             })
             .await?;
@@ -389,7 +390,7 @@ mod tests {
             let spliced = Objects::response_bytes(&rt, &prefix, &stored, 42).unwrap();
             let spliced: Value = serde_json::from_slice(&spliced).unwrap();
             let decoded =
-                crate::rest::read::with_type(&rt, Objects::decode_at(&stored, 42).unwrap());
+                crate::rest::read::with_type(&rt, Objects::decode_at(&rt, &stored, 42).unwrap());
             assert_eq!(spliced, decoded);
             assert_eq!(spliced["metadata"]["resourceVersion"], "42");
         }

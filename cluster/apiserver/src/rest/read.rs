@@ -97,7 +97,7 @@ pub async fn get(
         .await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(rt, name))?;
     if req.wants_table() {
-        let object = Objects::decode(&kv)?;
+        let object = Objects::decode(rt, &kv)?;
         let include = req.query.get("includeObject").unwrap_or("Metadata");
         let table = to_table(
             rt,
@@ -251,7 +251,7 @@ pub async fn list(
         let page = server
             .objects
             .list_with(&prefix, start, revision, limit, |kv| {
-                let object = Objects::decode(&kv)?;
+                let object = Objects::decode(rt, &kv)?;
                 Ok(filter
                     .matches(&object)
                     .then(|| table_row(rt, &object, &include)))
@@ -277,7 +277,7 @@ pub async fn list(
     let page = server
         .objects
         .list_with(&prefix, start, revision, limit, |kv| {
-            let object = Objects::decode(&kv)?;
+            let object = Objects::decode(rt, &kv)?;
             Ok(filter.matches(&object).then_some(kv))
         })
         .await
@@ -528,7 +528,7 @@ pub async fn watch(
         Some(revision) if !send_initial_events => revision,
         _ => {
             let page = objects
-                .list(&prefix, None, None, 0, |o| filter.matches(o))
+                .list(rt, &prefix, None, None, 0, |o| filter.matches(o))
                 .await?;
             initial = page.items;
             page.revision
@@ -642,7 +642,7 @@ async fn follow(
             }
             Some(Ok(WatchMessage::Event(event))) => {
                 last_sent = event.revision();
-                match translate(&event, &filter) {
+                match translate(&encoder.rt, &event, &filter) {
                     Ok(Some((event_type, object))) => Some(encoder.line(event_type, object)),
                     Ok(None) => None,
                     Err(error) => {
@@ -662,18 +662,22 @@ async fn follow(
 
 /// Maps a storage event to a watch event for a filtered watcher: objects entering the
 /// selection are ADDED, objects leaving it are DELETED.
-fn translate(event: &Event, filter: &Filter) -> ApiResult<Option<(&'static str, Value)>> {
+fn translate(
+    rt: &ResourceType,
+    event: &Event,
+    filter: &Filter,
+) -> ApiResult<Option<(&'static str, Value)>> {
     Ok(match event {
         Event::Created(kv) => {
-            let object = Objects::decode(kv)?;
+            let object = Objects::decode(rt, kv)?;
             filter.matches(&object).then_some(("ADDED", object))
         }
         Event::Updated { kv, prev } => {
-            let object = Objects::decode(kv)?;
+            let object = Objects::decode(rt, kv)?;
             if filter.is_empty() {
                 return Ok(Some(("MODIFIED", object)));
             }
-            let old = Objects::decode(prev)?;
+            let old = Objects::decode(rt, prev)?;
             match (filter.matches(&old), filter.matches(&object)) {
                 (true, true) => Some(("MODIFIED", object)),
                 (false, true) => Some(("ADDED", object)),
@@ -682,7 +686,7 @@ fn translate(event: &Event, filter: &Filter) -> ApiResult<Option<(&'static str, 
             }
         }
         Event::Deleted { prev, revision } => {
-            let object = Objects::decode_at(&prev.value, *revision)?;
+            let object = Objects::decode_at(rt, &prev.value, *revision)?;
             filter.matches(&object).then_some(("DELETED", object))
         }
     })

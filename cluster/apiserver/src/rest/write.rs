@@ -1126,7 +1126,7 @@ pub async fn delete_collection(
     let options = delete_options(&mut req).await?;
     let page = server
         .objects
-        .list(&rt.list_prefix(namespace), None, None, 0, |o| {
+        .list(rt, &rt.list_prefix(namespace), None, None, 0, |o| {
             filter.matches(o)
         })
         .await?;
