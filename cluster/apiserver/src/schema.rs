@@ -192,6 +192,21 @@ impl<'a> Node<'a> {
     }
 }
 
+const QUANTITY: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
+
+/// Whether text is a Kubernetes quantity (`100m`, `1Gi`, `1e3`, `0.5`).
+#[must_use]
+pub fn is_quantity(text: &str) -> bool {
+    static PATTERN: OnceLock<regex::Regex> = OnceLock::new();
+    let pattern = PATTERN.get_or_init(|| {
+        regex::Regex::new(
+            r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$",
+        )
+        .expect("valid regex")
+    });
+    pattern.is_match(text)
+}
+
 /// How unknown fields are treated (the `fieldValidation` query parameter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldValidation {
@@ -288,6 +303,13 @@ fn walk(
             path.clone(),
             "nesting is too deep",
         ));
+        return;
+    }
+    if ref_name(schema.value) == Some(QUANTITY)
+        && let Value::String(text) = value
+        && !is_quantity(text)
+    {
+        findings.causes.push(Cause::invalid(path.clone(), value, "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"));
         return;
     }
     let node = schema.resolve();
@@ -460,6 +482,13 @@ fn check_limits(value: &Value, node: Node<'_>, path: &str, findings: &mut Findin
             }
         }
         Value::String(s) => {
+            if node.get("format").and_then(Value::as_str) == Some("date-time")
+                && s.parse::<jiff::Timestamp>().is_err()
+            {
+                findings
+                    .causes
+                    .push(Cause::invalid(path, value, "must be an RFC 3339 date-time"));
+            }
             let len = s.chars().count();
             if let Some(min) = count("minLength")
                 && len < min
@@ -588,6 +617,26 @@ mod tests {
         let mut missing = json!({"spec": {}});
         let findings = validate(&mut missing, Node::custom(&schema));
         assert_eq!(findings.causes[0].reason, "FieldValueRequired");
+    }
+
+    #[test]
+    fn quantities_and_times_are_checked() {
+        for good in ["1", "100m", "1Gi", "0.5", "1e3", "+2", "1.5Ki", ".5"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["abc", "1 Gi", "1GiB", "", "--1"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let mut pod = json!({"metadata": {"creationTimestamp": "soon"}, "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "lots"}}}]}});
+        let findings = validate(&mut pod, Node::builtin("io.k8s.api.core.v1.Pod").unwrap());
+        let fields: Vec<_> = findings.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.creationTimestamp",
+                "spec.containers[0].resources.limits.cpu"
+            ]
+        );
     }
 
     #[test]

@@ -278,3 +278,54 @@ async fn events_recorded_through_events_k8s_io_are_core_events() {
     assert_eq!(event.message.as_deref(), Some("seen by the test"));
     assert_eq!(event.reporting_component.as_deref(), Some("kelson-test"));
 }
+
+#[tokio::test]
+async fn deleting_a_namespace_terminates_it_until_finalized() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap();
+    let created = namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    assert_eq!(created.spec.unwrap().finalizers.unwrap(), ["kubernetes"]);
+    assert_eq!(
+        created.metadata.labels.unwrap()["kubernetes.io/metadata.name"],
+        "doomed"
+    );
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = namespaces.get("doomed").await.unwrap();
+    assert_eq!(
+        terminating.status.as_ref().unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    let refused = maps
+        .create(&PostParams::default(), &config_map("late", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, kube::Error::Api(ref s) if s.code == 403),
+        "{refused:?}"
+    );
+    // what the namespace controller does once the namespace is empty
+    let mut finalized = serde_json::to_value(&terminating).unwrap();
+    finalized["spec"]["finalizers"] = json!([]);
+    let request = http::Request::put("/api/v1/namespaces/doomed/finalize")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&finalized).unwrap())
+        .unwrap();
+    client.request_text(request).await.unwrap();
+    let gone = namespaces.get("doomed").await.unwrap_err();
+    assert!(
+        matches!(gone, kube::Error::Api(ref s) if s.code == 404),
+        "{gone:?}"
+    );
+}

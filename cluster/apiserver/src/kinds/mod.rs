@@ -7,6 +7,7 @@ pub mod defaults;
 pub mod fields;
 pub mod strategy;
 pub mod table;
+pub mod typed;
 pub mod validate;
 
 use crate::registry::{ResourceType, STANDARD_VERBS, ScalePaths, SchemaSource, Subresource};

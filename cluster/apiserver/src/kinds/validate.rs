@@ -84,6 +84,11 @@ pub fn validate(rt: &ResourceType, object: &Value, old: Option<&Value>) -> Vec<C
     validate_metadata(rt, object, &mut causes);
     if !rt.custom {
         validate_kind(rt, object, old, &mut causes);
+        if causes.is_empty()
+            && let Some(cause) = crate::kinds::typed::check_decodes(&rt.group, &rt.kind, object)
+        {
+            causes.push(cause);
+        }
     }
     causes
 }

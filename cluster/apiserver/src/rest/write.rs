@@ -431,7 +431,9 @@ async fn read_modify_write(
             return Ok((admitted, false));
         }
         let revision = current_revision(&current)?;
-        let finished = meta::is_deleting(&admitted) && meta::finalizers(&admitted).is_empty();
+        let finished = meta::is_deleting(&admitted)
+            && meta::finalizers(&admitted).is_empty()
+            && spec_finalizers(rt, &admitted).is_empty();
         let result = if finished {
             server
                 .objects
@@ -1035,7 +1037,9 @@ async fn delete_object(
             }
             _ => {}
         }
-        let pending = grace.is_some_and(|g| g > 0) || !finalizers.is_empty();
+        let pending = grace.is_some_and(|g| g > 0)
+            || !finalizers.is_empty()
+            || !spec_finalizers(rt, &current).is_empty();
         if !pending {
             if options.dry_run {
                 return Ok((current, true));
@@ -1074,6 +1078,10 @@ async fn delete_object(
             }
         }
         metadata.insert("finalizers".into(), json!(finalizers));
+        if is_namespace(rt) {
+            // the namespace controller empties it, then removes `spec.finalizers` via /finalize
+            desired["status"]["phase"] = json!("Terminating");
+        }
         if desired == current {
             return Ok((current, false));
         }
@@ -1087,6 +1095,27 @@ async fn delete_object(
         }
     }
     Err(ApiError::conflict(rt, name))
+}
+
+fn is_namespace(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.kind == "Namespace"
+}
+
+/// A namespace's `spec.finalizers`, which hold its deletion like metadata finalizers do.
+fn spec_finalizers(rt: &ResourceType, object: &Value) -> Vec<String> {
+    if !is_namespace(rt) {
+        return Vec::new();
+    }
+    object
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The grace period of a graceful delete, for kinds that have one (pods).
