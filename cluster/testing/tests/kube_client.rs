@@ -329,3 +329,148 @@ async fn deleting_a_namespace_terminates_it_until_finalized() {
         "{gone:?}"
     );
 }
+
+#[tokio::test]
+async fn graceful_pod_deletion_dry_run_and_consistent_pages() {
+    use k8s_openapi::api::core::v1::Pod;
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "graceful"},
+        "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 30, "containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+    pods.delete("graceful", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = pods.get("graceful").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    // what the kubelet does once the containers are gone
+    pods.delete("graceful", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert!(pods.get_opt("graceful").await.unwrap().is_none());
+
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let dry = maps
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &config_map("dry", &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry.metadata.name.as_deref(), Some("dry"));
+    assert!(
+        maps.get_opt("dry").await.unwrap().is_none(),
+        "dry runs persist nothing"
+    );
+
+    for i in 0..5 {
+        maps.create(
+            &PostParams::default(),
+            &config_map(&format!("page-{i}"), &[]),
+        )
+        .await
+        .unwrap();
+    }
+    let first = maps.list(&ListParams::default().limit(2)).await.unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    maps.delete("page-3", &DeleteParams::default())
+        .await
+        .unwrap();
+    maps.create(&PostParams::default(), &config_map("page-25", &[]))
+        .await
+        .unwrap();
+    let mut names: Vec<String> = first
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    let mut params = ListParams::default().limit(2).continue_token(&token);
+    loop {
+        let page = maps.list(&params).await.unwrap();
+        names.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => {
+                params = ListParams::default().limit(2).continue_token(&token)
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(
+        names,
+        ["page-0", "page-1", "page-2", "page-3", "page-4"],
+        "pages show the first page's snapshot"
+    );
+    let any = maps.list(&ListParams::default().match_any()).await.unwrap();
+    assert_eq!(any.items.len(), 5);
+}
+
+#[tokio::test]
+async fn filtered_watches_see_objects_enter_and_leave() {
+    let server = TestServer::start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    let start = maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let params = kube::api::WatchParams::default()
+        .labels("team=blue")
+        .timeout(20);
+    let mut stream = maps.watch(&params, &start).await.unwrap().boxed();
+    maps.create(&PostParams::default(), &config_map("moving", &[]))
+        .await
+        .unwrap();
+    let label = |team: &str| json!({"metadata": {"labels": {"team": team}}});
+    maps.patch(
+        "moving",
+        &PatchParams::default(),
+        &Patch::Merge(&label("blue")),
+    )
+    .await
+    .unwrap();
+    maps.patch(
+        "moving",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"x": "1"}})),
+    )
+    .await
+    .unwrap();
+    maps.patch(
+        "moving",
+        &PatchParams::default(),
+        &Patch::Merge(&label("red")),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(match event {
+            kube::api::WatchEvent::Added(_) => "ADDED",
+            kube::api::WatchEvent::Modified(_) => "MODIFIED",
+            kube::api::WatchEvent::Deleted(_) => "DELETED",
+            kube::api::WatchEvent::Bookmark(_) => continue,
+            kube::api::WatchEvent::Error(e) => panic!("{e:?}"),
+        });
+    }
+    assert_eq!(
+        seen,
+        ["ADDED", "MODIFIED", "DELETED"],
+        "entering, changing and leaving the selection"
+    );
+}
