@@ -21,8 +21,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane: the Kubernetes API server over embedded storage or etcd.
+    /// Run the control plane: the Kubernetes API server over embedded storage or etcd, with
+    /// the scheduler and the controllers (each under leader election).
     Server(ServerArgs),
+    /// Run simulated ("hollow") nodes against a cluster: they register, heartbeat and run the
+    /// pods bound to them on a fake runtime.
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Kubeconfig of the cluster (e.g. `<data-dir>/kubeconfig.yaml`).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// API server URL (with --token), instead of a kubeconfig.
+    #[arg(long)]
+    server: Option<String>,
+    /// Bearer token (with --server).
+    #[arg(long)]
+    token: Option<String>,
+    /// CA certificate of the API server (with --server); without it the server is not verified.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Node names are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "hollow-")]
+    name_prefix: String,
+    /// Milliseconds from binding until a pod is Running and Ready.
+    #[arg(long, default_value_t = 500)]
+    start_delay_ms: u64,
+    /// CPU capacity of each node.
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    /// Memory capacity of each node.
+    #[arg(long, default_value = "16Gi")]
+    memory: String,
+    /// Pod capacity of each node.
+    #[arg(long, default_value = "110")]
+    pods: String,
 }
 
 #[derive(clap::Args)]
@@ -42,6 +80,9 @@ struct ServerArgs {
     /// Seconds between compactions of old revisions.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    /// Do not run the scheduler.
+    #[arg(long)]
+    disable_scheduler: bool,
 }
 
 fn shutdown_signal() -> CancellationToken {
@@ -70,21 +111,105 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Server(args) => {
-            let mut config = kelson_apiserver::Config::new(args.data_dir);
-            config.listen = args.listen;
-            config.tls_sans = args.tls_sans;
-            config.compaction_interval =
-                Duration::from_secs(args.compaction_interval_seconds.max(1));
-            if !args.etcd_endpoints.is_empty() {
-                config.storage = kelson_apiserver::StorageConfig::Etcd {
-                    endpoints: args.etcd_endpoints,
-                };
-            }
-            kelson_apiserver::run(config, shutdown_signal(), None)
-                .await
-                .context("kelson server failed")?;
-        }
+        Command::Server(args) => server(args).await?,
+        Command::Sim(args) => sim(args).await?,
     }
+    Ok(())
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let mut config = kelson_apiserver::Config::new(args.data_dir);
+    config.listen = args.listen;
+    config.tls_sans = args.tls_sans;
+    config.compaction_interval = Duration::from_secs(args.compaction_interval_seconds.max(1));
+    if !args.etcd_endpoints.is_empty() {
+        config.storage = kelson_apiserver::StorageConfig::Etcd {
+            endpoints: args.etcd_endpoints,
+        };
+    }
+    let shutdown = shutdown_signal();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let api = tokio::spawn(kelson_apiserver::run(
+        config,
+        shutdown.clone(),
+        Some(started_tx),
+    ));
+    let Ok(running) = started.await else {
+        return api.await?.context("kelson server failed");
+    };
+    let identity = format!("{}_{}", hostname(), std::process::id());
+    if !args.disable_scheduler {
+        let client = running.server.client(kelson_apiserver::auth::User::new(
+            "system:kube-scheduler",
+            vec![],
+        ));
+        let election = kelson_common::leader::Election::new("kube-scheduler", &identity);
+        tokio::spawn(kelson_common::leader::run_when_leader(
+            client.clone(),
+            election,
+            shutdown.clone(),
+            move |leading| {
+                kelson_scheduler::run(client.clone(), kelson_scheduler::Config::default(), leading)
+            },
+        ));
+    }
+    api.await?.context("kelson server failed")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "kelson".into())
+}
+
+async fn sim(args: SimArgs) -> anyhow::Result<()> {
+    let client = match (&args.server, &args.token) {
+        (Some(server), Some(token)) => {
+            let mut config = kube::Config::new(server.parse().context("invalid --server URL")?);
+            config.auth_info.token = Some(token.clone().into());
+            match &args.ca_file {
+                Some(ca) => {
+                    let pem = std::fs::read(ca)
+                        .with_context(|| format!("failed to read {}", ca.display()))?;
+                    use rustls::pki_types::{CertificateDer, pem::PemObject};
+                    let ders = CertificateDer::pem_slice_iter(&pem)
+                        .map(|c| c.map(|c| c.to_vec()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .context("invalid --ca-file")?;
+                    config.root_cert = Some(ders);
+                }
+                None => config.accept_invalid_certs = true,
+            }
+            kube::Client::try_from(config)?
+        }
+        _ => {
+            let path = args
+                .kubeconfig
+                .clone()
+                .context("give --kubeconfig, or --server with --token")?;
+            let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?;
+            kube::Client::try_from(config)?
+        }
+    };
+    let shutdown = shutdown_signal();
+    let config = kelson_kubelet::hollow::HollowConfig {
+        nodes: args.nodes,
+        name_prefix: args.name_prefix,
+        start_delay: Duration::from_millis(args.start_delay_ms),
+        cpu: args.cpu,
+        memory: args.memory,
+        pods: args.pods,
+        ..Default::default()
+    };
+    kelson_kubelet::hollow::start(client, config, shutdown.clone())
+        .await
+        .context("failed to start hollow nodes")?;
+    shutdown.cancelled().await;
     Ok(())
 }

@@ -138,6 +138,20 @@ impl ApiServer {
         })
     }
 
+    /// A kube client that reaches this server in-process (no TLS, no socket) as `user`: how the
+    /// scheduler, controllers and other components of `kelson server` talk to it.
+    #[must_use]
+    pub fn client(self: &Arc<Self>, user: User) -> kube::Client {
+        let identity = auth::ClientIdentity(user);
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut request: http::Request<kube::client::Body>| {
+                request.extensions_mut().insert(identity.clone());
+                request.map(axum::body::Body::new)
+            })
+            .service(self.router());
+        kube::Client::new(service, "default")
+    }
+
     /// `host:port` clients are told to use.
     #[must_use]
     pub fn advertised_address(&self) -> String {
@@ -205,12 +219,14 @@ impl ApiServer {
 }
 
 /// What a running server exposes to its caller.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Running {
     /// `https://host:port` of the API.
     pub url: String,
     /// The admin kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The server, for in-process clients ([`ApiServer::client`]).
+    pub server: Arc<ApiServer>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -341,7 +357,11 @@ pub async fn run_with_storage(
     )?;
     info!(%url, kubeconfig = %kubeconfig.display(), "api server listening");
     if let Some(started) = started {
-        let _ = started.send(Running { url, kubeconfig });
+        let _ = started.send(Running {
+            url,
+            kubeconfig,
+            server: server.clone(),
+        });
     }
     tokio::spawn(compact_periodically(
         storage,

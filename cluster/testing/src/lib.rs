@@ -23,6 +23,7 @@ pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
     running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    api: Option<Arc<kelson_apiserver::ApiServer>>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -55,6 +56,7 @@ impl TestServer {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             running: None,
+            api: None,
             _temp: Some(temp),
         };
         server.restart().await;
@@ -92,6 +94,7 @@ impl TestServer {
             .await
             .expect("server starts")
             .expect("server runs");
+        self.api = Some(running.server.clone());
         let port: u16 = running
             .url
             .rsplit(':')
@@ -100,6 +103,19 @@ impl TestServer {
             .expect("port in url");
         self.addr = SocketAddr::from(([127, 0, 0, 1], port));
         self.running = Some((token, handle));
+    }
+
+    /// An in-process client to the running server as `user`.
+    ///
+    /// # Panics
+    /// When the server is not running.
+    #[must_use]
+    pub fn in_process_client(&self, user: &str) -> kube::Client {
+        let api = self.api.as_ref().expect("server running");
+        api.client(kelson_apiserver::auth::User::new(
+            user,
+            vec!["system:masters".into()],
+        ))
     }
 
     /// The admin kubeconfig path.
@@ -349,5 +365,90 @@ impl Kubectl {
             String::from_utf8_lossy(&output.stdout)
         );
         String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+/// A whole simulated cluster in this process: API server, scheduler and hollow nodes.
+pub struct TestCluster {
+    /// The API server.
+    pub server: TestServer,
+    /// The hollow nodes.
+    pub nodes: kelson_kubelet::hollow::HollowNodes,
+    components: CancellationToken,
+}
+
+impl TestCluster {
+    /// Starts a cluster with `nodes` hollow nodes (pods start after 100 ms).
+    ///
+    /// # Panics
+    /// When something does not start.
+    pub async fn start(nodes: usize) -> Self {
+        Self::start_with(kelson_kubelet::hollow::HollowConfig {
+            nodes,
+            start_delay: Duration::from_millis(100),
+            run_duration: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Starts a cluster with hollow nodes configured by `hollow`.
+    ///
+    /// # Panics
+    /// When something does not start.
+    pub async fn start_with(hollow: kelson_kubelet::hollow::HollowConfig) -> Self {
+        let server = TestServer::start().await;
+        let components = CancellationToken::new();
+        let scheduler_client = server.in_process_client("system:kube-scheduler");
+        tokio::spawn(kelson_scheduler::run(
+            scheduler_client,
+            kelson_scheduler::Config::default(),
+            components.clone(),
+        ));
+        let nodes = kelson_kubelet::hollow::start(
+            server.in_process_client("system:node:hollow"),
+            hollow,
+            components.clone(),
+        )
+        .await
+        .expect("hollow nodes start");
+        Self {
+            server,
+            nodes,
+            components,
+        }
+    }
+
+    /// A kube client over HTTPS as the admin.
+    pub async fn client(&self) -> kube::Client {
+        self.server.client().await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.components.cancel();
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+///
+/// # Panics
+/// When the timeout passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -178,17 +178,21 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Selector", "string", 1),
         ],
         ("", "Namespace") => vec![NAME, col("Status", "string", 0), AGE],
+        ("coordination.k8s.io", "Lease") => vec![NAME, col("Holder", "string", 0), AGE],
         ("", "Event") => vec![
             col("Last Seen", "string", 0),
             col("Type", "string", 0),
             col("Reason", "string", 0),
             col("Object", "string", 0),
-            col("Message", "string", 0),
             col("Subobject", "string", 1),
             col("Source", "string", 1),
+            col("Message", "string", 0),
             col("First Seen", "string", 1),
             col("Count", "string", 1),
-            NAME,
+            Column {
+                priority: 1,
+                ..NAME
+            },
         ],
         ("", "ConfigMap") => vec![NAME, col("Data", "integer", 0), AGE],
         ("", "Secret") => vec![
@@ -443,6 +447,11 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
             json!(s(object, "/status/phase")),
             json!(created(object)),
         ],
+        ("coordination.k8s.io", "Lease") => vec![
+            name,
+            json!(s(object, "/spec/holderIdentity")),
+            json!(created(object)),
+        ],
         ("", "Event") => {
             let last = [
                 "/lastTimestamp",
@@ -482,9 +491,9 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
                 json!(s(object, "/type")),
                 json!(s(object, "/reason")),
                 json!(format!("{kind}/{}", s(object, "/involvedObject/name"))),
-                json!(s(object, "/message").trim()),
                 json!(s(object, "/involvedObject/fieldPath")),
                 json!(source),
+                json!(s(object, "/message").trim()),
                 json!(age(first)),
                 json!(int(object, "/count").max(1).to_string()),
                 name,

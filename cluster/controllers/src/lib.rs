@@ -1,0 +1,1 @@
+//! Kelson controller manager.

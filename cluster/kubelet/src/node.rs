@@ -1,0 +1,195 @@
+//! The Node object a kubelet registers, and its Lease heartbeat in `kube-node-lease`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+/// The kubelet version nodes report.
+pub const KUBELET_VERSION: &str = "v1.33.0-kelson";
+
+/// What a node offers and how it presents itself.
+#[derive(Clone, Debug)]
+pub struct NodeSpecification {
+    /// Node name.
+    pub name: String,
+    /// Extra labels.
+    pub labels: BTreeMap<String, String>,
+    /// Capacity (cpu, memory, pods, ephemeral-storage).
+    pub capacity: BTreeMap<String, Quantity>,
+    /// Allocatable (capacity minus reservations).
+    pub allocatable: BTreeMap<String, Quantity>,
+    /// InternalIP.
+    pub internal_ip: String,
+    /// Runtime version, e.g. `containerd://1.6.20`.
+    pub runtime_version: String,
+    /// OS image.
+    pub os_image: String,
+    /// Kernel version.
+    pub kernel_version: String,
+}
+
+fn ready_conditions(now: &Time, ready: bool) -> Vec<NodeCondition> {
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    };
+    vec![
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        condition(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+        if ready {
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            )
+        } else {
+            condition(
+                "Ready",
+                "False",
+                "KubeletNotReady",
+                "container runtime is not ready",
+            )
+        },
+    ]
+}
+
+/// The Node object for a specification.
+#[must_use]
+pub fn node_object(spec: &NodeSpecification, now: &Time) -> Node {
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_owned(), spec.name.clone()),
+        ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+        ("kubernetes.io/arch".to_owned(), go_arch().to_owned()),
+        ("beta.kubernetes.io/os".to_owned(), "linux".to_owned()),
+        ("beta.kubernetes.io/arch".to_owned(), go_arch().to_owned()),
+    ]);
+    labels.extend(spec.labels.clone());
+    Node {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            capacity: Some(spec.capacity.clone()),
+            allocatable: Some(spec.allocatable.clone()),
+            conditions: Some(ready_conditions(now, true)),
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: spec.internal_ip.clone(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: spec.name.clone(),
+                },
+            ]),
+            node_info: Some(NodeSystemInfo {
+                architecture: go_arch().into(),
+                operating_system: "linux".into(),
+                kubelet_version: KUBELET_VERSION.into(),
+                kube_proxy_version: KUBELET_VERSION.into(),
+                container_runtime_version: spec.runtime_version.clone(),
+                os_image: spec.os_image.clone(),
+                kernel_version: spec.kernel_version.clone(),
+                machine_id: String::new(),
+                system_uuid: String::new(),
+                boot_id: String::new(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Creates the node, or refreshes the status of an existing one.
+///
+/// # Errors
+/// When the API refuses.
+pub async fn register(client: &kube::Client, spec: &NodeSpecification) -> kube::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let now = Time(jiff::Timestamp::now());
+    let node = node_object(spec, &now);
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let status = serde_json::json!({"status": node.status});
+            nodes
+                .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .map(|_| ())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Posts a fresh Ready (or NotReady) status with heartbeat times.
+///
+/// # Errors
+/// When the API refuses.
+pub async fn post_status(client: &kube::Client, name: &str, ready: bool) -> kube::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let now = Time(jiff::Timestamp::now());
+    let patch = serde_json::json!({"status": {"conditions": ready_conditions(&now, ready)}});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Renews (creating if needed) the node's Lease in `kube-node-lease`.
+///
+/// # Errors
+/// When the API refuses.
+pub async fn renew_lease(
+    client: &kube::Client,
+    name: &str,
+    duration_seconds: i32,
+) -> kube::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let now = MicroTime(jiff::Timestamp::now());
+    let patch = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": duration_seconds, "renewTime": now},
+    });
+    let params = PatchParams::apply("kubelet").force();
+    leases
+        .patch(name, &params, &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,510 @@
+//! The scheduling loop: watches nodes and pods into a cache of [`NodeInfo`], takes unscheduled
+//! pods of `default-scheduler` from a queue, asks [`crate::plan`] for a node, assumes the pod
+//! there at once (so the next decision sees it) and binds it through `pods/binding` in the
+//! background. Pods that fit nowhere get `PodScheduled=False`/`Unschedulable` with
+//! kube-scheduler's message and a `FailedScheduling` event, and are retried with backoff or as
+//! soon as the cluster changes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::plan::{self, NodeInfo, PlacedPod, PodRequest};
+
+/// The scheduler name pods ask for.
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+/// Scheduler configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Binding requests in flight at once.
+    pub max_concurrent_binds: usize,
+    /// First retry delay of an unschedulable pod.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_binds: 64,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pod waiting for a node.
+struct Waiting {
+    pod: Pod,
+    attempts: u32,
+    /// When it may be tried again (unschedulable pods wait here).
+    not_before: Option<Instant>,
+    /// The last unschedulable message written to its status.
+    reported: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    nodes: HashMap<String, NodeInfo>,
+    /// Node of every placed pod (observed or assumed).
+    placement: HashMap<String, String>,
+    /// Pods we bound but have not yet seen bound.
+    assumed: HashSet<String>,
+    /// Unscheduled pods by key.
+    waiting: HashMap<String, Waiting>,
+    /// Keys ready to be tried, in order.
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+}
+
+impl State {
+    fn enqueue(&mut self, key: &str) {
+        if self.queued.insert(key.to_owned()) {
+            self.queue.push_back(key.to_owned());
+        }
+    }
+
+    /// Something changed that may make unschedulable pods fit: try them again.
+    fn flush_unschedulable(&mut self) {
+        let keys: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.not_before.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(waiting) = self.waiting.get_mut(&key) {
+                waiting.not_before = None;
+            }
+            self.enqueue(&key);
+        }
+    }
+
+    fn place(&mut self, key: &str, node: &str, placed: PlacedPod) {
+        if let Some(previous) = self.placement.insert(key.to_owned(), node.to_owned())
+            && previous != node
+            && let Some(info) = self.nodes.get_mut(&previous)
+        {
+            info.remove_pod(key);
+        }
+        if let Some(info) = self.nodes.get_mut(node) {
+            info.add_pod(placed);
+        }
+    }
+
+    fn unplace(&mut self, key: &str) {
+        if let Some(node) = self.placement.remove(key)
+            && let Some(info) = self.nodes.get_mut(&node)
+        {
+            info.remove_pod(key);
+        }
+    }
+
+    fn observe_pod(&mut self, pod: &Pod) {
+        let key = pod_key(pod);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        let terminal = kelson_common::pod::is_terminal(pod);
+        match node {
+            Some(node) => {
+                self.waiting.remove(&key);
+                self.assumed.remove(&key);
+                if terminal {
+                    if self.placement.contains_key(&key) {
+                        self.unplace(&key);
+                        self.flush_unschedulable();
+                    }
+                } else {
+                    self.place(&key, &node, PlacedPod::of(pod));
+                }
+            }
+            None if self.assumed.contains(&key) => {}
+            None => {
+                let ours = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.scheduler_name.as_deref())
+                    .unwrap_or(DEFAULT_SCHEDULER)
+                    == DEFAULT_SCHEDULER;
+                if !ours || terminal || kelson_common::pod::is_terminating(pod) {
+                    self.waiting.remove(&key);
+                    return;
+                }
+                match self.waiting.get_mut(&key) {
+                    Some(waiting) => waiting.pod = pod.clone(),
+                    None => {
+                        self.waiting.insert(
+                            key.clone(),
+                            Waiting {
+                                pod: pod.clone(),
+                                attempts: 0,
+                                not_before: None,
+                                reported: None,
+                            },
+                        );
+                        self.enqueue(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_pod(&mut self, pod: &Pod) {
+        let key = pod_key(pod);
+        self.waiting.remove(&key);
+        self.assumed.remove(&key);
+        if self.placement.contains_key(&key) {
+            self.unplace(&key);
+            self.flush_unschedulable();
+        }
+    }
+
+    fn observe_node(&mut self, node: &Node) {
+        let mut info = NodeInfo::of(node);
+        if let Some(existing) = self.nodes.remove(&info.name) {
+            info.requested = existing.requested;
+            info.pods = existing.pods;
+        }
+        self.nodes.insert(info.name.clone(), info);
+        self.flush_unschedulable();
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) {
+    let state = Arc::new(Mutex::new(State::default()));
+    let wake = Arc::new(Notify::new());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+
+    let node_events = {
+        let state = state.clone();
+        let wake = wake.clone();
+        watcher(nodes, watcher::Config::default())
+            .default_backoff()
+            .for_each(move |event| {
+                let state = state.clone();
+                let wake = wake.clone();
+                async move {
+                    match event {
+                        Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                            state.lock().observe_node(&node)
+                        }
+                        Ok(watcher::Event::Delete(node)) => {
+                            let name = node.metadata.name.unwrap_or_default();
+                            let mut state = state.lock();
+                            state.nodes.remove(&name);
+                            state.placement.retain(|_, n| *n != name);
+                        }
+                        Ok(_) => {}
+                        Err(error) => warn!(%error, "node watch failed"),
+                    }
+                    wake.notify_one();
+                }
+            })
+    };
+    let pod_events = {
+        let state = state.clone();
+        let wake = wake.clone();
+        watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .for_each(move |event| {
+                let state = state.clone();
+                let wake = wake.clone();
+                async move {
+                    match event {
+                        Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                            state.lock().observe_pod(&pod)
+                        }
+                        Ok(watcher::Event::Delete(pod)) => state.lock().forget_pod(&pod),
+                        Ok(_) => {}
+                        Err(error) => warn!(%error, "pod watch failed"),
+                    }
+                    wake.notify_one();
+                }
+            })
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: DEFAULT_SCHEDULER.into(),
+            instance: None,
+        },
+    );
+    let worker = schedule_loop(client, config, state, wake, recorder, shutdown.clone());
+    info!("scheduler started");
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = node_events => {}
+        () = pod_events => {}
+        () = worker => {}
+    }
+    info!("scheduler stopped");
+}
+
+async fn schedule_loop(
+    client: kube::Client,
+    config: Config,
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
+    recorder: Recorder,
+    shutdown: CancellationToken,
+) {
+    let binds = Arc::new(Semaphore::new(config.max_concurrent_binds));
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    loop {
+        let next = {
+            let mut state = state.lock();
+            let now = Instant::now();
+            // unschedulable pods whose backoff ran out join the queue again
+            let due: Vec<String> = state
+                .waiting
+                .iter()
+                .filter(|(_, w)| w.not_before.is_some_and(|t| t <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                if let Some(waiting) = state.waiting.get_mut(&key) {
+                    waiting.not_before = None;
+                }
+                state.enqueue(&key);
+            }
+            let mut decision = None;
+            while let Some(key) = state.queue.pop_front() {
+                state.queued.remove(&key);
+                let Some(waiting) = state.waiting.get(&key) else {
+                    continue;
+                };
+                if waiting.not_before.is_some() {
+                    continue;
+                }
+                let pod = waiting.pod.clone();
+                let request = PodRequest::of(&pod);
+                let result = plan::select(&request, state.nodes.values(), &mut rng);
+                if let Ok(node) = &result {
+                    state.assumed.insert(key.clone());
+                    state.place(&key, node, request.placed.clone());
+                }
+                decision = Some((key, pod, result));
+                break;
+            }
+            decision
+        };
+        let Some((key, pod, result)) = next else {
+            let earliest = state
+                .lock()
+                .waiting
+                .values()
+                .filter_map(|w| w.not_before)
+                .min();
+            let sleep = earliest.map_or(Duration::from_secs(1), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(sleep.max(Duration::from_millis(10))) => {}
+            }
+            continue;
+        };
+        match result {
+            Ok(node) => {
+                let permit = binds.clone().acquire_owned().await.expect("semaphore open");
+                let client = client.clone();
+                let state = state.clone();
+                let wake = wake.clone();
+                let recorder = recorder.clone();
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let bound = bind(&client, &pod, &node).await;
+                    drop(permit);
+                    match bound {
+                        Ok(()) => {
+                            debug!(pod = %key, %node, "bound pod");
+                            let reference = object_ref(&pod);
+                            let note = format!("Successfully assigned {key} to {node}");
+                            let event = Event {
+                                type_: EventType::Normal,
+                                reason: "Scheduled".into(),
+                                note: Some(note),
+                                action: "Binding".into(),
+                                secondary: None,
+                            };
+                            if let Err(error) = recorder.publish(&event, &reference).await {
+                                debug!(%error, "failed to record the Scheduled event");
+                            }
+                        }
+                        Err(error) => {
+                            warn!(pod = %key, %node, %error, "binding failed");
+                            let mut state = state.lock();
+                            state.assumed.remove(&key);
+                            state.unplace(&key);
+                            if let Some(waiting) = state.waiting.get_mut(&key) {
+                                waiting.attempts += 1;
+                                waiting.not_before =
+                                    Some(Instant::now() + backoff(&config, waiting.attempts));
+                            }
+                            wake.notify_one();
+                        }
+                    }
+                });
+            }
+            Err(unschedulable) => {
+                let message = unschedulable.to_string();
+                let report = {
+                    let mut state = state.lock();
+                    let Some(waiting) = state.waiting.get_mut(&key) else {
+                        continue;
+                    };
+                    waiting.attempts += 1;
+                    waiting.not_before = Some(Instant::now() + backoff(&config, waiting.attempts));
+                    let changed = waiting.reported.as_deref() != Some(message.as_str());
+                    waiting.reported = Some(message.clone());
+                    changed
+                };
+                if report {
+                    debug!(pod = %key, %message, "pod is unschedulable");
+                    let client = client.clone();
+                    let recorder = recorder.clone();
+                    tokio::spawn(async move {
+                        report_unschedulable(&client, &recorder, &pod, &message).await
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn backoff(config: &Config, attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
+    (config.initial_backoff * factor).min(config.max_backoff)
+}
+
+fn object_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        namespace: pod.metadata.namespace.clone(),
+        uid: pod.metadata.uid.clone(),
+        resource_version: pod.metadata.resource_version.clone(),
+        field_path: None,
+    }
+}
+
+async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> kube::Result<()> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectMeta::default()
+        },
+        target: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(node.to_owned()),
+            api_version: Some("v1".into()),
+            ..ObjectReference::default()
+        },
+    };
+    let body = serde_json::to_vec(&binding).map_err(kube::Error::SerdeError)?;
+    let request = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
+        .create_subresource("binding", name, &PostParams::default(), body)
+        .map_err(kube::Error::BuildRequest)?;
+    client.request_text(request).await.map(|_| ())
+}
+
+async fn report_unschedulable(
+    client: &kube::Client,
+    recorder: &Recorder,
+    pod: &Pod,
+    message: &str,
+) {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let status = json!({"status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+        "lastProbeTime": null, "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    }]}});
+    if let Err(error) = pods
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
+        .await
+    {
+        debug!(pod = %name, %error, "failed to write the unschedulable condition");
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "FailedScheduling".into(),
+        note: Some(message.to_owned()),
+        action: "Scheduling".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &object_ref(pod)).await {
+        debug!(%error, "failed to record the FailedScheduling event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let config = Config::default();
+        assert_eq!(backoff(&config, 1), Duration::from_secs(1));
+        assert_eq!(backoff(&config, 2), Duration::from_secs(2));
+        assert_eq!(backoff(&config, 4), Duration::from_secs(8));
+        assert_eq!(backoff(&config, 10), Duration::from_secs(10));
+    }
+
+    fn pod(name: &str, node: Option<&str>) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn state_tracks_waiting_and_placed_pods() {
+        let mut state = State::default();
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "10"}, "conditions": [{"type": "Ready", "status": "True"}]}})).unwrap();
+        state.observe_node(&node);
+        state.observe_pod(&pod("a", None));
+        assert_eq!(state.queue.len(), 1);
+        state.observe_pod(&pod("b", Some("n")));
+        assert_eq!(state.nodes["n"].requested.cpu, 1000);
+        state.forget_pod(&pod("b", Some("n")));
+        assert_eq!(state.nodes["n"].requested.cpu, 0);
+        state.observe_pod(&pod("a", Some("n")));
+        assert!(state.waiting.is_empty());
+        assert_eq!(state.nodes["n"].requested.cpu, 1000);
+    }
+}

@@ -1,0 +1,118 @@
+//! The scheduler with hollow nodes: pods land on fitting nodes and run; unschedulable pods say
+//! why, in kube-scheduler's words; cordoned and tainted nodes are avoided.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kelson_testing::{TestCluster, eventually};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn pod(name: &str, cpu: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "sched"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": cpu}}}]}}))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_scheduled_and_run_on_hollow_nodes() {
+    let cluster = TestCluster::start(3).await;
+    let client = cluster.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..12 {
+        pods.create(&PostParams::default(), &pod(&format!("p{i}"), "500m"))
+            .await
+            .unwrap();
+    }
+    let running = eventually(Duration::from_secs(30), "12 running pods", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=sched"))
+            .await
+            .unwrap();
+        let running: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| {
+                kelson_common::pod::phase(p) == "Running" && kelson_common::pod::is_ready(p)
+            })
+            .collect();
+        (running.len() == 12).then_some(running)
+    })
+    .await;
+    let nodes: BTreeSet<String> = running
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "least-allocated scoring spreads pods over every node"
+    );
+    let first = &running[0];
+    assert!(first.status.as_ref().unwrap().pod_ip.is_some());
+
+    // 3 nodes x 4 cpu: 6 cpu used, so a 7-cpu pod fits nowhere
+    pods.create(&PostParams::default(), &pod("huge", "7"))
+        .await
+        .unwrap();
+    let condition = eventually(
+        Duration::from_secs(10),
+        "an Unschedulable condition",
+        || async {
+            let huge = pods.get("huge").await.unwrap();
+            kelson_common::pod::condition(&huge, "PodScheduled")
+                .filter(|c| c.reason.as_deref() == Some("Unschedulable"))
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(
+        condition.message.as_deref(),
+        Some("0/3 nodes are available: 3 Insufficient cpu.")
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    eventually(
+        Duration::from_secs(10),
+        "a FailedScheduling event",
+        || async {
+            let list = events
+                .list(
+                    &ListParams::default()
+                        .fields("involvedObject.name=huge,reason=FailedScheduling"),
+                )
+                .await
+                .unwrap();
+            (!list.items.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    // cordon two nodes: new pods go to the third
+    let node_api: Api<Node> = Api::all(client.clone());
+    for name in ["hollow-0", "hollow-1"] {
+        node_api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .unwrap();
+    }
+    // freeing capacity lets the waiting pod in once the cluster changes
+    pods.delete("p0", &Default::default()).await.unwrap();
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &pod(&format!("late{i}"), "100m"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let name = format!("late{i}");
+        let node = eventually(Duration::from_secs(20), "late pods bound", || async {
+            pods.get(&name).await.unwrap().spec.unwrap().node_name
+        })
+        .await;
+        assert_eq!(node, "hollow-2");
+    }
+}
