@@ -83,6 +83,9 @@ struct ServerArgs {
     /// Do not run the scheduler.
     #[arg(long)]
     disable_scheduler: bool,
+    /// Do not run the controllers.
+    #[arg(long)]
+    disable_controller_manager: bool,
 }
 
 fn shutdown_signal() -> CancellationToken {
@@ -151,6 +154,19 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             move |leading| {
                 kelson_scheduler::run(client.clone(), kelson_scheduler::Config::default(), leading)
             },
+        ));
+    }
+    if !args.disable_controller_manager {
+        let client = running.server.client(kelson_apiserver::auth::User::new(
+            "system:kube-controller-manager",
+            vec![],
+        ));
+        let election = kelson_common::leader::Election::new("kube-controller-manager", &identity);
+        tokio::spawn(kelson_common::leader::run_when_leader(
+            client.clone(),
+            election,
+            shutdown.clone(),
+            move |leading| kelson_controllers::run(client.clone(), leading),
         ));
     }
     api.await?.context("kelson server failed")

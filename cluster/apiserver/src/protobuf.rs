@@ -149,6 +149,39 @@ pub fn decode_object(bytes: &[u8]) -> ApiResult<Value> {
 
 const MAX_DEPTH: usize = 64;
 
+/// Numeric fields that are pointers in Kubernetes' Go types, where an explicit zero differs
+/// from unset (every other numeric zero is an omitted non-pointer field).
+const ZERO_IS_MEANINGFUL: &[&str] = &[
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "maxFailedIndexes",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "partition",
+    "terminationGracePeriodSeconds",
+    "deletionGracePeriodSeconds",
+    "gracePeriodSeconds",
+    "runAsUser",
+    "runAsGroup",
+    "fsGroup",
+    "defaultMode",
+    "mode",
+    "priority",
+    "expirationSeconds",
+    "value",
+    "intVal",
+];
+
 /// One wire-format field.
 enum Wire<'a> {
     Varint(u64),
@@ -383,8 +416,13 @@ fn decode_message(bytes: &[u8], message: &str, depth: usize) -> Result<Value, St
             }
         } else if let Some(value) = values.into_iter().last() {
             // Go writes every non-pointer field, zero or not; its JSON form omits empty strings,
-            // false and zero times (omitempty), so the JSON we produce does too
-            if !matches!(value, Value::Null | Value::Bool(false)) && value != json!("") {
+            // false, zero numbers and zero times (omitempty), so the JSON we produce does too.
+            // Pointer fields, where zero means something, are only written when set.
+            let zero_number = value.as_i64() == Some(0) || value.as_f64() == Some(0.0);
+            let omitted = matches!(value, Value::Null | Value::Bool(false))
+                || value == json!("")
+                || (zero_number && !ZERO_IS_MEANINGFUL.contains(&field.name.as_str()));
+            if !omitted {
                 object.insert(field.name.clone(), value);
             }
         }

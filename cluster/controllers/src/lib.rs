@@ -1,1 +1,177 @@
-//! Kelson controller manager.
+//! Kelson's controller manager: one module per Kubernetes controller, each a kube-runtime
+//! `Controller` whose decisions are pure `plan`/`status` functions tested beside it.
+//!
+//! [`run`] starts them all over shared caches (one watch per kind, shared by every controller
+//! that reads it). Start reading at [`replicaset`], the simplest; [`deployment`] builds on it.
+
+pub mod context;
+pub mod deployment;
+pub mod replicaset;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use context::{Context, Error};
+
+/// A cache of one kind shared by several controllers.
+struct Informer<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store: Store<K>,
+    writer: Option<reflector::store::Writer<K>>,
+    /// Deleted objects (shared streams only carry objects that still exist).
+    deleted: tokio::sync::broadcast::Sender<Arc<K>>,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new() -> Self {
+        let (store, writer) = reflector::store_shared(1024);
+        let (deleted, _) = tokio::sync::broadcast::channel(1024);
+        Self {
+            store,
+            writer: Some(writer),
+            deleted,
+        }
+    }
+
+    /// The controller owners of deleted objects, as reconcile triggers for the owner kind.
+    fn deleted_owners<Owner: Resource<DynamicType = ()> + 'static>(
+        &self,
+    ) -> impl futures::Stream<Item = ObjectRef<Owner>> + Send + 'static {
+        let kind = Owner::kind(&()).into_owned();
+        tokio_stream::wrappers::BroadcastStream::new(self.deleted.subscribe()).filter_map(
+            move |deleted| {
+                let owner = deleted.ok().and_then(|object| {
+                    let owner = kelson_common::pod::controller_of(object.meta())?;
+                    (owner.kind == kind).then(|| {
+                        let reference = ObjectRef::new(&owner.name);
+                        match object.namespace() {
+                            Some(namespace) => reference.within(&namespace),
+                            None => reference,
+                        }
+                    })
+                });
+                futures::future::ready(owner)
+            },
+        )
+    }
+
+    fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        self.writer
+            .as_ref()
+            .expect("subscribe before start")
+            .subscribe()
+            .expect("shared store")
+    }
+
+    /// Starts the watch that fills the cache and feeds the subscribers.
+    fn start(&mut self, api: Api<K>, shutdown: &CancellationToken) {
+        let writer = self.writer.take().expect("started once");
+        let deleted = self.deleted.clone();
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .inspect(move |event| {
+                if let Ok(watcher::Event::Delete(object)) = event {
+                    let _ = deleted.send(Arc::new(object.clone()));
+                }
+            })
+            .reflect_shared(writer)
+            .for_each(|event| async move {
+                if let Err(error) = event {
+                    warn!(%error, kind = K::kind(&()).as_ref(), "watch failed");
+                }
+            });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = stream => {}
+            }
+        });
+    }
+}
+
+fn error_policy<K: ResourceExt>(
+    object: Arc<K>,
+    error: &Error,
+    _ctx: Arc<impl Send + Sync>,
+) -> Action {
+    warn!(object = %object.name_any(), %error, label = error.metric_label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
+    result: Result<T, E>,
+) -> impl Future<Output = ()> {
+    if let Err(error) = result {
+        tracing::debug!(%error, "controller event");
+    }
+    futures::future::ready(())
+}
+
+/// Runs every controller until `shutdown`.
+pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+    let context = Arc::new(Context::new(client.clone()));
+    let mut pods = Informer::<Pod>::new();
+    let mut replicasets = Informer::<ReplicaSet>::new();
+    let mut deployments = Informer::<Deployment>::new();
+
+    let replicaset_controller =
+        Controller::for_shared_stream(replicasets.subscribe(), replicasets.store.clone())
+            .owns_shared_stream(pods.subscribe())
+            .reconcile_on(pods.deleted_owners())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                replicaset::reconcile,
+                error_policy,
+                Arc::new(replicaset::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                }),
+            )
+            .for_each(log_results);
+    let deployment_controller =
+        Controller::for_shared_stream(deployments.subscribe(), deployments.store.clone())
+            .owns_shared_stream(replicasets.subscribe())
+            .reconcile_on(replicasets.deleted_owners())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                deployment::reconcile,
+                error_policy,
+                Arc::new(deployment::Shared {
+                    context: context.clone(),
+                    replicasets: replicasets.store.clone(),
+                    pods: pods.store.clone(),
+                }),
+            )
+            .for_each(log_results);
+
+    pods.start(Api::all(client.clone()), &shutdown);
+    replicasets.start(Api::all(client.clone()), &shutdown);
+    deployments.start(Api::all(client.clone()), &shutdown);
+    info!("controllers started");
+    futures::join!(replicaset_controller, deployment_controller);
+    info!("controllers stopped");
+}

@@ -368,7 +368,8 @@ impl Kubectl {
     }
 }
 
-/// A whole simulated cluster in this process: API server, scheduler and hollow nodes.
+/// A whole simulated cluster in this process: API server, scheduler, controllers and hollow
+/// nodes.
 pub struct TestCluster {
     /// The API server.
     pub server: TestServer,
@@ -403,6 +404,11 @@ impl TestCluster {
         tokio::spawn(kelson_scheduler::run(
             scheduler_client,
             kelson_scheduler::Config::default(),
+            components.clone(),
+        ));
+        let controllers_client = server.in_process_client("system:kube-controller-manager");
+        tokio::spawn(kelson_controllers::run(
+            controllers_client,
             components.clone(),
         ));
         let nodes = kelson_kubelet::hollow::start(

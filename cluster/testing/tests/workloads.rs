@@ -1,0 +1,191 @@
+//! Controllers with the scheduler and hollow nodes: Deployments roll out within their bounds,
+//! ReplicaSets keep their pods.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kelson_testing::{TestCluster, eventually};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+
+fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": image, "resources": {"requests": {"cpu": "100m"}}}]}}}
+    }))
+    .unwrap()
+}
+
+async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Deployment {
+    eventually(Duration::from_secs(60), "rollout complete", || async {
+        let d = api.get(name).await.unwrap();
+        let spec = d.spec.as_ref().unwrap().replicas.unwrap();
+        let status = d.status.clone().unwrap_or_default();
+        let done = d.metadata.generation <= status.observed_generation
+            && status.updated_replicas == Some(spec)
+            && status.replicas == Some(spec)
+            && status.available_replicas == Some(spec);
+        done.then_some(d)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_within_surge_and_unavailability() {
+    let cluster = TestCluster::start(3).await;
+    let client = cluster.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("web", 4, "busybox:1.36"),
+        )
+        .await
+        .unwrap();
+    let rolled = wait_rolled_out(&deployments, "web").await;
+    assert_eq!(
+        rolled.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    let running = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(running.items.len(), 4);
+
+    // watch pods while the image changes: never more than 4 + 1 pods, never fewer than 3 ready
+    let watch_pods = pods.clone();
+    let observer = tokio::spawn(async move {
+        let mut stream = watcher(watch_pods, watcher::Config::default().labels("app=web")).boxed();
+        let mut state: std::collections::BTreeMap<String, Pod> = Default::default();
+        let (mut max_pods, mut min_ready) = (0usize, usize::MAX);
+        let mut synced = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    state.insert(p.metadata.name.clone().unwrap(), p);
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    state.remove(p.metadata.name.as_ref().unwrap());
+                }
+                Ok(watcher::Event::InitDone) => synced = true,
+                _ => continue,
+            }
+            if !synced {
+                // the initial listing arrives one pod at a time
+                continue;
+            }
+            let live: Vec<&Pod> = state
+                .values()
+                .filter(|p| kelson_common::pod::is_active(p))
+                .collect();
+            max_pods = max_pods.max(live.len());
+            let ready = live
+                .iter()
+                .filter(|p| kelson_common::pod::is_ready(p))
+                .count();
+            let images: std::collections::BTreeSet<String> = live
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.containers[0].image.clone())
+                .collect();
+            if live.len() == 4 && ready == 4 && images.len() == 1 && images.contains("busybox:1.37")
+            {
+                return (max_pods, min_ready);
+            }
+            min_ready = min_ready.min(ready);
+        }
+        panic!("the rollout did not finish: {max_pods} max pods");
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.37"}]}}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    let (max_pods, min_ready) = observer.await.unwrap();
+    assert!(max_pods <= 5, "maxSurge 1 exceeded: {max_pods} pods");
+    assert!(
+        min_ready >= 3,
+        "maxUnavailable 1 exceeded: only {min_ready} ready"
+    );
+    let rolled = wait_rolled_out(&deployments, "web").await;
+    assert_eq!(
+        rolled.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "2"
+    );
+    let sets = replicasets
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(sets.items.len(), 2, "the old ReplicaSet stays for rollback");
+
+    // deleting a pod gets it replaced
+    let victim = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    pods.delete(&victim, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the pod replaced", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| kelson_common::pod::is_ready(p) && kelson_common::pod::is_active(p))
+            .count();
+        (ready == 4
+            && !list
+                .items
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(victim.as_str())))
+        .then_some(())
+    })
+    .await;
+
+    // scaling down removes pods
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "scaled to 2", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap();
+        (list
+            .items
+            .iter()
+            .filter(|p| kelson_common::pod::is_active(p))
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+}
