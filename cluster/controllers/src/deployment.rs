@@ -587,23 +587,17 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Shared>) -> Result<
         .or(new.as_ref());
     let status = status(&deployment, new_status_rs, &all, &now);
     let deployments: Api<Deployment> = Api::namespaced(ctx.context.client.clone(), &namespace);
+    // the revision annotation travels with the status, which does not bump the generation
     let revision_annotation = new.as_ref().map(|rs| revision(rs).max(1).to_string());
-    if deployment.annotations().get(REVISION) != revision_annotation.as_ref()
-        && let Some(revision) = &revision_annotation
-    {
-        let patch = json!({"metadata": {"annotations": {REVISION: revision}}});
+    let annotation_stale = revision_annotation.is_some()
+        && deployment.annotations().get(REVISION) != revision_annotation.as_ref();
+    if annotation_stale || !same_status(deployment.status.as_ref(), &status) {
+        let mut patch = json!({"status": status});
+        if let Some(revision) = revision_annotation.filter(|_| annotation_stale) {
+            patch["metadata"] = json!({"annotations": {REVISION: revision}});
+        }
         deployments
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(Error::api("annotate deployment revision"))?;
-    }
-    if !same_status(deployment.status.as_ref(), &status) {
-        deployments
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(Error::api(format!("update status of deployment {name}")))?;
     }

@@ -98,8 +98,12 @@ pub fn prepare_update(rt: &ResourceType, object: &mut Value, old: &Value) {
     }
 }
 
-/// Prepares a write to `/status`: only the status (and managed fields) may change.
-pub fn prepare_status_update(object: &mut Value, old: &Value) {
+/// Prepares a write to `/status`. Everything but the status comes from the stored object,
+/// except, for built-in kinds, labels and annotations (Kubernetes' status strategies reset only
+/// the spec and the lifecycle metadata; the Deployment controller records its revision
+/// annotation this way without bumping `generation`). Custom resources keep all metadata
+/// (`ResetObjectMetaForStatus`).
+pub fn prepare_status_update(rt: &ResourceType, object: &mut Value, old: &Value) {
     let Some(map) = object.as_object_mut() else {
         return;
     };
@@ -115,9 +119,15 @@ pub fn prepare_status_update(object: &mut Value, old: &Value) {
             result_map.remove("status");
         }
     }
-    // metadata: everything comes from the old object except resourceVersion and managedFields
+    let mut carried = vec!["resourceVersion", "managedFields"];
+    if !rt.custom {
+        carried.push("annotations");
+        if rt.kind != "Deployment" {
+            carried.push("labels");
+        }
+    }
     let meta = meta_mut(&mut result);
-    for field in ["resourceVersion", "managedFields"] {
+    for field in carried {
         match new_meta.get(field) {
             Some(value) => {
                 meta.insert(field.into(), value.clone());
@@ -222,11 +232,24 @@ mod tests {
 
     #[test]
     fn status_writes_change_only_status() {
-        let old = json!({"metadata": {"name": "d", "labels": {"a": "1"}, "resourceVersion": "5"}, "spec": {"replicas": 1}, "status": {"replicas": 0}});
-        let mut new = json!({"metadata": {"name": "d", "labels": {"a": "2"}, "resourceVersion": "5"}, "spec": {"replicas": 9}, "status": {"replicas": 1}});
-        prepare_status_update(&mut new, &old);
+        let types = crate::kinds::builtin_types();
+        let deployments = types.iter().find(|t| t.kind == "Deployment").unwrap();
+        let old = json!({"metadata": {"name": "d", "labels": {"a": "1"}, "generation": 3, "resourceVersion": "5"}, "spec": {"replicas": 1}, "status": {"replicas": 0}});
+        let mut new = json!({"metadata": {"name": "d", "labels": {"a": "2"}, "annotations": {"deployment.kubernetes.io/revision": "2"}, "generation": 9, "resourceVersion": "5"}, "spec": {"replicas": 9}, "status": {"replicas": 1}});
+        prepare_status_update(deployments, &mut new, &old);
         assert_eq!(new["spec"]["replicas"], 1);
         assert_eq!(new["metadata"]["labels"]["a"], "1");
+        assert_eq!(new["metadata"]["generation"], 3);
+        assert_eq!(
+            new["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            "2"
+        );
         assert_eq!(new["status"]["replicas"], 1);
+        let mut custom = deployments.clone();
+        custom.custom = true;
+        let mut new = json!({"metadata": {"name": "d", "labels": {"a": "2"}, "annotations": {"x": "y"}}, "status": {"replicas": 1}});
+        prepare_status_update(&custom, &mut new, &old);
+        assert_eq!(new["metadata"]["labels"]["a"], "1");
+        assert!(new["metadata"].get("annotations").is_none());
     }
 }

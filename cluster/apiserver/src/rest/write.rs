@@ -506,7 +506,7 @@ fn admit_update(
     check_type(rt, &mut desired)?;
     let mut causes = Vec::new();
     match target {
-        Target::Status => strategy::prepare_status_update(&mut desired, current),
+        Target::Status => strategy::prepare_status_update(rt, &mut desired, current),
         Target::Finalize => {
             let finalizers = desired
                 .pointer("/spec/finalizers")
