@@ -354,41 +354,49 @@ fn exercise(minor: u32) {
         "{error}"
     );
 
-    // deletion: propagation policies are recorded as finalizers (the garbage collector honours them)
-    k.ok(&[
-        "delete",
-        "cm",
-        "settings",
-        "--cascade=orphan",
-        "--wait=false",
-    ]);
-    assert_eq!(
-        k.ok(&[
-            "get",
-            "cm",
-            "settings",
-            "-o",
-            "jsonpath={.metadata.finalizers}"
-        ]),
-        r#"["orphan"]"#
+    // deletion: propagation policies become finalizers that the garbage collector honours;
+    // kubectl waits until the object is gone
+    let sets_before = k.ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+    assert!(
+        !sets_before.trim().is_empty(),
+        "the deployment controller made ReplicaSets"
     );
     k.ok(&[
         "delete",
         "deploy",
         "web",
-        "--cascade=foreground",
-        "--wait=false",
+        "--cascade=orphan",
+        "--timeout=30s",
     ]);
-    assert_eq!(
-        k.ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-o",
-            "jsonpath={.metadata.finalizers}"
-        ]),
-        r#"["foregroundDeletion"]"#
+    let orphaned = k.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences}",
+    ]);
+    assert!(
+        !orphaned.contains("uid"),
+        "orphaned ReplicaSets lose their owner: {orphaned}"
     );
+    k.ok_with(&["apply", "-f", "-"], Some(&updated));
+    k.ok(&[
+        "delete",
+        "deploy",
+        "web",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    k.ok(&[
+        "delete",
+        "cm",
+        "settings",
+        "--cascade=orphan",
+        "--timeout=30s",
+    ]);
+    let error = k.fails(&["get", "cm", "settings"], None);
+    assert!(error.contains("NotFound"), "{error}");
     k.ok(&["delete", "svc", "web"]);
     let error = k.fails(&["get", "svc", "web"], None);
     assert!(error.contains("NotFound"), "{error}");

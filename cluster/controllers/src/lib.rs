@@ -6,6 +6,8 @@
 
 pub mod context;
 pub mod deployment;
+pub mod gc;
+pub mod namespace;
 pub mod replicaset;
 
 use std::future::Future;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -168,10 +170,24 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             )
             .for_each(log_results);
 
+    let namespace_controller = Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(namespace::reconcile, error_policy, context.clone())
+    .for_each(log_results);
+    let collector = gc::run(client.clone(), shutdown.clone());
+
     pods.start(Api::all(client.clone()), &shutdown);
     replicasets.start(Api::all(client.clone()), &shutdown);
     deployments.start(Api::all(client.clone()), &shutdown);
     info!("controllers started");
-    futures::join!(replicaset_controller, deployment_controller);
+    futures::join!(
+        replicaset_controller,
+        deployment_controller,
+        namespace_controller,
+        collector
+    );
     info!("controllers stopped");
 }

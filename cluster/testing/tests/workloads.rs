@@ -189,3 +189,140 @@ async fn deployments_roll_out_within_surge_and_unavailability() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_propagates_as_in_kubernetes() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    let cluster = TestCluster::start(2).await;
+    let client = cluster.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let count = |api: Api<Pod>, selector: &'static str| async move {
+        api.list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+
+    // background: the owner goes at once, the collector removes the rest
+    deployments
+        .create(&PostParams::default(), &deployment("bg", 2, "busybox"))
+        .await
+        .unwrap();
+    wait_rolled_out(&deployments, "bg").await;
+    deployments
+        .delete("bg", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "background deletion", || async {
+        let sets = replicasets
+            .list(&ListParams::default().labels("app=bg"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        (sets == 0 && count(pods.clone(), "app=bg").await == 0).then_some(())
+    })
+    .await;
+
+    // foreground: dependents first, then the owner
+    deployments
+        .create(&PostParams::default(), &deployment("fg", 2, "busybox"))
+        .await
+        .unwrap();
+    wait_rolled_out(&deployments, "fg").await;
+    deployments
+        .delete("fg", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "foreground deletion", || async {
+        let gone = deployments.get_opt("fg").await.unwrap().is_none();
+        let sets = replicasets
+            .list(&ListParams::default().labels("app=fg"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        (gone && sets == 0 && count(pods.clone(), "app=fg").await == 0).then_some(())
+    })
+    .await;
+
+    // orphan: the ReplicaSet goes, its pods stay without an owner
+    deployments
+        .create(&PostParams::default(), &deployment("or", 2, "busybox"))
+        .await
+        .unwrap();
+    wait_rolled_out(&deployments, "or").await;
+    deployments
+        .delete("or", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "orphaning deletion", || async {
+        let gone = deployments.get_opt("or").await.unwrap().is_none();
+        let sets = replicasets
+            .list(&ListParams::default().labels("app=or"))
+            .await
+            .unwrap()
+            .items;
+        (gone
+            && sets.len() == 1
+            && sets[0]
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(Vec::is_empty))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(pods.clone(), "app=or").await,
+        2,
+        "the pods still belong to the orphaned ReplicaSet"
+    );
+
+    // deleting a namespace empties it, then it goes
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "temp"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let temp_deployments: Api<Deployment> = Api::namespaced(client.clone(), "temp");
+    temp_deployments
+        .create(&PostParams::default(), &deployment("inside", 2, "busybox"))
+        .await
+        .unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "temp");
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    namespaces
+        .delete("temp", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "namespace gone", || async {
+        namespaces
+            .get_opt("temp")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let temp_pods: Api<Pod> = Api::namespaced(client.clone(), "temp");
+    assert!(
+        temp_pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

@@ -90,6 +90,22 @@ impl PatchDocument {
         }
     }
 
+    /// Whether the patch names a resourceVersion, making it conditional on that version.
+    #[must_use]
+    pub fn pins_resource_version(&self) -> bool {
+        match &self.json_patch {
+            Some(_) => self.value.as_array().is_some_and(|ops| {
+                ops.iter().any(|op| {
+                    op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+                })
+            }),
+            None => self
+                .value
+                .pointer("/metadata/resourceVersion")
+                .is_some_and(|v| !v.is_null()),
+        }
+    }
+
     /// The patch body (apply configuration) as JSON.
     #[must_use]
     pub fn value_or_null(&self) -> Value {

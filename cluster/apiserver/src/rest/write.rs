@@ -42,6 +42,8 @@ struct WriteOptions {
     manager: String,
     /// Server-side apply records ownership itself.
     apply: bool,
+    /// The client named the resourceVersion it expects: a conflict is answered, not retried.
+    pinned: bool,
 }
 
 impl WriteOptions {
@@ -52,6 +54,7 @@ impl WriteOptions {
                 .map_err(ApiError::bad_request)?,
             manager: req.field_manager(),
             apply: false,
+            pinned: false,
         })
     }
 }
@@ -318,8 +321,9 @@ pub async fn update(
     mut req: Req,
     target: Target,
 ) -> ApiResult<Response> {
-    let options = WriteOptions::from(&req)?;
+    let mut options = WriteOptions::from(&req)?;
     let mut body = body::read_object(&mut req).await?;
+    options.pinned = meta::meta_str(&body, "resourceVersion").is_some_and(|v| !v.is_empty());
     if target == Target::Scale {
         let replicas = body
             .pointer("/spec/replicas")
@@ -423,7 +427,7 @@ async fn read_modify_write(
             }
             return Err(ApiError::not_found(rt, name));
         };
-        let pinned = meta::meta_str(&desired, "resourceVersion").is_some_and(|v| !v.is_empty());
+        let pinned = options.pinned;
         let Some(admitted) = admit_update(rt, &current, desired, target, options, warnings)? else {
             return Ok((current, false));
         };
@@ -647,6 +651,7 @@ pub async fn patch(
     let force = matches!(force, Some("true" | "1"));
     let bytes = body::read(std::mem::take(&mut req.body)).await?;
     let document = patch::PatchDocument::decode(kind, &bytes)?;
+    options.pinned = document.pins_resource_version();
     let schema_root = schema_node(rt);
     let mut warnings = Warnings::default();
     let write_target = if target == Target::Scale {
