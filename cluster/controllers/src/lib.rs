@@ -7,6 +7,7 @@
 pub mod context;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -170,6 +172,20 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             )
             .for_each(log_results);
 
+    let mut jobs = Informer::<Job>::new();
+    let job_controller = Controller::for_shared_stream(jobs.subscribe(), jobs.store.clone())
+        .owns_shared_stream(pods.subscribe())
+        .reconcile_on(pods.deleted_owners())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            job::reconcile,
+            error_policy,
+            Arc::new(job::Shared {
+                context: context.clone(),
+                pods: pods.store.clone(),
+            }),
+        )
+        .for_each(log_results);
     let namespace_controller = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -182,10 +198,12 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     pods.start(Api::all(client.clone()), &shutdown);
     replicasets.start(Api::all(client.clone()), &shutdown);
     deployments.start(Api::all(client.clone()), &shutdown);
+    jobs.start(Api::all(client.clone()), &shutdown);
     info!("controllers started");
     futures::join!(
         replicaset_controller,
         deployment_controller,
+        job_controller,
         namespace_controller,
         collector
     );

@@ -326,3 +326,48 @@ async fn deletion_propagates_as_in_kubernetes() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_and_fail_as_configured() {
+    use k8s_openapi::api::batch::v1::Job;
+    let cluster = TestCluster::start(2).await;
+    let client = cluster.client().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job = |name: &str, completions: i32, parallelism: i32, fail: bool| -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"completions": completions, "parallelism": parallelism, "backoffLimit": 1,
+                     "template": {"metadata": {"annotations": {"kelson.dev/hollow-fail": fail.to_string(), "kelson.dev/hollow-run-seconds": "0.2"}},
+                                  "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox", "command": ["true"]}]}}}
+        }))
+        .unwrap()
+    };
+    jobs.create(&PostParams::default(), &job("works", 3, 2, false))
+        .await
+        .unwrap();
+    jobs.create(&PostParams::default(), &job("breaks", 1, 1, true))
+        .await
+        .unwrap();
+    let condition = |j: &Job, type_: &str| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == type_ && c.status == "True"))
+    };
+    let done = eventually(Duration::from_secs(30), "job complete", || async {
+        let j = jobs.get("works").await.unwrap();
+        condition(&j, "Complete").then_some(j)
+    })
+    .await;
+    assert_eq!(done.status.unwrap().succeeded, Some(3));
+    let failed = eventually(Duration::from_secs(30), "job failed", || async {
+        let j = jobs.get("breaks").await.unwrap();
+        condition(&j, "Failed").then_some(j)
+    })
+    .await;
+    assert_eq!(
+        failed.status.unwrap().failed,
+        Some(2),
+        "backoffLimit 1 allows one retry"
+    );
+}
