@@ -88,6 +88,9 @@ struct ServerArgs {
     disable_controller_manager: bool,
 }
 
+/// A control-plane component's main loop.
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -141,33 +144,33 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         return api.await?.context("kelson server failed");
     };
     let identity = format!("{}_{}", hostname(), std::process::id());
-    if !args.disable_scheduler {
+    // each component reaches the API server in-process, as its own user, under leader election
+    let lead = |component: &str, work: fn(kube::Client, CancellationToken) -> Work| {
         let client = running.server.client(kelson_apiserver::auth::User::new(
-            "system:kube-scheduler",
+            format!("system:{component}"),
             vec![],
         ));
-        let election = kelson_common::leader::Election::new("kube-scheduler", &identity);
+        let election = kelson_common::leader::Election::new(component, &identity);
         tokio::spawn(kelson_common::leader::run_when_leader(
             client.clone(),
             election,
             shutdown.clone(),
-            move |leading| {
-                kelson_scheduler::run(client.clone(), kelson_scheduler::Config::default(), leading)
-            },
+            move |leading| work(client.clone(), leading),
         ));
+    };
+    if !args.disable_scheduler {
+        lead("kube-scheduler", |client, leading| {
+            Box::pin(kelson_scheduler::run(
+                client,
+                kelson_scheduler::Config::default(),
+                leading,
+            ))
+        });
     }
     if !args.disable_controller_manager {
-        let client = running.server.client(kelson_apiserver::auth::User::new(
-            "system:kube-controller-manager",
-            vec![],
-        ));
-        let election = kelson_common::leader::Election::new("kube-controller-manager", &identity);
-        tokio::spawn(kelson_common::leader::run_when_leader(
-            client.clone(),
-            election,
-            shutdown.clone(),
-            move |leading| kelson_controllers::run(client.clone(), leading),
-        ));
+        lead("kube-controller-manager", |client, leading| {
+            Box::pin(kelson_controllers::run(client, leading))
+        });
     }
     api.await?.context("kelson server failed")
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -234,17 +234,6 @@ fn revision(rs: &ReplicaSet) -> i64 {
         .get(REVISION)
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
-}
-
-fn owner_reference(deployment: &Deployment) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: deployment.name_any(),
-        uid: deployment.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 fn replicas_of(rs: &ReplicaSet) -> i32 {
@@ -711,7 +700,7 @@ async fn create_new(
                 namespace: deployment.namespace(),
                 labels: Some(labels),
                 annotations: Some(annotations),
-                owner_references: Some(vec![owner_reference(deployment)]),
+                owner_references: deployment.controller_owner_ref(&()).map(|r| vec![r]),
                 ..ObjectMeta::default()
             },
             spec: Some(ReplicaSetSpec {

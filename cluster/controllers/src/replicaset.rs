@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kelson_common::pod;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -121,17 +121,6 @@ pub fn status(rs: &ReplicaSet, pods: &[Arc<Pod>], now: &Time) -> ReplicaSetStatu
     }
 }
 
-fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.name_any(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The pod the template describes, owned by the ReplicaSet.
 #[must_use]
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
@@ -147,7 +136,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
             namespace: rs.namespace(),
             labels: metadata.labels,
             annotations: metadata.annotations,
-            owner_references: Some(vec![owner_reference(rs)]),
+            owner_references: rs.controller_owner_ref(&()).map(|r| vec![r]),
             finalizers: metadata.finalizers,
             ..ObjectMeta::default()
         },
@@ -199,7 +188,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Shared>) -> Result<Action> 
     let api: Api<Pod> = Api::namespaced(ctx.context.client.clone(), &namespace);
     let (mut owned, orphans) = pods_of(&rs, &ctx.pods);
     for orphan in orphans {
-        let patch = json!({"metadata": {"ownerReferences": [owner_reference(&rs)], "uid": orphan.metadata.uid}});
+        let patch = json!({"metadata": {"ownerReferences": [rs.controller_owner_ref(&())], "uid": orphan.metadata.uid}});
         match api
             .patch(
                 &orphan.name_any(),
