@@ -158,5 +158,23 @@ async fn two_servers_on_one_etcd_share_objects_and_events() {
             BTreeSet::from(["from-a".to_owned(), "from-b".to_owned()])
         );
     }
+    // one leader per component, and it stays the leader while it renews
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client_for(&a.kubeconfig()).await, "kube-system");
+    let holders = || async {
+        let mut holders = Vec::new();
+        for name in ["kube-scheduler", "kube-controller-manager"] {
+            let lease = leases.get(name).await.unwrap();
+            holders.push(lease.spec.unwrap().holder_identity.unwrap());
+        }
+        holders
+    };
+    let first = holders().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        holders().await,
+        first,
+        "leadership does not flap between the two servers"
+    );
     drop((a, b));
 }
