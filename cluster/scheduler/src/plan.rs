@@ -457,15 +457,47 @@ pub fn select<'a, R: Rng>(
     nodes: impl IntoIterator<Item = &'a NodeInfo>,
     rng: &mut R,
 ) -> Result<String, Unschedulable> {
+    select_among(request, nodes, usize::MAX, rng)
+}
+
+/// How many feasible nodes are enough to pick from in a cluster of `nodes` (kube-scheduler's
+/// adaptive `percentageOfNodesToScore`: 50% minus one point per 125 nodes, at least 5%, and
+/// never fewer than 100 nodes).
+#[must_use]
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN: usize = 100;
+    if nodes < MIN {
+        return nodes;
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(MIN)
+}
+
+/// Like [`select`], but stops looking once `enough` nodes fit (callers rotate where the search
+/// starts, so every node gets its turn).
+///
+/// # Errors
+/// When no node fits, with the reasons.
+pub fn select_among<'a, R: Rng>(
+    request: &PodRequest,
+    nodes: impl IntoIterator<Item = &'a NodeInfo>,
+    enough: usize,
+    rng: &mut R,
+) -> Result<String, Unschedulable> {
     let mut best: Vec<&NodeInfo> = Vec::new();
     let mut best_score = i64::MIN;
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut count = 0;
+    let mut feasible = 0;
     for node in nodes {
+        if feasible >= enough {
+            break;
+        }
         count += 1;
         match filter(request, node) {
             Err(reason) => *reasons.entry(reason).or_default() += 1,
             Ok(()) => {
+                feasible += 1;
                 let score = score(request, node);
                 if score > best_score {
                     best_score = score;
@@ -627,6 +659,14 @@ mod tests {
         );
         a.remove_pod("default/second");
         assert!(filter(&request(json!({})), &a).is_ok());
+    }
+
+    #[test]
+    fn large_clusters_sample_nodes_like_kube_scheduler() {
+        assert_eq!(feasible_nodes_to_find(50), 50);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(200), 100);
     }
 
     #[test]

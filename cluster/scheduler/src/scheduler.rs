@@ -70,6 +70,8 @@ struct State {
     /// Keys ready to be tried, in order.
     queue: VecDeque<String>,
     queued: HashSet<String>,
+    /// Where the next search over the nodes starts.
+    next_start: usize,
 }
 
 impl State {
@@ -306,7 +308,22 @@ async fn schedule_loop(
                 }
                 let pod = waiting.pod.clone();
                 let request = PodRequest::of(&pod);
-                let result = plan::select(&request, state.nodes.values(), &mut rng);
+                // start where the previous search stopped, so every node gets its turn
+                let names: Vec<&String> = state.nodes.keys().collect();
+                let start = if names.is_empty() {
+                    0
+                } else {
+                    state.next_start % names.len()
+                };
+                let order = names
+                    .iter()
+                    .cycle()
+                    .skip(start)
+                    .take(names.len())
+                    .filter_map(|n| state.nodes.get(*n));
+                let enough = plan::feasible_nodes_to_find(names.len());
+                let result = plan::select_among(&request, order, enough, &mut rng);
+                state.next_start = start + enough.min(names.len()).max(1);
                 if let Ok(node) = &result {
                     state.assumed.insert(key.clone());
                     state.place(&key, node, request.placed.clone());
