@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 
 use std::future::Future;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -135,8 +137,20 @@ fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
     futures::future::ready(())
 }
 
-/// Runs every controller until `shutdown`.
+/// Settings of the controller manager.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Node lifecycle timing.
+    pub node_lifecycle: nodelifecycle::Config,
+}
+
+/// Runs every controller with default settings until `shutdown`.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+    run_with(client, Options::default(), shutdown).await;
+}
+
+/// Runs every controller until `shutdown`.
+pub async fn run_with(client: kube::Client, options: Options, shutdown: CancellationToken) {
     let context = Arc::new(Context::new(client.clone()));
     let mut pods = Informer::<Pod>::new();
     let mut replicasets = Informer::<ReplicaSet>::new();
@@ -194,18 +208,34 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     .run(namespace::reconcile, error_policy, context.clone())
     .for_each(log_results);
     let collector = gc::run(client.clone(), shutdown.clone());
+    let mut nodes = Informer::<Node>::new();
+    let mut leases = Informer::<Lease>::new();
+    let node_lifecycle = nodelifecycle::run(
+        context.clone(),
+        options.node_lifecycle.clone(),
+        nodes.store.clone(),
+        leases.store.clone(),
+        pods.store.clone(),
+        shutdown.clone(),
+    );
 
     pods.start(Api::all(client.clone()), &shutdown);
     replicasets.start(Api::all(client.clone()), &shutdown);
     deployments.start(Api::all(client.clone()), &shutdown);
     jobs.start(Api::all(client.clone()), &shutdown);
+    nodes.start(Api::all(client.clone()), &shutdown);
+    leases.start(
+        Api::namespaced(client.clone(), "kube-node-lease"),
+        &shutdown,
+    );
     info!("controllers started");
     futures::join!(
         replicaset_controller,
         deployment_controller,
         job_controller,
         namespace_controller,
-        collector
+        collector,
+        node_lifecycle,
     );
     info!("controllers stopped");
 }

@@ -379,7 +379,8 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts a cluster with `nodes` hollow nodes (pods start after 100 ms).
+    /// Starts a cluster with `nodes` hollow nodes (pods start after 100 ms; leases renew every
+    /// second and a node silent for 4 s is unreachable).
     ///
     /// # Panics
     /// When something does not start.
@@ -388,6 +389,7 @@ impl TestCluster {
             nodes,
             start_delay: Duration::from_millis(100),
             run_duration: Duration::from_millis(500),
+            lease_period: Duration::from_secs(1),
             ..Default::default()
         })
         .await
@@ -407,8 +409,16 @@ impl TestCluster {
             components.clone(),
         ));
         let controllers_client = server.in_process_client("system:kube-controller-manager");
-        tokio::spawn(kelson_controllers::run(
+        let options = kelson_controllers::Options {
+            node_lifecycle: kelson_controllers::nodelifecycle::Config {
+                // a node is unreachable after missing about four lease renewals
+                grace_period: (hollow.lease_period * 4).max(Duration::from_secs(4)),
+                period: Duration::from_millis(250),
+            },
+        };
+        tokio::spawn(kelson_controllers::run_with(
             controllers_client,
+            options,
             components.clone(),
         ));
         let nodes = kelson_kubelet::hollow::start(

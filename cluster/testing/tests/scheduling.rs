@@ -116,3 +116,67 @@ async fn pods_are_scheduled_and_run_on_hollow_nodes() {
         assert_eq!(node, "hollow-2");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_tainted_and_its_pods_move() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let cluster = TestCluster::start(3).await;
+    let client = cluster.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "moving"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "moving"}},
+                 "template": {"metadata": {"labels": {"app": "moving"}},
+                              "spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}],
+                                       "containers": [{"name": "c", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running_on = || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=moving"))
+            .await
+            .unwrap();
+        list.items
+            .into_iter()
+            .filter(|p| kelson_common::pod::is_active(p) && kelson_common::pod::is_ready(p))
+            .filter_map(|p| p.spec?.node_name)
+            .collect::<Vec<String>>()
+    };
+    let placed = eventually(Duration::from_secs(20), "3 pods running", || async {
+        let nodes = running_on().await;
+        (nodes.len() == 3).then_some(nodes)
+    })
+    .await;
+    let victim = placed[0].clone();
+    cluster.nodes.stop(&victim);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let tainted = eventually(
+        Duration::from_secs(20),
+        "the silent node tainted unreachable",
+        || async {
+            let node = nodes.get(&victim).await.unwrap();
+            let taints = node.spec.clone().and_then(|s| s.taints).unwrap_or_default();
+            taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
+                .then_some(node)
+        },
+    )
+    .await;
+    let ready = kelson_common::node::condition(&tainted, "Ready").unwrap();
+    assert_eq!(ready.status, "Unknown");
+    eventually(
+        Duration::from_secs(30),
+        "pods replaced on live nodes",
+        || async {
+            let nodes = running_on().await;
+            (nodes.len() == 3 && !nodes.contains(&victim)).then_some(())
+        },
+    )
+    .await;
+}
