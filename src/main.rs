@@ -124,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone();
     let mut config = kelson_apiserver::Config::new(args.data_dir);
     config.listen = args.listen;
     config.tls_sans = args.tls_sans;
@@ -145,32 +146,48 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     };
     let identity = format!("{}_{}", hostname(), std::process::id());
     // each component reaches the API server in-process, as its own user, under leader election
-    let lead = |component: &str, work: fn(kube::Client, CancellationToken) -> Work| {
-        let client = running.server.client(kelson_apiserver::auth::User::new(
-            format!("system:{component}"),
-            vec![],
-        ));
-        let election = kelson_common::leader::Election::new(component, &identity);
-        tokio::spawn(kelson_common::leader::run_when_leader(
-            client.clone(),
-            election,
-            shutdown.clone(),
-            move |leading| work(client.clone(), leading),
-        ));
-    };
+    let lead =
+        |component: &str,
+         work: Box<dyn Fn(kube::Client, CancellationToken) -> Work + Send + Sync>| {
+            let client = running.server.client(kelson_apiserver::auth::User::new(
+                format!("system:{component}"),
+                vec![],
+            ));
+            let election = kelson_common::leader::Election::new(component, &identity);
+            tokio::spawn(kelson_common::leader::run_when_leader(
+                client.clone(),
+                election,
+                shutdown.clone(),
+                move |leading| work(client.clone(), leading),
+            ));
+        };
     if !args.disable_scheduler {
-        lead("kube-scheduler", |client, leading| {
-            Box::pin(kelson_scheduler::run(
-                client,
-                kelson_scheduler::Config::default(),
-                leading,
-            ))
-        });
+        lead(
+            "kube-scheduler",
+            Box::new(|client, leading| {
+                Box::pin(kelson_scheduler::run(
+                    client,
+                    kelson_scheduler::Config::default(),
+                    leading,
+                ))
+            }),
+        );
     }
     if !args.disable_controller_manager {
-        lead("kube-controller-manager", |client, leading| {
-            Box::pin(kelson_controllers::run(client, leading))
-        });
+        let options = kelson_controllers::Options {
+            root_ca: std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok(),
+            ..Default::default()
+        };
+        lead(
+            "kube-controller-manager",
+            Box::new(move |client, leading| {
+                Box::pin(kelson_controllers::run_with(
+                    client,
+                    options.clone(),
+                    leading,
+                ))
+            }),
+        );
     }
     api.await?.context("kelson server failed")
 }

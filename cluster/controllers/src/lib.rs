@@ -6,11 +6,13 @@
 
 pub mod context;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -92,6 +94,13 @@ where
             .expect("shared store")
     }
 
+    /// Every object, live or deleted, as it changes.
+    fn changes(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        let deleted = tokio_stream::wrappers::BroadcastStream::new(self.deleted.subscribe())
+            .filter_map(|d| futures::future::ready(d.ok()));
+        futures::stream::select(self.subscribe(), deleted)
+    }
+
     /// Starts the watch that fills the cache and feeds the subscribers.
     fn start(&mut self, api: Api<K>, shutdown: &CancellationToken) {
         let writer = self.writer.take().expect("started once");
@@ -142,6 +151,8 @@ fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
 pub struct Options {
     /// Node lifecycle timing.
     pub node_lifecycle: nodelifecycle::Config,
+    /// The cluster CA certificate (PEM) published in every namespace as `kube-root-ca.crt`.
+    pub root_ca: Option<String>,
 }
 
 /// Runs every controller with default settings until `shutdown`.
@@ -200,6 +211,46 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
             }),
         )
         .for_each(log_results);
+    let mut services = Informer::<Service>::new();
+    let services_store = services.store.clone();
+    // any pod change may change the endpoints of the Services in its namespace
+    let pod_to_services = pods.changes().flat_map(move |pod| {
+        let namespace = pod.namespace();
+        let refs: Vec<ObjectRef<Service>> = services_store
+            .state()
+            .iter()
+            .filter(|s| s.namespace() == namespace)
+            .map(|s| ObjectRef::from_obj(&**s))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    let endpoints_controller =
+        Controller::for_shared_stream(services.subscribe(), services.store.clone())
+            .reconcile_on(pod_to_services)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                endpoints::reconcile,
+                error_policy,
+                Arc::new(endpoints::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                }),
+            )
+            .for_each(log_results);
+    let serviceaccount_controller = Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        serviceaccount::reconcile,
+        error_policy,
+        Arc::new(serviceaccount::Shared {
+            context: context.clone(),
+            root_ca: options.root_ca.clone(),
+        }),
+    )
+    .for_each(log_results);
     let namespace_controller = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -223,6 +274,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     replicasets.start(Api::all(client.clone()), &shutdown);
     deployments.start(Api::all(client.clone()), &shutdown);
     jobs.start(Api::all(client.clone()), &shutdown);
+    services.start(Api::all(client.clone()), &shutdown);
     nodes.start(Api::all(client.clone()), &shutdown);
     leases.start(
         Api::namespaced(client.clone(), "kube-node-lease"),
@@ -236,6 +288,8 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         namespace_controller,
         collector,
         node_lifecycle,
+        endpoints_controller,
+        serviceaccount_controller,
     );
     info!("controllers stopped");
 }

@@ -409,7 +409,9 @@ impl TestCluster {
             components.clone(),
         ));
         let controllers_client = server.in_process_client("system:kube-controller-manager");
+        let root_ca = std::fs::read_to_string(server.dir.join("tls/ca.crt")).ok();
         let options = kelson_controllers::Options {
+            root_ca,
             node_lifecycle: kelson_controllers::nodelifecycle::Config {
                 // a node is unreachable after missing about four lease renewals
                 grace_period: (hollow.lease_period * 4).max(Duration::from_secs(4)),

@@ -371,3 +371,89 @@ async fn jobs_complete_and_fail_as_configured() {
         "backoffLimit 1 allows one retry"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_endpoints_of_their_ready_pods() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let cluster = TestCluster::start(2).await;
+    let client = cluster.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment("api", 3, "busybox"))
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service: Service = serde_json::from_value(json!({"metadata": {"name": "api"},
+        "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})).unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let ready = |count: usize| {
+        let endpoints = endpoints.clone();
+        async move {
+            let e = endpoints.get_opt("api").await.unwrap()?;
+            let addresses: usize = e
+                .subsets
+                .iter()
+                .flatten()
+                .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+                .sum();
+            let port = e.subsets.as_ref()?.first()?.ports.as_ref()?.first()?.port;
+            (addresses == count && port == 8080).then_some(())
+        }
+    };
+    eventually(Duration::from_secs(30), "3 ready endpoints", || ready(3)).await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
+        .await
+        .unwrap();
+    assert_eq!(slice.items[0].endpoints.len(), 3);
+    deployments
+        .patch_scale(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "1 ready endpoint", || ready(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_and_the_root_ca() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    eventually(
+        Duration::from_secs(20),
+        "default service account",
+        || async { accounts.get_opt("default").await.unwrap() },
+    )
+    .await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    let ca = eventually(Duration::from_secs(20), "kube-root-ca.crt", || async {
+        maps.get_opt("kube-root-ca.crt").await.unwrap()
+    })
+    .await;
+    assert!(ca.data.unwrap()["ca.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
+    let system: Api<ServiceAccount> = Api::namespaced(client, "kube-system");
+    eventually(
+        Duration::from_secs(20),
+        "kube-system default account",
+        || async { system.get_opt("default").await.unwrap() },
+    )
+    .await;
+}
