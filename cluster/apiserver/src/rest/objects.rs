@@ -29,15 +29,8 @@ pub struct PageOf<T> {
     pub next_key: Option<String>,
 }
 
-/// A page of a list.
-pub struct Page {
-    /// Matching objects in key order.
-    pub items: Vec<Value>,
-    /// The snapshot revision.
-    pub revision: Revision,
-    /// The key to continue from, when more keys remain.
-    pub next_key: Option<String>,
-}
+/// A page of a list of objects.
+pub type Page = PageOf<Value>;
 
 impl Objects {
     /// Wraps a storage backend.
@@ -287,17 +280,11 @@ impl Objects {
         limit: usize,
         mut keep: impl FnMut(&Value) -> bool,
     ) -> ApiResult<Page> {
-        let page = self
-            .list_with(prefix, start, revision, limit, |kv| {
-                let object = Self::decode(rt, &kv)?;
-                Ok(keep(&object).then_some(object))
-            })
-            .await?;
-        Ok(Page {
-            items: page.items,
-            revision: page.revision,
-            next_key: page.next_key,
+        self.list_with(prefix, start, revision, limit, |kv| {
+            let object = Self::decode(rt, &kv)?;
+            Ok(keep(&object).then_some(object))
         })
+        .await
     }
 
     /// Like [`Objects::list`], but `select` turns each stored object into what the caller keeps
