@@ -312,6 +312,29 @@ fn exercise(minor: u32) {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // explain serves the CRD's schema, and follows a change to it
+    let explain = k.ok(&["explain", "widget.spec.size"]);
+    assert!(explain.contains("integer"), "{explain}");
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some(&CRD.replace(
+            "color: {type: string, enum: [red, blue]}",
+            "color: {type: string, enum: [red, blue]}\n              shape: {type: string}",
+        )),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = k.run(&["explain", "widget.spec.shape"], None);
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "explain after a schema change failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let widgets = k.ok(&["get", "widgets"]);
     assert!(
         widgets.contains("SIZE") && widgets.contains("w1") && widgets.contains('3'),

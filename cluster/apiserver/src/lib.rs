@@ -114,6 +114,7 @@ pub struct ApiServer {
     /// Request metrics.
     pub metrics: metrics::Metrics,
     advertised: RwLock<String>,
+    openapi_v3: openapi::V3Cache,
 }
 
 impl ApiServer {
@@ -126,6 +127,7 @@ impl ApiServer {
             tokens: RwLock::new(Tokens::default()),
             metrics: metrics::Metrics::new(),
             advertised: RwLock::new("127.0.0.1:6443".into()),
+            openapi_v3: openapi::V3Cache::default(),
         })
     }
 

@@ -3,11 +3,12 @@
 //! `fieldValidation=Strict`) and `/openapi/v2` (protobuf, the form kubectl 1.27–1.28 download
 //! before `apply`; it carries the paths that tell kubectl the server validates).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,48 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
+/// Built v3 documents with their hashes, per group-version path, valid for one registry
+/// generation: kubectl reads the index (which needs every hash) before each document.
+#[derive(Default)]
+pub struct V3Cache(Mutex<V3Entries>);
+
+#[derive(Default)]
+struct V3Entries {
+    generation: u64,
+    by_path: HashMap<String, Arc<V3Document>>,
+}
+
+struct V3Document {
+    document: Value,
+    hash: String,
+}
+
+/// The v3 document of a group-version and its hash, built once per registry generation.
+fn v3_cached(server: &ApiServer, group: &str, version: &str) -> Arc<V3Document> {
+    let generation = server.registry.generation();
+    let path = gv_path(group, version);
+    {
+        let cache = server.openapi_v3.0.lock();
+        if cache.generation == generation
+            && let Some(entry) = cache.by_path.get(&path)
+        {
+            return entry.clone();
+        }
+    }
+    let document = v3_build(server, group, version);
+    let hash = document_hash(&document);
+    let entry = Arc::new(V3Document { document, hash });
+    let mut cache = server.openapi_v3.0.lock();
+    if cache.generation != generation {
+        *cache = V3Entries {
+            generation,
+            by_path: HashMap::new(),
+        };
+    }
+    cache.by_path.insert(path, entry.clone());
+    entry
+}
+
 /// `GET /openapi/v3`.
 pub fn v3_index(server: &Arc<ApiServer>) -> Response {
     let mut paths = Map::new();
@@ -33,7 +76,7 @@ pub fn v3_index(server: &Arc<ApiServer>) -> Response {
     for rt in server.registry.all() {
         if seen.insert((rt.group.clone(), rt.version.clone())) {
             let path = gv_path(&rt.group, &rt.version);
-            let hash = document_hash(&v3_build(server, &rt.group, &rt.version));
+            let hash = &v3_cached(server, &rt.group, &rt.version).hash;
             paths.insert(
                 path.clone(),
                 json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
@@ -63,8 +106,8 @@ pub fn v3_document(server: &Arc<ApiServer>, path: &str, req: &Req) -> ApiResult<
     if !server.registry.serves_group_version(group, version) {
         return Err(ApiError::no_route());
     }
-    let document = v3_build(server, group, version);
-    let hash = document_hash(&document);
+    let cached = v3_cached(server, group, version);
+    let (document, hash) = (&cached.document, &cached.hash);
     if let Some(requested) = req.query.get("hash")
         && requested != hash
     {
@@ -75,7 +118,7 @@ pub fn v3_document(server: &Arc<ApiServer>, path: &str, req: &Req) -> ApiResult<
         )
             .into_response());
     }
-    let mut response = json_response(StatusCode::OK, &document);
+    let mut response = json_response(StatusCode::OK, document);
     if req.query.get("hash").is_some() {
         response.headers_mut().insert(
             http::header::CACHE_CONTROL,

@@ -6,6 +6,7 @@
 //! status handling, table columns) is looked up by kind in the `kinds` module.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -169,6 +170,8 @@ impl ResourceType {
 #[derive(Default)]
 pub struct Registry {
     types: RwLock<Vec<Arc<ResourceType>>>,
+    /// Bumped whenever the set of types changes, so derived documents know when to rebuild.
+    generation: AtomicU64,
 }
 
 impl Registry {
@@ -223,5 +226,12 @@ impl Registry {
         let mut all = self.types.write();
         all.retain(|t| !(t.custom && t.group == group && t.plural == plural));
         all.extend(types.into_iter().map(Arc::new));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A number that changes whenever the set of types changes.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
