@@ -299,19 +299,7 @@ fn exercise(minor: u32) {
     ]);
     let widget = "apiVersion: example.kelson.dev/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3, color: red}\n";
     // kubectl may need a moment to rediscover the new type
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let output = k.run(&["apply", "-f", "-"], Some(widget));
-        if output.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "custom resource apply failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(widget));
     // explain serves the CRD's schema, and follows a change to it
     let explain = k.ok(&["explain", "widget.spec.size"]);
     assert!(explain.contains("integer"), "{explain}");
@@ -322,19 +310,11 @@ fn exercise(minor: u32) {
             "color: {type: string, enum: [red, blue]}\n              shape: {type: string}",
         )),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let output = k.run(&["explain", "widget.spec.shape"], None);
-        if output.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "explain after a schema change failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    k.ok_within(
+        Duration::from_secs(20),
+        &["explain", "widget.spec.shape"],
+        None,
+    );
     let widgets = k.ok(&["get", "widgets"]);
     assert!(
         widgets.contains("SIZE") && widgets.contains("w1") && widgets.contains('3'),

@@ -352,6 +352,27 @@ impl Kubectl {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Like [`Kubectl::ok_with`], retried until it succeeds or `timeout` passes (for what
+    /// kubectl only sees after it rediscovers the server).
+    ///
+    /// # Panics
+    /// When kubectl still fails at the deadline.
+    pub fn ok_within(&self, timeout: Duration, args: &[&str], stdin: Option<&str>) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = self.run(args, stdin);
+            if output.status.success() {
+                return String::from_utf8_lossy(&output.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?} still failing after {timeout:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// Runs kubectl expecting failure; returns stderr.
     ///
     /// # Panics
