@@ -112,17 +112,7 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
             .unwrap_or("")
             .to_owned()
     };
-    let strings = |pointer: &str| -> Vec<String> {
-        crd.pointer(pointer)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = |pointer: &str| crate::meta::strings_at(crd, pointer);
     let group = s("/spec/group");
     let plural = s("/spec/names/plural");
     let kind = s("/spec/names/kind");

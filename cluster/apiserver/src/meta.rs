@@ -54,20 +54,25 @@ pub fn labels(object: &Value) -> BTreeMap<String, String> {
     string_map(object, "labels")
 }
 
-/// `metadata.finalizers`.
+/// The strings of the array at a JSON pointer (empty when absent; non-strings skipped).
 #[must_use]
-pub fn finalizers(object: &Value) -> Vec<String> {
+pub fn strings_at(object: &Value, pointer: &str) -> Vec<String> {
     object
-        .get("metadata")
-        .and_then(|m| m.get("finalizers"))
+        .pointer(pointer)
         .and_then(Value::as_array)
-        .map(|f| {
-            f.iter()
+        .map(|a| {
+            a.iter()
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `metadata.finalizers`.
+#[must_use]
+pub fn finalizers(object: &Value) -> Vec<String> {
+    strings_at(object, "/metadata/finalizers")
 }
 
 /// Whether `metadata.deletionTimestamp` is set.

@@ -1111,16 +1111,7 @@ fn spec_finalizers(rt: &ResourceType, object: &Value) -> Vec<String> {
     if !is_namespace(rt) {
         return Vec::new();
     }
-    object
-        .pointer("/spec/finalizers")
-        .and_then(Value::as_array)
-        .map(|f| {
-            f.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    meta::strings_at(object, "/spec/finalizers")
 }
 
 /// The grace period of a graceful delete, for kinds that have one (pods).
