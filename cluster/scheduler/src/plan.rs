@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeAffinity, Pod, Taint, Toleration};
 use kelson_common::{node, pod, selector};
 use rand::Rng;
 
@@ -295,6 +295,10 @@ pub fn filter(request: &PodRequest, node: &NodeInfo) -> Result<(), Reason> {
     Ok(())
 }
 
+fn node_affinity(pod: &Pod) -> Option<&NodeAffinity> {
+    pod.spec.as_ref()?.affinity.as_ref()?.node_affinity.as_ref()
+}
+
 fn node_affinity_fits(request: &PodRequest, node: &NodeInfo) -> bool {
     if request
         .node_selector
@@ -303,16 +307,10 @@ fn node_affinity_fits(request: &PodRequest, node: &NodeInfo) -> bool {
     {
         return false;
     }
-    let required = request
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
+    let required = node_affinity(&request.pod).and_then(|a| {
+        a.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    });
     match required {
         Some(selector) => selector
             .node_selector_terms
@@ -389,12 +387,7 @@ pub fn score(request: &PodRequest, node: &NodeInfo) -> i64 {
     );
     let least_allocated = ((1.0 - cpu) + (1.0 - memory)) / 2.0 * 100.0;
     let balanced = (1.0 - (cpu - memory).abs()) * 100.0;
-    let preferred = request
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
+    let preferred = node_affinity(&request.pod)
         .and_then(|a| {
             a.preferred_during_scheduling_ignored_during_execution
                 .as_ref()
