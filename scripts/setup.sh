@@ -8,6 +8,13 @@ packages=(
   protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
   ca-certificates
   git
+  containerd           # the container runtime the kubelet drives over CRI
+  runc
+  containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
+  iptables
+  busybox-static       # the local busybox image the examples and tests run
+  gcc                  # builds the static pause binary
+  libc6-dev
 )
 
 missing=()
@@ -27,6 +34,8 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
   echo "setup: installing the kubernetes Python client"
   python3 -m pip install --quiet kubernetes
 fi
+
+scripts/setup-containerd.sh
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2

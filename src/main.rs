@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: the Kubernetes API server over embedded storage or etcd, with
-    /// the scheduler and the controllers (each under leader election).
+    /// the scheduler and the controllers (each under leader election), and a node agent that
+    /// runs pods on this machine's containerd (unless --disable-agent).
     Server(ServerArgs),
     /// Run simulated ("hollow") nodes against a cluster: they register, heartbeat and run the
     /// pods bound to them on a fake runtime.
@@ -86,6 +87,18 @@ struct ServerArgs {
     /// Do not run the controllers.
     #[arg(long)]
     disable_controller_manager: bool,
+    /// Do not run the node agent (kubelet) on this machine.
+    #[arg(long)]
+    disable_agent: bool,
+    /// Name of this machine's node (default: the host name).
+    #[arg(long, env = "KELSON_NODE_NAME")]
+    node_name: Option<String>,
+    /// Address of this node (default: the source address of the default route).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// containerd's CRI socket.
+    #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
+    container_runtime_endpoint: PathBuf,
 }
 
 /// A control-plane component's main loop.
@@ -188,6 +201,26 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 ))
             }),
         );
+    }
+    if !args.disable_agent {
+        let mut agent = kelson_kubelet::agent::AgentConfig {
+            runtime_socket: args.container_runtime_endpoint.clone(),
+            address: args.node_ip,
+            ..Default::default()
+        };
+        if let Some(name) = &args.node_name {
+            agent.node_name.clone_from(name);
+        }
+        let client = running.server.client(kelson_apiserver::auth::User::new(
+            format!("system:node:{}", agent.node_name),
+            vec!["system:nodes".into()],
+        ));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = kelson_kubelet::agent::run(client, agent, shutdown).await {
+                tracing::error!(%error, "node agent failed");
+            }
+        });
     }
     api.await?.context("kelson server failed")
 }

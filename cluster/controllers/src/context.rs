@@ -4,9 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use parking_lot::Mutex;
-use tracing::debug;
 
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -75,20 +74,7 @@ impl Context {
 
     /// Records an event about `object` (failures are logged, never fatal).
     pub async fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, object).await {
-            debug!(%error, reason, "failed to record an event");
-        }
+        kelson_common::events::publish(&self.recorder, object, warning, reason, note).await;
     }
 }
 

@@ -335,6 +335,7 @@ async fn act(
             pod.metadata.uid.as_deref().unwrap_or("")
         )),
         image_id: "fake://sha256:0".into(),
+        last_state: None,
     };
     match action {
         Action::Kill => {

@@ -1,7 +1,13 @@
-//! Kelson's node agent. Today: node registration and Lease heartbeats ([`node`]), the pod status
-//! a kubelet reports ([`status`]), and [`hollow`] nodes that run the same logic over a fake
-//! runtime for simulation at scale. The containerd (CRI) runtime comes next.
+//! Kelson's node agent. [`agent`] is the kubelet on a real container runtime: it registers the
+//! node ([`node`]), renews its Lease and runs the pods bound to it through containerd's CRI
+//! ([`cri`]), one worker per pod ([`pods`]). Pod status is built by [`status`], which the
+//! [`hollow`] nodes — many simulated kubelets over a fake runtime — share, so simulation and
+//! reality cannot drift apart. Start with [`agent::run`].
 
+pub mod agent;
+pub mod cri;
 pub mod hollow;
+pub mod host;
 pub mod node;
+pub mod pods;
 pub mod status;

@@ -51,6 +51,8 @@ pub struct ContainerReport {
     pub container_id: Option<String>,
     /// Image id.
     pub image_id: String,
+    /// How the previous run ended (a `Terminated` phase), for `lastState`.
+    pub last_state: Option<ContainerPhase>,
 }
 
 fn condition(type_: &str, status: bool, now: &Time, previous: Option<&PodStatus>) -> PodCondition {
@@ -70,11 +72,83 @@ fn condition(type_: &str, status: bool, now: &Time, previous: Option<&PodStatus>
     }
 }
 
+fn phase_state(phase: &ContainerPhase, container_id: Option<&String>) -> ContainerState {
+    match phase {
+        ContainerPhase::Waiting { reason, message } => ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: message.clone(),
+            }),
+            ..ContainerState::default()
+        },
+        ContainerPhase::Running { started, .. } => ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(started.clone()),
+            }),
+            ..ContainerState::default()
+        },
+        ContainerPhase::Terminated {
+            exit_code,
+            reason,
+            started,
+            finished,
+        } => ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: *exit_code,
+                reason: Some(reason.clone()),
+                started_at: started.clone(),
+                finished_at: Some(finished.clone()),
+                container_id: container_id.cloned(),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        },
+    }
+}
+
+fn container_status(c: &ContainerReport, image: &str) -> ContainerStatus {
+    let (ready, started) = match &c.phase {
+        ContainerPhase::Running { ready, .. } => (*ready, true),
+        _ => (false, false),
+    };
+    ContainerStatus {
+        name: c.name.clone(),
+        state: Some(phase_state(&c.phase, c.container_id.as_ref())),
+        last_state: Some(
+            c.last_state
+                .as_ref()
+                .map(|phase| phase_state(phase, None))
+                .unwrap_or_default(),
+        ),
+        ready,
+        started: Some(started),
+        restart_count: c.restart_count,
+        image: image.to_owned(),
+        image_id: c.image_id.clone(),
+        container_id: c.container_id.clone(),
+        ..ContainerStatus::default()
+    }
+}
+
 /// The status of a pod whose containers are as `containers` report; `pod_ip` and `host_ip` are
 /// the sandbox's and the node's addresses.
 #[must_use]
 pub fn pod_status(
     pod: &Pod,
+    containers: &[ContainerReport],
+    pod_ip: Option<&str>,
+    host_ip: &str,
+    now: &Time,
+) -> PodStatus {
+    pod_status_with_init(pod, &[], containers, pod_ip, host_ip, now)
+}
+
+/// [`pod_status`] for a pod with init containers: the pod stays Pending and not Initialized
+/// until each has completed; a failed init container that will not restart fails the pod.
+#[must_use]
+pub fn pod_status_with_init(
+    pod: &Pod,
+    init_containers: &[ContainerReport],
     containers: &[ContainerReport],
     pod_ip: Option<&str>,
     host_ip: &str,
@@ -89,64 +163,21 @@ pub fn pod_status(
             .and_then(|c| c.image.clone())
             .unwrap_or_default()
     };
+    let init_image_of = |name: &str| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == name)
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default()
+    };
     let statuses: Vec<ContainerStatus> = containers
         .iter()
-        .map(|c| {
-            let (state, ready, started) = match &c.phase {
-                ContainerPhase::Waiting { reason, message } => (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason.clone()),
-                            message: message.clone(),
-                        }),
-                        ..ContainerState::default()
-                    },
-                    false,
-                    false,
-                ),
-                ContainerPhase::Running { started, ready } => (
-                    ContainerState {
-                        running: Some(ContainerStateRunning {
-                            started_at: Some(started.clone()),
-                        }),
-                        ..ContainerState::default()
-                    },
-                    *ready,
-                    true,
-                ),
-                ContainerPhase::Terminated {
-                    exit_code,
-                    reason,
-                    started,
-                    finished,
-                } => (
-                    ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            exit_code: *exit_code,
-                            reason: Some(reason.clone()),
-                            started_at: started.clone(),
-                            finished_at: Some(finished.clone()),
-                            container_id: c.container_id.clone(),
-                            ..ContainerStateTerminated::default()
-                        }),
-                        ..ContainerState::default()
-                    },
-                    false,
-                    false,
-                ),
-            };
-            ContainerStatus {
-                name: c.name.clone(),
-                state: Some(state),
-                ready,
-                started: Some(started),
-                restart_count: c.restart_count,
-                image: image_of(&c.name),
-                image_id: c.image_id.clone(),
-                container_id: c.container_id.clone(),
-                ..ContainerStatus::default()
-            }
-        })
+        .map(|c| container_status(c, &image_of(&c.name)))
+        .collect();
+    let init_statuses: Vec<ContainerStatus> = init_containers
+        .iter()
+        .map(|c| container_status(c, &init_image_of(&c.name)))
         .collect();
     let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
     let restart_policy = spec.restart_policy.as_deref().unwrap_or("Always");
@@ -159,7 +190,22 @@ pub fn pod_status(
         && terminated
             .iter()
             .all(|c| matches!(c.phase, ContainerPhase::Terminated { exit_code: 0, .. }));
-    let phase = if all_terminated && restart_policy != "Always" {
+    // a container waiting to restart after a crash counts as started (kubelet's getPhase)
+    let has_started = |c: &ContainerReport| {
+        !matches!(c.phase, ContainerPhase::Waiting { .. }) || c.last_state.is_some()
+    };
+    let initialized = init_containers
+        .iter()
+        .all(|c| matches!(c.phase, ContainerPhase::Terminated { exit_code: 0, .. }));
+    let init_failed = restart_policy == "Never"
+        && init_containers.iter().any(
+            |c| matches!(c.phase, ContainerPhase::Terminated { exit_code, .. } if exit_code != 0),
+        );
+    let phase = if init_failed {
+        "Failed"
+    } else if !initialized {
+        "Pending"
+    } else if all_terminated && restart_policy != "Always" {
         if all_succeeded {
             "Succeeded"
         } else if restart_policy == "Never" {
@@ -168,10 +214,7 @@ pub fn pod_status(
             // OnFailure: failed containers are restarted
             "Running"
         }
-    } else if containers
-        .iter()
-        .any(|c| !matches!(c.phase, ContainerPhase::Waiting { .. }))
-    {
+    } else if containers.iter().any(has_started) {
         "Running"
     } else {
         "Pending"
@@ -181,7 +224,7 @@ pub fn pod_status(
         .any(|c| !matches!(c.phase, ContainerPhase::Waiting { .. }));
     let conditions = vec![
         condition("PodReadyToStartContainers", pod_ip.is_some(), now, previous),
-        condition("Initialized", true, now, previous),
+        condition("Initialized", initialized, now, previous),
         condition("Ready", all_ready && phase == "Running", now, previous),
         condition("ContainersReady", all_ready, now, previous),
         condition("PodScheduled", true, now, previous),
@@ -194,6 +237,7 @@ pub fn pod_status(
         phase: Some(phase.into()),
         conditions: Some(conditions),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         host_ip: Some(host_ip.to_owned()),
         host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
             ip: host_ip.to_owned(),
@@ -231,6 +275,7 @@ mod tests {
             restart_count: 0,
             container_id: Some("fake://1".into()),
             image_id: "sha256:1".into(),
+            last_state: None,
         };
         let status = pod_status(
             &pod("Always"),
@@ -267,6 +312,7 @@ mod tests {
             restart_count: 0,
             container_id: None,
             image_id: String::new(),
+            last_state: None,
         };
         assert_eq!(
             pod_status(&pod("Never"), &[done(0)], None, "h", &now())
@@ -295,6 +341,7 @@ mod tests {
             restart_count: 0,
             container_id: None,
             image_id: String::new(),
+            last_state: None,
         };
         assert_eq!(
             pod_status(&pod("Always"), &[waiting], None, "h", &now())

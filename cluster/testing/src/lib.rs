@@ -167,7 +167,8 @@ pub struct KelsonProcess {
 
 impl KelsonProcess {
     /// Runs `kelson server` on 127.0.0.1 (port 0 unless `args` says otherwise) and waits until
-    /// it wrote `addresses.json` for this start.
+    /// it wrote `addresses.json` for this start. The node agent runs only when `args` give a
+    /// `--node-name`, since tests share one containerd.
     ///
     /// # Errors
     /// When it exits or does not come up within 30 s.
@@ -178,6 +179,10 @@ impl KelsonProcess {
         command.arg("server").arg("--data-dir").arg(data_dir);
         if !args.iter().any(|a| a.starts_with("--listen")) {
             command.arg("--listen=127.0.0.1:0");
+        }
+        // tests share one containerd: only a test that names its node runs an agent
+        if !args.iter().any(|a| a.starts_with("--node-name")) {
+            command.arg("--disable-agent");
         }
         let log =
             std::fs::File::create(data_dir.with_extension("log")).context("create log file")?;
@@ -489,5 +494,83 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Removes, when dropped, every sandbox (with its containers and log directory) that the agent
+/// of node `node` started on this machine's containerd, so a failing test leaves nothing behind.
+pub struct RuntimeCleanup {
+    node: String,
+}
+
+impl RuntimeCleanup {
+    /// A guard for the agent of `node`.
+    #[must_use]
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+        }
+    }
+
+    /// The sandboxes of the node still in containerd.
+    ///
+    /// # Errors
+    /// When containerd cannot be reached.
+    pub fn sandboxes(&self) -> anyhow::Result<Vec<String>> {
+        let node = self.node.clone();
+        on_fresh_runtime(async move {
+            let cri =
+                kelson_kubelet::cri::Cri::connect(Path::new(kelson_kubelet::cri::DEFAULT_SOCKET))
+                    .await?;
+            let labels = [(kelson_kubelet::pods::spec::NODE_LABEL, node.as_str())];
+            Ok(cri
+                .list_pod_sandboxes(&labels)
+                .await?
+                .into_iter()
+                .map(|s| s.id)
+                .collect())
+        })
+    }
+}
+
+fn on_fresh_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("cleanup thread panicked"))?
+}
+
+impl Drop for RuntimeCleanup {
+    fn drop(&mut self) {
+        let node = self.node.clone();
+        let _ = on_fresh_runtime(async move {
+            let cri =
+                kelson_kubelet::cri::Cri::connect(Path::new(kelson_kubelet::cri::DEFAULT_SOCKET))
+                    .await?;
+            let labels = [(kelson_kubelet::pods::spec::NODE_LABEL, node.as_str())];
+            // twice: a sandbox the killed agent asked for may still be in the making
+            for pass in 0..2 {
+                if pass > 0 {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                for sandbox in cri.list_pod_sandboxes(&labels).await? {
+                    let _ = cri.stop_pod_sandbox(&sandbox.id).await;
+                    let _ = cri.remove_pod_sandbox(&sandbox.id).await;
+                    let metadata = sandbox.metadata.unwrap_or_default();
+                    kelson_kubelet::pods::cleanup_pod_files(&kelson_kubelet::pods::spec::PodKey {
+                        namespace: metadata.namespace,
+                        name: metadata.name,
+                        uid: metadata.uid,
+                    });
+                }
+            }
+            Ok(())
+        });
     }
 }

@@ -1,0 +1,175 @@
+//! The kubelet on a real container runtime: connects to containerd over CRI, registers the node,
+//! renews its Lease and posts its readiness, and runs the pods bound to it ([`crate::pods`]).
+//! Stopping the agent leaves containers running; the next start adopts them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kelson_common::quantity;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cri::{self, Cri};
+use crate::pods::{self, NodeContext, PodContext};
+use crate::{host, node};
+
+/// Configuration of the node agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Node name (defaults to the host name).
+    pub node_name: String,
+    /// containerd's CRI socket.
+    pub runtime_socket: PathBuf,
+    /// The node's address; the default route's source address when unset.
+    pub address: Option<IpAddr>,
+    /// Lease renewal period.
+    pub lease_period: Duration,
+    /// Lease duration the node controller waits before marking the node unreachable.
+    pub lease_duration_seconds: i32,
+    /// Node status period when nothing changes.
+    pub status_period: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            node_name: host::hostname(),
+            runtime_socket: PathBuf::from(cri::DEFAULT_SOCKET),
+            address: None,
+            lease_period: Duration::from_secs(10),
+            lease_duration_seconds: 40,
+            status_period: Duration::from_secs(60),
+        }
+    }
+}
+
+async fn connect(config: &AgentConfig, shutdown: &CancellationToken) -> Option<Cri> {
+    let mut warned = false;
+    loop {
+        match Cri::connect(&config.runtime_socket).await {
+            Ok(cri) => match cri.version().await {
+                Ok(_) => return Some(cri),
+                Err(error) if !warned => {
+                    warn!(%error, "container runtime not answering; retrying");
+                    warned = true;
+                }
+                Err(_) => {}
+            },
+            Err(error) if !warned => {
+                warn!(%error, "container runtime unreachable; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Runs the node agent until `shutdown`.
+///
+/// # Errors
+/// When the node cannot be registered.
+pub async fn run(
+    client: kube::Client,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> kube::Result<()> {
+    let Some(cri) = connect(&config, &shutdown).await else {
+        return Ok(());
+    };
+    let version = cri.version().await.map_or_else(
+        |_| "containerd://unknown".to_owned(),
+        |v| format!("{}://{}", v.runtime_name, v.runtime_version),
+    );
+    let address = config.address.unwrap_or_else(host::primary_address);
+    let specification = host::node_specification(&config.node_name, address, &version);
+    let allocatable: BTreeMap<String, i64> = specification
+        .allocatable
+        .iter()
+        .map(|(name, q)| {
+            let value = if name == "cpu" {
+                quantity::cpu_millis(q)
+            } else {
+                quantity::units(q)
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    node::register(&client, &specification).await?;
+    info!(node = %config.node_name, %address, runtime = %version, "node registered");
+    tokio::spawn(heartbeats(
+        client.clone(),
+        cri.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kubelet".into(),
+            instance: Some(config.node_name.clone()),
+        },
+    );
+    let ctx = Arc::new(PodContext {
+        client,
+        cri,
+        node: NodeContext {
+            name: config.node_name.clone(),
+            host_ip: address.to_string(),
+            memory_capacity: i64::try_from(host::memory_total()).unwrap_or(i64::MAX),
+            allocatable,
+        },
+        recorder,
+    });
+    pods::run(ctx, shutdown).await;
+    Ok(())
+}
+
+async fn heartbeats(
+    client: kube::Client,
+    cri: Cri,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.lease_period);
+    let mut last_ready: Option<bool> = None;
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) =
+            node::renew_lease(&client, &config.node_name, config.lease_duration_seconds).await
+        {
+            warn!(%error, "failed to renew the node lease");
+        }
+        let ready = match cri.ready().await {
+            Ok(Ok(())) => true,
+            Ok(Err(reason)) => {
+                warn!(%reason, "container runtime not ready");
+                false
+            }
+            Err(error) => {
+                warn!(%error, "container runtime status failed");
+                false
+            }
+        };
+        if last_ready != Some(ready) || last_status.elapsed() >= config.status_period {
+            match node::post_status(&client, &config.node_name, ready).await {
+                Ok(()) => {
+                    last_ready = Some(ready);
+                    last_status = tokio::time::Instant::now();
+                }
+                Err(error) => warn!(%error, "failed to post the node status"),
+            }
+        }
+    }
+}

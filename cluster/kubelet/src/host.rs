@@ -1,0 +1,137 @@
+//! What this machine offers, read from /proc and the filesystem: the node's capacity,
+//! allocatable, addresses and system info.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::Path;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::node::NodeSpecification;
+
+/// Memory the kubelet keeps back from pods (its default hard eviction threshold).
+const EVICTION_MEMORY_BYTES: u64 = 100 << 20;
+
+/// Total memory in bytes from /proc/meminfo.
+#[must_use]
+pub fn memory_total() -> u64 {
+    meminfo_bytes(
+        &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        "MemTotal:",
+    )
+}
+
+/// A value of /proc/meminfo (`kB` lines) in bytes.
+#[must_use]
+pub fn meminfo_bytes(meminfo: &str, key: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Size of the filesystem holding `path`, in bytes.
+#[must_use]
+pub fn filesystem_bytes(path: &Path) -> u64 {
+    rustix::fs::statvfs(path).map_or(0, |s| s.f_blocks * s.f_frsize)
+}
+
+/// The address other machines reach this one at: the source address of the default route, or
+/// loopback when there is none.
+#[must_use]
+pub fn primary_address() -> IpAddr {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|socket| {
+            socket.connect((Ipv4Addr::new(192, 0, 2, 254), 9))?;
+            socket.local_addr()
+        })
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
+}
+
+/// The host name.
+#[must_use]
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .to_lowercase()
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or_else(|| "Linux".into(), |v| v.trim_matches('"').to_owned())
+}
+
+/// The node this machine makes, named `name`, at `address`, running `runtime_version`.
+#[must_use]
+pub fn node_specification(name: &str, address: IpAddr, runtime_version: &str) -> NodeSpecification {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let memory = memory_total();
+    let storage = filesystem_bytes(Path::new("/var/lib"));
+    let capacity = BTreeMap::from([
+        ("cpu".to_owned(), Quantity(cpus.to_string())),
+        (
+            "memory".to_owned(),
+            Quantity(format!("{}Ki", memory / 1024)),
+        ),
+        ("pods".to_owned(), Quantity("110".into())),
+        (
+            "ephemeral-storage".to_owned(),
+            Quantity(format!("{}Ki", storage / 1024)),
+        ),
+    ]);
+    let mut allocatable = capacity.clone();
+    allocatable.insert(
+        "memory".into(),
+        Quantity(format!(
+            "{}Ki",
+            memory.saturating_sub(EVICTION_MEMORY_BYTES) / 1024
+        )),
+    );
+    // the kubelet's default nodefs.available<10% eviction threshold
+    allocatable.insert(
+        "ephemeral-storage".into(),
+        Quantity((storage / 10 * 9).to_string()),
+    );
+    NodeSpecification {
+        name: name.to_owned(),
+        labels: BTreeMap::new(),
+        capacity,
+        allocatable,
+        internal_ip: address.to_string(),
+        runtime_version: runtime_version.to_owned(),
+        os_image: os_image(),
+        kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_meminfo() {
+        let meminfo = "MemTotal:       24605340 kB\nMemFree:        1000 kB\n";
+        assert_eq!(meminfo_bytes(meminfo, "MemTotal:"), 24_605_340 * 1024);
+        assert_eq!(meminfo_bytes(meminfo, "Missing:"), 0);
+    }
+
+    #[test]
+    fn this_machine_has_capacity() {
+        let spec = node_specification("n1", primary_address(), "containerd://1");
+        assert!(memory_total() > 0);
+        assert!(spec.capacity.contains_key("ephemeral-storage"));
+        assert!(!spec.kernel_version.is_empty());
+    }
+}

@@ -1,0 +1,748 @@
+//! One pod's worker: observes what the runtime shows for the pod, asks [`super::plan`] what to
+//! do, does it through CRI, and reports the pod's status. Deletion stops the containers within
+//! the grace period, removes the sandbox and confirms the deletion to the API server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use jiff::Timestamp;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::PodContext;
+use super::plan::{
+    self, ContainerState, Exit, Observed, RuntimeState, SandboxState, StartFailure, Step,
+};
+use super::spec::{self, EnvSources, NODE_LABEL, POD_UID_LABEL, PodKey};
+use crate::status::pod_status_with_init;
+
+/// How often a pod is looked at when nothing happens (the kubelet's relist period).
+const RESYNC: Duration = Duration::from_secs(1);
+/// Grace period for containers of pods that vanished from the API.
+const ORPHAN_GRACE_SECONDS: i64 = 2;
+
+/// Image pull back-off of one image.
+#[derive(Clone, Debug)]
+struct PullBackoff {
+    delay: Duration,
+    until: Timestamp,
+}
+
+/// The worker of one pod.
+pub(crate) struct Worker {
+    ctx: Arc<PodContext>,
+    key: PodKey,
+    failures: BTreeMap<String, StartFailure>,
+    pulls: HashMap<String, PullBackoff>,
+    exits: HashMap<String, Exit>,
+    sandbox_ips: HashMap<String, Option<String>>,
+    last_status: Option<serde_json::Value>,
+    terminated: bool,
+}
+
+/// Runs the worker of one pod until the pod is gone (a `None` arrives) or `shutdown`.
+pub(crate) async fn run(
+    ctx: Arc<PodContext>,
+    key: PodKey,
+    mut pods: watch::Receiver<Option<Arc<Pod>>>,
+    shutdown: CancellationToken,
+) {
+    let mut worker = Worker {
+        ctx,
+        key,
+        failures: BTreeMap::new(),
+        pulls: HashMap::new(),
+        exits: HashMap::new(),
+        sandbox_ips: HashMap::new(),
+        last_status: None,
+        terminated: false,
+    };
+    loop {
+        let pod = pods.borrow_and_update().clone();
+        let requeue = match pod {
+            None => {
+                worker.teardown(ORPHAN_GRACE_SECONDS).await;
+                return;
+            }
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                worker.terminate(&pod).await;
+                RESYNC
+            }
+            Some(pod) => match worker.sync(&pod).await {
+                Ok(requeue) => requeue,
+                Err(error) => {
+                    warn!(pod = %worker.key.name, namespace = %worker.key.namespace, %error, "pod sync failed");
+                    RESYNC
+                }
+            },
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = pods.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(requeue) => {}
+        }
+    }
+}
+
+fn timestamp(nanos: i64) -> Option<Timestamp> {
+    (nanos > 0)
+        .then(|| Timestamp::from_nanosecond(i128::from(nanos)).ok())
+        .flatten()
+}
+
+fn exit_of(status: &cri::ContainerStatus) -> Exit {
+    let reason = if status.reason.is_empty() {
+        if status.exit_code == 0 {
+            "Completed".to_owned()
+        } else {
+            "Error".to_owned()
+        }
+    } else {
+        status.reason.clone()
+    };
+    Exit {
+        code: status.exit_code,
+        reason,
+        message: status.message.clone(),
+        started: timestamp(status.started_at),
+        finished: timestamp(status.finished_at).unwrap_or_else(Timestamp::now),
+    }
+}
+
+/// Whether a container was SIGKILLed (exit 137) under a second ago without a reason yet: the
+/// runtime's OOM event can trail the exit, and the reason must not be reported too early.
+fn settling_kill(state: &RuntimeState, now: Timestamp) -> bool {
+    matches!(state, RuntimeState::Exited(exit)
+        if exit.code == 137
+            && exit.reason == "Error"
+            && now.duration_since(exit.finished) < jiff::SignedDuration::from_secs(1))
+}
+
+/// The pull policy of a container, defaulted as the API server does.
+fn pull_policy(container: &Container) -> &str {
+    if let Some(policy) = container.image_pull_policy.as_deref() {
+        return policy;
+    }
+    let image = container.image.as_deref().unwrap_or_default();
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || (name.contains(':') && !name.ends_with(":latest")) {
+        "IfNotPresent"
+    } else {
+        "Always"
+    }
+}
+
+fn decode_secret(secret: &Secret) -> BTreeMap<String, String> {
+    let mut data: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        data.insert(k.clone(), v.clone());
+    }
+    data
+}
+
+fn config_map_data(config_map: &ConfigMap) -> BTreeMap<String, String> {
+    let mut data = config_map.data.clone().unwrap_or_default();
+    for (k, v) in config_map.binary_data.iter().flatten() {
+        data.insert(
+            k.clone(),
+            base64::engine::general_purpose::STANDARD.encode(&v.0),
+        );
+    }
+    data
+}
+
+impl Worker {
+    fn reference(&self, container: Option<&str>) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(self.key.name.clone()),
+            namespace: Some(self.key.namespace.clone()),
+            uid: Some(self.key.uid.clone()),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+            ..ObjectReference::default()
+        }
+    }
+
+    async fn event(&self, container: Option<&str>, warning: bool, reason: &str, note: String) {
+        let reference = self.reference(container);
+        kelson_common::events::publish(&self.ctx.recorder, &reference, warning, reason, note).await;
+    }
+
+    fn labels(&self) -> [(&str, &str); 2] {
+        [
+            (POD_UID_LABEL, self.key.uid.as_str()),
+            (NODE_LABEL, self.ctx.node.name.as_str()),
+        ]
+    }
+
+    /// What the runtime shows for the pod, plus the sandbox's IP.
+    async fn observe(&mut self) -> crate::cri::Result<(Observed, Option<String>)> {
+        let cri = &self.ctx.cri;
+        let sandboxes = cri.list_pod_sandboxes(&self.labels()).await?;
+        let Some(latest) = sandboxes.iter().max_by_key(|s| s.created_at) else {
+            return Ok((Observed::default(), None));
+        };
+        let ready = latest.state == cri::PodSandboxState::SandboxReady as i32;
+        let sandbox = SandboxState {
+            id: latest.id.clone(),
+            ready,
+            attempt: latest.metadata.as_ref().map_or(0, |m| m.attempt),
+        };
+        let ip = if ready {
+            if let Some(ip) = self.sandbox_ips.get(&latest.id) {
+                ip.clone()
+            } else {
+                let status = cri.pod_sandbox_status(&latest.id).await?;
+                let ip = status.network.map(|n| n.ip).filter(|ip| !ip.is_empty());
+                self.sandbox_ips.insert(latest.id.clone(), ip.clone());
+                ip
+            }
+        } else {
+            None
+        };
+        let mut by_name: BTreeMap<String, Vec<cri::Container>> = BTreeMap::new();
+        for container in cri.list_containers(&self.labels()).await? {
+            if container.pod_sandbox_id != latest.id {
+                continue;
+            }
+            let name = container
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            by_name.entry(name).or_default().push(container);
+        }
+        let mut containers = BTreeMap::new();
+        for (name, mut attempts) in by_name {
+            attempts.sort_by_key(|c| c.metadata.as_ref().map_or(0, |m| m.attempt));
+            let newest = attempts.pop().expect("grouped containers are never empty");
+            let attempt = newest.metadata.as_ref().map_or(0, |m| m.attempt);
+            let status = cri.container_status(&newest.id).await?;
+            let state = match cri::ContainerState::try_from(status.state) {
+                Ok(cri::ContainerState::ContainerRunning) => RuntimeState::Running(
+                    timestamp(status.started_at).unwrap_or_else(Timestamp::now),
+                ),
+                Ok(cri::ContainerState::ContainerCreated) => RuntimeState::Created,
+                _ => {
+                    let exit = exit_of(&status);
+                    self.exits.insert(newest.id.clone(), exit.clone());
+                    RuntimeState::Exited(exit)
+                }
+            };
+            let previous = match attempts.last() {
+                Some(previous) => match self.exits.get(&previous.id) {
+                    Some(exit) => Some(exit.clone()),
+                    None => {
+                        let exit = exit_of(&cri.container_status(&previous.id).await?);
+                        self.exits.insert(previous.id.clone(), exit.clone());
+                        Some(exit)
+                    }
+                },
+                None => None,
+            };
+            // keep the newest two attempts (for `kubectl logs --previous`)
+            if attempts.len() > 1 {
+                for old in &attempts[..attempts.len() - 1] {
+                    if let Err(error) = cri.remove_container(&old.id).await {
+                        debug!(%error, "failed to remove an old container");
+                    }
+                    self.exits.remove(&old.id);
+                }
+            }
+            containers.insert(
+                name,
+                ContainerState {
+                    id: newest.id.clone(),
+                    attempt,
+                    state,
+                    image_id: status.image_ref.clone(),
+                    previous,
+                },
+            );
+        }
+        Ok((
+            Observed {
+                sandbox: Some(sandbox),
+                containers,
+            },
+            ip,
+        ))
+    }
+
+    /// One sync: observe, plan, act, report. Returns when to look again.
+    async fn sync(&mut self, pod: &Pod) -> crate::cri::Result<Duration> {
+        let (observed, sandbox_ip) = self.observe().await?;
+        let now = Timestamp::now();
+        if observed
+            .containers
+            .values()
+            .any(|c| settling_kill(&c.state, now))
+        {
+            // containerd may record the OOM kill just after the exit; look again shortly
+            return Ok(Duration::from_millis(300));
+        }
+        let plan = plan::plan(pod, &observed, &self.failures, &|_| true, now);
+        let pod_ip = if spec::uses_host_network(pod) {
+            observed
+                .sandbox
+                .as_ref()
+                .filter(|s| s.ready)
+                .map(|_| self.ctx.node.host_ip.clone())
+        } else {
+            sandbox_ip.clone()
+        };
+        self.report(pod, &plan, pod_ip.as_deref()).await;
+
+        let mut progressed = false;
+        for step in &plan.steps {
+            match step {
+                Step::CreateSandbox { attempt } => {
+                    if let Some(old) = &observed.sandbox {
+                        self.remove_sandbox(&old.id).await;
+                    }
+                    let config = spec::sandbox_config(pod, &self.ctx.node.name, *attempt);
+                    match self.ctx.cri.run_pod_sandbox(config).await {
+                        Ok(id) => {
+                            debug!(pod = %self.key.name, sandbox = %id, "sandbox started");
+                            progressed = true;
+                        }
+                        Err(error) => {
+                            self.event(
+                                None,
+                                true,
+                                "FailedCreatePodSandBox",
+                                format!("Failed to create pod sandbox: {}", error.message()),
+                            )
+                            .await;
+                        }
+                    }
+                    // containers start once the sandbox is observed
+                    break;
+                }
+                Step::StopSandbox => {
+                    if let Some(sandbox) = &observed.sandbox {
+                        self.ctx.cri.stop_pod_sandbox(&sandbox.id).await?;
+                    }
+                }
+                Step::StartContainer {
+                    name,
+                    attempt,
+                    init,
+                } => {
+                    let Some(sandbox) = &observed.sandbox else {
+                        continue;
+                    };
+                    let spec = pod.spec.clone().unwrap_or_default();
+                    let container = if *init {
+                        spec.init_containers
+                            .iter()
+                            .flatten()
+                            .find(|c| &c.name == name)
+                            .cloned()
+                    } else {
+                        spec.containers.iter().find(|c| &c.name == name).cloned()
+                    };
+                    let Some(container) = container else {
+                        continue;
+                    };
+                    let ip = pod_ip.clone().unwrap_or_default();
+                    match self
+                        .start_container(
+                            pod,
+                            &sandbox.id,
+                            sandbox.attempt,
+                            &container,
+                            *attempt,
+                            &ip,
+                        )
+                        .await
+                    {
+                        Ok(()) => {
+                            self.failures.remove(name);
+                            progressed = true;
+                        }
+                        Err(failure) => {
+                            self.failures.insert(name.clone(), failure);
+                        }
+                    }
+                    if *init {
+                        // init containers run one at a time
+                        break;
+                    }
+                }
+            }
+        }
+        if progressed {
+            return Ok(Duration::ZERO);
+        }
+        let soonest = plan
+            .backing_off
+            .iter()
+            .map(|(_, until)| until.duration_since(now).unsigned_abs())
+            .min()
+            .unwrap_or(RESYNC);
+        Ok(soonest.min(RESYNC))
+    }
+
+    async fn report(&mut self, pod: &Pod, plan: &plan::Plan, pod_ip: Option<&str>) {
+        if kelson_common::pod::is_terminal(pod) {
+            return;
+        }
+        let now = Time(Timestamp::now());
+        let status = pod_status_with_init(
+            pod,
+            &plan.init_reports,
+            &plan.reports,
+            pod_ip,
+            &self.ctx.node.host_ip,
+            &now,
+        );
+        let value = serde_json::json!({ "status": status });
+        if self.last_status.as_ref() == Some(&value) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        match api
+            .patch_status(
+                &self.key.name,
+                &PatchParams::default(),
+                &Patch::Merge(&value),
+            )
+            .await
+        {
+            Ok(_) => self.last_status = Some(value),
+            Err(error) => debug!(pod = %self.key.name, %error, "failed to write pod status"),
+        }
+    }
+
+    /// Makes sure the image is present, honouring the pull policy and the pull back-off.
+    async fn ensure_image(&mut self, container: &Container) -> Result<String, StartFailure> {
+        let image = container.image.clone().unwrap_or_default();
+        let name = container.name.as_str();
+        let cri = self.ctx.cri.clone();
+        let present = cri.image_id(&image).await.map_err(|e| StartFailure {
+            reason: "ErrImagePull".into(),
+            message: e.message(),
+        })?;
+        let policy = pull_policy(container);
+        match (policy, &present) {
+            ("Never", Some(_)) | ("IfNotPresent", Some(_)) => {
+                self.event(
+                    Some(name),
+                    false,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                )
+                .await;
+                return Ok(image);
+            }
+            ("Never", None) => {
+                let message =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                self.event(Some(name), true, "ErrImageNeverPull", message.clone())
+                    .await;
+                return Err(StartFailure {
+                    reason: "ErrImageNeverPull".into(),
+                    message,
+                });
+            }
+            _ => {}
+        }
+        let now = Timestamp::now();
+        if let Some(backoff) = self.pulls.get(&image)
+            && backoff.until > now
+        {
+            let message = format!("Back-off pulling image \"{image}\"");
+            return Err(StartFailure {
+                reason: "ImagePullBackOff".into(),
+                message,
+            });
+        }
+        self.event(
+            Some(name),
+            false,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        match cri.pull_image(&image).await {
+            Ok(_) => {
+                self.pulls.remove(&image);
+                self.event(
+                    Some(name),
+                    false,
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image \"{image}\" in {}ms",
+                        started.elapsed().as_millis()
+                    ),
+                )
+                .await;
+                Ok(image)
+            }
+            Err(error) if present.is_some() => {
+                // offline machines: the local copy stands in for an unreachable registry
+                self.event(
+                    Some(name),
+                    true,
+                    "PullFailedUsingLocal",
+                    format!(
+                        "Failed to pull image \"{image}\", using the local copy: {}",
+                        error.message()
+                    ),
+                )
+                .await;
+                Ok(image)
+            }
+            Err(error) => {
+                let delay = self.pulls.get(&image).map_or(plan::INITIAL_BACKOFF, |b| {
+                    (b.delay * 2).min(plan::MAX_BACKOFF)
+                });
+                self.pulls.insert(
+                    image.clone(),
+                    PullBackoff {
+                        delay,
+                        until: now + jiff::SignedDuration::try_from(delay).unwrap_or_default(),
+                    },
+                );
+                let message = format!("Failed to pull image \"{image}\": {}", error.message());
+                self.event(Some(name), true, "Failed", message.clone())
+                    .await;
+                Err(StartFailure {
+                    reason: "ErrImagePull".into(),
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Looks up the ConfigMaps and Secrets the container's environment refers to.
+    async fn env_sources(&self, container: &Container, pod_ip: &str) -> kube::Result<EnvSources> {
+        let mut config_maps = Vec::new();
+        let mut secrets = Vec::new();
+        for from in container.env_from.iter().flatten() {
+            if let Some(cm) = &from.config_map_ref {
+                config_maps.push(cm.name.clone());
+            }
+            if let Some(secret) = &from.secret_ref {
+                secrets.push(secret.name.clone());
+            }
+        }
+        for var in container.env.iter().flatten() {
+            if let Some(from) = &var.value_from {
+                if let Some(key) = &from.config_map_key_ref {
+                    config_maps.push(key.name.clone());
+                }
+                if let Some(key) = &from.secret_key_ref {
+                    secrets.push(key.name.clone());
+                }
+            }
+        }
+        let mut sources = EnvSources {
+            pod_ip: pod_ip.to_owned(),
+            host_ip: self.ctx.node.host_ip.clone(),
+            ..EnvSources::default()
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        for name in config_maps {
+            if let Some(cm) = cms.get_opt(&name).await? {
+                sources.config_maps.insert(name, config_map_data(&cm));
+            }
+        }
+        let secret_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        for name in secrets {
+            if let Some(secret) = secret_api.get_opt(&name).await? {
+                sources.secrets.insert(name, decode_secret(&secret));
+            }
+        }
+        Ok(sources)
+    }
+
+    async fn start_container(
+        &mut self,
+        pod: &Pod,
+        sandbox_id: &str,
+        sandbox_attempt: u32,
+        container: &Container,
+        attempt: u32,
+        pod_ip: &str,
+    ) -> Result<(), StartFailure> {
+        let name = container.name.as_str();
+        let image = self.ensure_image(container).await?;
+        let config_error = |message: String| StartFailure {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        };
+        let sources = self
+            .env_sources(container, pod_ip)
+            .await
+            .map_err(|e| config_error(e.to_string()))?;
+        let env = match spec::environment(pod, container, &sources, &self.ctx.node.allocatable) {
+            Ok(env) => env,
+            Err(error) => {
+                self.event(Some(name), true, "Failed", format!("Error: {error}"))
+                    .await;
+                return Err(config_error(error.to_string()));
+            }
+        };
+        let config = spec::container_config(
+            pod,
+            container,
+            attempt,
+            &image,
+            &env,
+            &self.ctx.node.name,
+            self.ctx.node.memory_capacity,
+        );
+        let sandbox_config = spec::sandbox_config(pod, &self.ctx.node.name, sandbox_attempt);
+        let cri = self.ctx.cri.clone();
+        let id = match cri
+            .create_container(sandbox_id, config, sandbox_config)
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => {
+                let message = error.message();
+                self.event(Some(name), true, "Failed", format!("Error: {message}"))
+                    .await;
+                return Err(StartFailure {
+                    reason: "CreateContainerError".into(),
+                    message,
+                });
+            }
+        };
+        self.event(
+            Some(name),
+            false,
+            "Created",
+            format!("Created container {name}"),
+        )
+        .await;
+        if let Err(error) = cri.start_container(&id).await {
+            let message = error.message();
+            self.event(Some(name), true, "Failed", format!("Error: {message}"))
+                .await;
+            return Err(StartFailure {
+                reason: "RunContainerError".into(),
+                message,
+            });
+        }
+        self.event(
+            Some(name),
+            false,
+            "Started",
+            format!("Started container {name}"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str) {
+        let cri = &self.ctx.cri;
+        if let Err(error) = cri.stop_pod_sandbox(id).await
+            && !error.is_not_found()
+        {
+            warn!(sandbox = %id, %error, "failed to stop a sandbox");
+        }
+        if let Err(error) = cri.remove_pod_sandbox(id).await
+            && !error.is_not_found()
+        {
+            warn!(sandbox = %id, %error, "failed to remove a sandbox");
+        }
+    }
+
+    /// Stops every container of the pod within `grace_seconds` and removes its sandboxes, log
+    /// directory and cgroups.
+    async fn teardown(&self, grace_seconds: i64) {
+        let cri = self.ctx.cri.clone();
+        let labels = self.labels();
+        match cri.list_containers(&labels).await {
+            Ok(containers) => {
+                let running: Vec<cri::Container> = containers
+                    .into_iter()
+                    .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+                    .collect();
+                let worker = self;
+                let stops = running.iter().map(|c| {
+                    let cri = cri.clone();
+                    let name = c
+                        .metadata
+                        .as_ref()
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default();
+                    async move {
+                        worker
+                            .event(
+                                Some(&name),
+                                false,
+                                "Killing",
+                                format!("Stopping container {name}"),
+                            )
+                            .await;
+                        if let Err(error) = cri.stop_container(&c.id, grace_seconds).await {
+                            warn!(container = %name, %error, "failed to stop a container");
+                        }
+                    }
+                });
+                futures::future::join_all(stops).await;
+            }
+            Err(error) => warn!(%error, "failed to list the pod's containers"),
+        }
+        match cri.list_pod_sandboxes(&labels).await {
+            Ok(sandboxes) => {
+                for sandbox in sandboxes {
+                    self.remove_sandbox(&sandbox.id).await;
+                }
+            }
+            Err(error) => warn!(%error, "failed to list the pod's sandboxes"),
+        }
+        super::cleanup_pod_files(&self.key);
+    }
+
+    /// Graceful deletion: stop, remove, then confirm to the API server.
+    async fn terminate(&mut self, pod: &Pod) {
+        if !self.terminated {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30)
+                .max(0);
+            info!(pod = %self.key.name, namespace = %self.key.namespace, grace, "stopping pod");
+            self.teardown(grace).await;
+            self.terminated = true;
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.key.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&self.key.name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(error) => warn!(pod = %self.key.name, %error, "failed to confirm a pod deletion"),
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! End-to-end: `kelson server` with its node agent on this machine's containerd (set up by
+//! scripts/setup.sh), driven by kubectl. Pods really run: HTTP is served from the pod network,
+//! crashes back off, memory limits OOM-kill, bad input is reported, deletion honours the grace
+//! period, and a restarted server adopts running containers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kelson_testing::{KelsonProcess, Kubectl, RuntimeCleanup};
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: page}
+data: {greeting: hello from kelson}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: httpd
+        image: busybox:1.35
+        env:
+        - {name: GREETING, valueFrom: {configMapKeyRef: {name: page, key: greeting}}}
+        - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        command: [sh, -c, 'mkdir -p /www && echo "$GREETING ($POD)" > /www/index.html && exec httpd -f -p 8080 -h /www']
+        resources:
+          requests: {cpu: 50m, memory: 16Mi}
+          limits: {cpu: 200m, memory: 64Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - {name: main, image: busybox:1.35, command: [sh, -c, 'echo bye; exit 3']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [dd, if=/dev/zero, of=/dev/null, bs=100M, count=1]
+    resources: {limits: {memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: once}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: prepare, image: busybox:1.35, command: ["true"]}
+  containers:
+  - {name: main, image: busybox:1.35, command: [sh, -c, 'exit 0']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: noimage}
+spec:
+  containers:
+  - {name: main, image: "registry.invalid/nothing:v1"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nocommand}
+spec:
+  containers:
+  - {name: main, image: busybox:1.35, command: [/no/such/binary]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: noconfig}
+spec:
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sleep, "3600"]
+    env: [{name: X, valueFrom: {configMapKeyRef: {name: missing, key: x}}}]
+"#;
+
+fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<String>) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn jsonpath(kubectl: &Kubectl, pod: &str, path: &str) -> String {
+    let output = kubectl.run(
+        &["get", "pod", pod, "-o", &format!("jsonpath={{{path}}}")],
+        None,
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn wait_jsonpath(kubectl: &Kubectl, pod: &str, path: &str, expected: &str) -> String {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{pod} {path} to contain {expected}"),
+        || {
+            let value = jsonpath(kubectl, pod, path);
+            value.contains(expected).then_some(value)
+        },
+    )
+}
+
+fn http_get(address: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[test]
+fn pods_run_on_containerd() {
+    let node = format!("e2e-kubelet-{}", std::process::id());
+    let cleanup = RuntimeCleanup::new(&node);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_kelson"));
+    let node_arg = format!("--node-name={node}");
+    let mut server = KelsonProcess::server(binary, &data, &[&node_arg]).unwrap();
+    let kubectl = Kubectl::new(33, &server.kubeconfig());
+
+    // the node registers with this machine's capacity and containerd's version
+    wait_for(Duration::from_secs(30), "the node to be Ready", || {
+        let output = kubectl.run(&["get", "node", &node, "--no-headers"], None);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains(" Ready ").then_some(text)
+    });
+    let runtime = kubectl.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+    ]);
+    assert!(runtime.starts_with("containerd://"), "{runtime}");
+
+    kubectl.ok_with(&["apply", "-f", "-"], Some(WORKLOADS));
+    kubectl.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    );
+
+    // each replica serves its page from the pod network, built from the ConfigMap and fieldRef
+    let pods = kubectl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+    ]);
+    for line in pods.lines() {
+        let (name, ip) = line.split_once(' ').unwrap();
+        assert!(ip.starts_with("10.88."), "pod IP {ip}");
+        let page = wait_for(Duration::from_secs(20), "httpd to answer", || {
+            http_get(&format!("{ip}:8080")).ok()
+        });
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(
+            page.contains(&format!("hello from kelson ({name})")),
+            "{page}"
+        );
+    }
+    let qos = jsonpath(
+        &kubectl,
+        pods.split(' ').next().unwrap(),
+        ".status.qosClass",
+    );
+    assert_eq!(qos, "Burstable");
+
+    // a crashing container restarts with a growing back-off
+    wait_jsonpath(
+        &kubectl,
+        "crash",
+        ".status.containerStatuses[0].state.waiting.reason",
+        "CrashLoopBackOff",
+    );
+    let last = jsonpath(
+        &kubectl,
+        "crash",
+        ".status.containerStatuses[0].lastState.terminated.exitCode",
+    );
+    assert_eq!(last, "3");
+    let message = jsonpath(
+        &kubectl,
+        "crash",
+        ".status.containerStatuses[0].state.waiting.message",
+    );
+    assert!(
+        message.starts_with("back-off 10s restarting failed container=main pod=crash_default("),
+        "{message}"
+    );
+
+    // a memory limit is enforced
+    wait_jsonpath(&kubectl, "hog", ".status.phase", "Failed");
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "hog",
+            ".status.containerStatuses[0].state.terminated.reason"
+        ),
+        "OOMKilled"
+    );
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "hog",
+            ".status.containerStatuses[0].state.terminated.exitCode"
+        ),
+        "137"
+    );
+
+    // init containers run first; a pod that does not restart succeeds
+    wait_jsonpath(&kubectl, "once", ".status.phase", "Succeeded");
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "once",
+            ".status.initContainerStatuses[0].state.terminated.reason"
+        ),
+        "Completed"
+    );
+
+    // bad input is reported, not crashed on
+    let reason = wait_jsonpath(
+        &kubectl,
+        "noimage",
+        ".status.containerStatuses[0].state.waiting.reason",
+        "Image",
+    );
+    assert!(
+        reason == "ErrImagePull" || reason == "ImagePullBackOff",
+        "{reason}"
+    );
+    wait_jsonpath(
+        &kubectl,
+        "nocommand",
+        ".status.containerStatuses[0].state.waiting.reason",
+        "RunContainerError",
+    );
+    let message = jsonpath(
+        &kubectl,
+        "nocommand",
+        ".status.containerStatuses[0].state.waiting.message",
+    );
+    assert!(message.contains("/no/such/binary"), "{message}");
+    wait_jsonpath(
+        &kubectl,
+        "noconfig",
+        ".status.containerStatuses[0].state.waiting.message",
+        "configmap \"missing\" not found",
+    );
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=noimage",
+    ]);
+    assert!(events.contains("Failed to pull image"), "{events}");
+
+    // kill -9 and restart: running containers are adopted, not restarted
+    let web = pods
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let before = jsonpath(&kubectl, &web, ".status.containerStatuses[0].containerID");
+    server.kill();
+    let mut server = KelsonProcess::server(binary, &data, &[&node_arg]).unwrap();
+    let kubectl = Kubectl::new(33, &server.kubeconfig());
+    std::thread::sleep(Duration::from_secs(3));
+    let after = wait_jsonpath(&kubectl, &web, ".status.phase", "Running");
+    assert_eq!(after, "Running");
+    assert_eq!(
+        jsonpath(&kubectl, &web, ".status.containerStatuses[0].containerID"),
+        before
+    );
+    assert_eq!(
+        jsonpath(&kubectl, &web, ".status.containerStatuses[0].restartCount"),
+        "0"
+    );
+
+    // deletion stops the containers within the grace period (2 s here; httpd ignores SIGTERM
+    // as PID 1, so it takes the whole period)
+    let started = Instant::now();
+    kubectl.ok(&["delete", "pod", &web, "--wait=true"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "deletion took {took:?}");
+    kubectl.ok(&["delete", "deployment", "web"]);
+    kubectl.ok(&["delete", "pods", "--all", "--grace-period=1", "--wait=true"]);
+    wait_for(
+        Duration::from_secs(30),
+        "every sandbox to be removed",
+        || {
+            cleanup
+                .sandboxes()
+                .ok()
+                .filter(Vec::is_empty)
+                .map(|_| String::new())
+        },
+    );
+    server.terminate().unwrap();
+}
