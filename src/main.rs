@@ -206,6 +206,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         let mut agent = kelson_kubelet::agent::AgentConfig {
             runtime_socket: args.container_runtime_endpoint.clone(),
             address: args.node_ip,
+            root_dir: data_dir.join("agent"),
             ..Default::default()
         };
         if let Some(name) = &args.node_name {

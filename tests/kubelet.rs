@@ -80,6 +80,53 @@ spec:
   - {name: main, image: busybox:1.35, command: [/no/such/binary]}
 ---
 apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: volumes, labels: {app: vol}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.35
+    command:
+    - sh
+    - -c
+    - |
+      cat /secret/password; echo
+      cat /info/labels; echo
+      grep -q ' /memory tmpfs' /proc/mounts && echo memory-is-tmpfs
+      grep -q "$(hostname)" /etc/hosts && echo hosts-has-pod
+      while true; do echo "page: $(cat /config/greeting)"; cat /scratch/note 2>/dev/null; sleep 1; done
+    volumeMounts:
+    - {name: page, mountPath: /config}
+    - {name: creds, mountPath: /secret}
+    - {name: scratch, mountPath: /scratch}
+    - {name: memory, mountPath: /memory}
+    - {name: info, mountPath: /info}
+  - name: writer
+    image: busybox:1.35
+    command: [sh, -c, 'echo shared-note > /scratch/note; exec sleep 3600']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+  - {name: page, configMap: {name: page}}
+  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}
+  - {name: scratch, emptyDir: {}}
+  - {name: memory, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
+  - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nomount}
+spec:
+  containers:
+  - {name: main, image: busybox:1.35, command: [sleep, "3600"], volumeMounts: [{name: v, mountPath: /v}]}
+  volumes: [{name: v, configMap: {name: absent}}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: noconfig}
 spec:
@@ -280,6 +327,62 @@ fn pods_run_on_containerd() {
         "involvedObject.name=noimage",
     ]);
     assert!(events.contains("Failed to pull image"), "{events}");
+
+    // volumes: configMap, secret, emptyDir shared by two containers, tmpfs, downward API;
+    // the container's own output (its CRI log file) shows what it sees
+    let uid = jsonpath(&kubectl, "volumes", ".metadata.uid");
+    let log = format!("/var/log/pods/default_volumes_{uid}/main/0.log");
+    let seen = |needle: &str| {
+        let needle = needle.to_owned();
+        let log = log.clone();
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{needle} in {log}"),
+            move || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.contains(&needle).then_some(text)
+            },
+        )
+    };
+    for expected in [
+        "s3cret",
+        "app=\"vol\"",
+        "memory-is-tmpfs",
+        "hosts-has-pod",
+        "page: hello from kelson",
+        "shared-note",
+    ] {
+        seen(expected);
+    }
+    // a ConfigMap update reaches the mounted file in place
+    kubectl.ok(&[
+        "patch",
+        "configmap",
+        "page",
+        "-p",
+        r#"{"data":{"greeting":"updated"}}"#,
+    ]);
+    seen("page: updated");
+    // a missing ConfigMap keeps the pod ContainerCreating with a FailedMount event
+    wait_for(Duration::from_secs(30), "a FailedMount event", || {
+        let events = kubectl.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=nomount",
+        ]);
+        events
+            .contains("configmap \"absent\" not found")
+            .then_some(events)
+    });
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "nomount",
+            ".status.containerStatuses[0].state.waiting.reason"
+        ),
+        "ContainerCreating"
+    );
 
     // kill -9 and restart: running containers are adopted, not restarted
     let web = pods

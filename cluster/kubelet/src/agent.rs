@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub lease_duration_seconds: i32,
     /// Node status period when nothing changes.
     pub status_period: Duration,
+    /// The agent's directory (pod volumes).
+    pub root_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +45,7 @@ impl Default for AgentConfig {
             lease_period: Duration::from_secs(10),
             lease_duration_seconds: 40,
             status_period: Duration::from_secs(60),
+            root_dir: PathBuf::from("/var/lib/kelson/agent"),
         }
     }
 }
@@ -127,6 +130,7 @@ pub async fn run(
             allocatable,
         },
         recorder,
+        root_dir: config.root_dir.clone(),
     });
     pods::run(ctx, shutdown).await;
     Ok(())

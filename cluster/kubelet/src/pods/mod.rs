@@ -5,6 +5,7 @@
 
 pub mod plan;
 pub mod spec;
+pub mod volumes;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +46,16 @@ pub struct PodContext {
     pub node: NodeContext,
     /// Event recorder (`kubelet`).
     pub recorder: Recorder,
+    /// The agent's directory; pod volumes live under `pods/<uid>`.
+    pub root_dir: std::path::PathBuf,
+}
+
+impl PodContext {
+    /// The directory of a pod's volumes and managed files.
+    #[must_use]
+    pub fn pod_directory(&self, uid: &str) -> std::path::PathBuf {
+        self.root_dir.join("pods").join(uid)
+    }
 }
 
 /// Removes what the runtime leaves behind for a deleted pod: its log directory and its empty
@@ -169,6 +180,7 @@ async fn remove_orphans(ctx: &PodContext, live: &HashSet<String>) {
         if let Err(error) = ctx.cri.remove_pod_sandbox(&sandbox.id).await {
             warn!(%error, "failed to remove an orphaned sandbox");
         }
+        volumes::remove_pod_directory(&ctx.pod_directory(&uid));
         cleanup_pod_files(&PodKey {
             namespace: metadata.namespace,
             name: metadata.name,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use base64::Engine;
 use jiff::Timestamp;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
@@ -21,10 +23,13 @@ use super::plan::{
     self, ContainerState, Exit, Observed, RuntimeState, SandboxState, StartFailure, Step,
 };
 use super::spec::{self, EnvSources, NODE_LABEL, POD_UID_LABEL, PodKey};
+use super::volumes::{self, VolumeSources};
 use crate::status::pod_status_with_init;
 
 /// How often a pod is looked at when nothing happens (the kubelet's relist period).
 const RESYNC: Duration = Duration::from_secs(1);
+/// How often configMap, secret and projected volumes of running pods are refreshed.
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 /// Grace period for containers of pods that vanished from the API.
 const ORPHAN_GRACE_SECONDS: i64 = 2;
 
@@ -45,6 +50,9 @@ pub(crate) struct Worker {
     sandbox_ips: HashMap<String, Option<String>>,
     last_status: Option<serde_json::Value>,
     terminated: bool,
+    volumes: Option<BTreeMap<String, std::path::PathBuf>>,
+    volumes_refreshed: Option<std::time::Instant>,
+    volume_error: Option<String>,
 }
 
 /// Runs the worker of one pod until the pod is gone (a `None` arrives) or `shutdown`.
@@ -63,6 +71,9 @@ pub(crate) async fn run(
         sandbox_ips: HashMap::new(),
         last_status: None,
         terminated: false,
+        volumes: None,
+        volumes_refreshed: None,
+        volume_error: None,
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -306,6 +317,18 @@ impl Worker {
         };
         self.report(pod, &plan, pod_ip.as_deref()).await;
 
+        let starts = plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::StartContainer { .. }));
+        let refresh_due = self
+            .volumes_refreshed
+            .is_none_or(|at| at.elapsed() >= VOLUME_REFRESH);
+        if (starts && self.volumes.is_none())
+            || (refresh_due && !kelson_common::pod::is_terminal(pod))
+        {
+            self.prepare_volumes(pod).await;
+        }
         let mut progressed = false;
         for step in &plan.steps {
             match step {
@@ -345,6 +368,10 @@ impl Worker {
                     let Some(sandbox) = &observed.sandbox else {
                         continue;
                     };
+                    if self.volumes.is_none() {
+                        // the FailedMount event says why; the pod stays ContainerCreating
+                        break;
+                    }
                     let spec = pod.spec.clone().unwrap_or_default();
                     let container = if *init {
                         spec.init_containers
@@ -599,7 +626,7 @@ impl Worker {
                 return Err(config_error(error.to_string()));
             }
         };
-        let config = spec::container_config(
+        let mut config = spec::container_config(
             pod,
             container,
             attempt,
@@ -608,6 +635,26 @@ impl Worker {
             &self.ctx.node.name,
             self.ctx.node.memory_capacity,
         );
+        let paths = self.volumes.clone().unwrap_or_default();
+        config.mounts = volumes::container_mounts(pod, container, &paths)
+            .map_err(|error| config_error(error.to_string()))?;
+        if !spec::uses_host_network(pod)
+            && !config
+                .mounts
+                .iter()
+                .any(|m| m.container_path == "/etc/hosts")
+        {
+            match self.hosts_file(pod, pod_ip) {
+                Ok(path) => config.mounts.push(cri::Mount {
+                    container_path: "/etc/hosts".into(),
+                    host_path: path.display().to_string(),
+                    ..Default::default()
+                }),
+                Err(error) => {
+                    return Err(config_error(format!("failed to write /etc/hosts: {error}")));
+                }
+            }
+        }
         let sandbox_config = spec::sandbox_config(pod, &self.ctx.node.name, sandbox_attempt);
         let cri = self.ctx.cri.clone();
         let id = match cri
@@ -649,6 +696,130 @@ impl Worker {
         )
         .await;
         Ok(())
+    }
+
+    /// The pod's /etc/hosts: localhost and the pod's own name at its IP.
+    fn hosts_file(&self, pod: &Pod, pod_ip: &str) -> std::io::Result<std::path::PathBuf> {
+        let directory = self.ctx.pod_directory(&self.key.uid);
+        std::fs::create_dir_all(&directory)?;
+        let path = directory.join("etc-hosts");
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| self.key.name.clone());
+        let mut hosts = String::from(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+        );
+        if !pod_ip.is_empty() {
+            hosts.push_str(&format!("{pod_ip}\t{hostname}\n"));
+        }
+        for alias in pod
+            .spec
+            .iter()
+            .flat_map(|s| s.host_aliases.iter().flatten())
+        {
+            hosts.push_str(&format!(
+                "{}\t{}\n",
+                alias.ip,
+                alias.hostnames.clone().unwrap_or_default().join("\t")
+            ));
+        }
+        std::fs::write(&path, hosts)?;
+        Ok(path)
+    }
+
+    /// Host paths of the pod's persistentVolumeClaim volumes (hostPath or local PVs).
+    async fn claim_paths(&self, pod: &Pod) -> Result<BTreeMap<String, std::path::PathBuf>, String> {
+        let mut paths = BTreeMap::new();
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        let volumes_api: Api<PersistentVolume> = Api::all(self.ctx.client.clone());
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let Some(source) = &volume.persistent_volume_claim else {
+                continue;
+            };
+            let claim = claims
+                .get_opt(&source.claim_name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!("persistentvolumeclaim \"{}\" not found", source.claim_name)
+                })?;
+            let Some(bound) = claim
+                .spec
+                .and_then(|s| s.volume_name)
+                .filter(|v| !v.is_empty())
+            else {
+                return Err(format!(
+                    "persistentvolumeclaim \"{}\" is not bound",
+                    source.claim_name
+                ));
+            };
+            let pv = volumes_api
+                .get_opt(&bound)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("persistentvolume \"{bound}\" not found"))?;
+            let spec = pv.spec.unwrap_or_default();
+            let path = spec
+                .host_path
+                .map(|h| h.path)
+                .or_else(|| spec.local.map(|l| l.path))
+                .ok_or_else(|| {
+                    format!("persistentvolume \"{bound}\" is neither hostPath nor local")
+                })?;
+            paths.insert(volume.name.clone(), std::path::PathBuf::from(path));
+        }
+        Ok(paths)
+    }
+
+    /// Sets up (or refreshes) the pod's volumes; a failure is reported once as FailedMount.
+    async fn prepare_volumes(&mut self, pod: &Pod) {
+        let result = self.try_prepare_volumes(pod).await;
+        self.volumes_refreshed = Some(std::time::Instant::now());
+        match result {
+            Ok(paths) => {
+                self.volumes = Some(paths);
+                self.volume_error = None;
+            }
+            Err(message) => {
+                if self.volume_error.as_ref() != Some(&message) {
+                    self.event(None, true, "FailedMount", message.clone()).await;
+                    self.volume_error = Some(message);
+                }
+                if self.volumes.is_some() {
+                    // a running pod keeps its last good content
+                    return;
+                }
+                self.volumes = None;
+            }
+        }
+    }
+
+    async fn try_prepare_volumes(
+        &self,
+        pod: &Pod,
+    ) -> Result<BTreeMap<String, std::path::PathBuf>, String> {
+        let (config_map_names, secret_names) = volumes::referenced(pod);
+        let mut sources = VolumeSources::default();
+        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        for name in config_map_names {
+            if let Some(cm) = cms.get_opt(&name).await.map_err(|e| e.to_string())? {
+                sources.config_maps.insert(name, cm);
+            }
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        for name in secret_names {
+            if let Some(secret) = secrets.get_opt(&name).await.map_err(|e| e.to_string())? {
+                sources.secrets.insert(name, secret);
+            }
+        }
+        let claims = self.claim_paths(pod).await?;
+        let directory = self.ctx.pod_directory(&self.key.uid);
+        volumes::prepare(pod, &directory, &sources, None, &claims).map_err(|(volume, error)| {
+            format!("MountVolume.SetUp failed for volume \"{volume}\" : {error}")
+        })
     }
 
     async fn remove_sandbox(&self, id: &str) {
@@ -710,6 +881,7 @@ impl Worker {
             }
             Err(error) => warn!(%error, "failed to list the pod's sandboxes"),
         }
+        volumes::remove_pod_directory(&self.ctx.pod_directory(&self.key.uid));
         super::cleanup_pod_files(&self.key);
     }
 
