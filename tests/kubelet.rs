@@ -120,6 +120,23 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: busybox:1.35
+    command: [sh, -c, 'mkdir -p /www; (sleep 2; echo ok > /www/healthz) & exec httpd -f -p 8080 -h /www']
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: sick
+    image: busybox:1.35
+    command: [sleep, "3600"]
+    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: nomount}
 spec:
   containers:
@@ -382,6 +399,40 @@ fn pods_run_on_containerd() {
             ".status.containerStatuses[0].state.waiting.reason"
         ),
         "ContainerCreating"
+    );
+
+    // probes: readiness over HTTP on a named port once the page exists; a failing exec
+    // liveness probe restarts its container
+    wait_jsonpath(
+        &kubectl,
+        "probed",
+        ".status.containerStatuses[?(@.name==\"web\")].ready",
+        "true",
+    );
+    wait_jsonpath(
+        &kubectl,
+        "probed",
+        ".status.containerStatuses[?(@.name==\"sick\")].restartCount",
+        "1",
+    );
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=probed",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "probed",
+            ".status.containerStatuses[?(@.name==\"web\")].restartCount"
+        ),
+        "0"
     );
 
     // kill -9 and restart: running containers are adopted, not restarted

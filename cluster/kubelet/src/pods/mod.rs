@@ -4,6 +4,7 @@
 //! pods that still exist are adopted, so a restarted agent leaves running containers alone.
 
 pub mod plan;
+pub mod probes;
 pub mod spec;
 pub mod volumes;
 mod worker;

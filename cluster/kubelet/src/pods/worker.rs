@@ -22,6 +22,7 @@ use super::PodContext;
 use super::plan::{
     self, ContainerState, Exit, Observed, RuntimeState, SandboxState, StartFailure, Step,
 };
+use super::probes::{self, Outcome};
 use super::spec::{self, EnvSources, NODE_LABEL, POD_UID_LABEL, PodKey};
 use super::volumes::{self, VolumeSources};
 use crate::status::pod_status_with_init;
@@ -53,6 +54,9 @@ pub(crate) struct Worker {
     volumes: Option<BTreeMap<String, std::path::PathBuf>>,
     volumes_refreshed: Option<std::time::Instant>,
     volume_error: Option<String>,
+    probes: probes::Tracker,
+    /// Containers this worker killed (failed probes), whose SIGKILL is no OOM.
+    killed: std::collections::HashSet<String>,
 }
 
 /// Runs the worker of one pod until the pod is gone (a `None` arrives) or `shutdown`.
@@ -74,6 +78,8 @@ pub(crate) async fn run(
         volumes: None,
         volumes_refreshed: None,
         volume_error: None,
+        probes: probes::Tracker::default(),
+        killed: std::collections::HashSet::new(),
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -127,13 +133,13 @@ fn exit_of(status: &cri::ContainerStatus) -> Exit {
     }
 }
 
-/// Whether a container was SIGKILLed (exit 137) under a second ago without a reason yet: the
-/// runtime's OOM event can trail the exit, and the reason must not be reported too early.
-fn settling_kill(state: &RuntimeState, now: Timestamp) -> bool {
-    matches!(state, RuntimeState::Exited(exit)
-        if exit.code == 137
-            && exit.reason == "Error"
-            && now.duration_since(exit.finished) < jiff::SignedDuration::from_secs(1))
+/// How long an exit by SIGKILL of a memory-limited container may wait for its OOM reason.
+const OOM_SETTLE: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
+
+/// Whether an exit may still turn out to be an OOM kill: SIGKILL (137) with no reason yet,
+/// recently. containerd records the OOM event separately and it can trail the exit.
+fn may_become_oom(exit: &Exit, now: Timestamp) -> bool {
+    exit.code == 137 && exit.reason == "Error" && now.duration_since(exit.finished) < OOM_SETTLE
 }
 
 /// The pull policy of a container, defaulted as the API server does.
@@ -249,7 +255,9 @@ impl Worker {
                 Ok(cri::ContainerState::ContainerCreated) => RuntimeState::Created,
                 _ => {
                     let exit = exit_of(&status);
-                    self.exits.insert(newest.id.clone(), exit.clone());
+                    if !may_become_oom(&exit, Timestamp::now()) {
+                        self.exits.insert(newest.id.clone(), exit.clone());
+                    }
                     RuntimeState::Exited(exit)
                 }
             };
@@ -297,15 +305,23 @@ impl Worker {
     async fn sync(&mut self, pod: &Pod) -> crate::cri::Result<Duration> {
         let (observed, sandbox_ip) = self.observe().await?;
         let now = Timestamp::now();
-        if observed
-            .containers
-            .values()
-            .any(|c| settling_kill(&c.state, now))
-        {
+        let memory_limited = |name: &str| {
+            pod.spec.iter().flat_map(|s| s.containers.iter()).any(|c| {
+                c.name == name
+                    && c.resources
+                        .as_ref()
+                        .and_then(|r| r.limits.as_ref())
+                        .is_some_and(|l| l.contains_key("memory"))
+            })
+        };
+        let settling = observed.containers.iter().any(|(name, c)| {
+            matches!(&c.state, RuntimeState::Exited(exit)
+                if may_become_oom(exit, now) && memory_limited(name) && !self.killed.contains(&c.id))
+        });
+        if settling {
             // containerd may record the OOM kill just after the exit; look again shortly
             return Ok(Duration::from_millis(300));
         }
-        let plan = plan::plan(pod, &observed, &self.failures, &|_| true, now);
         let pod_ip = if spec::uses_host_network(pod) {
             observed
                 .sandbox
@@ -315,6 +331,28 @@ impl Worker {
         } else {
             sandbox_ip.clone()
         };
+        if self
+            .run_probes(pod, &observed, pod_ip.as_deref().unwrap_or_default())
+            .await
+        {
+            // a container was killed; its exit shows at the next look
+            return Ok(Duration::ZERO);
+        }
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let tracker = &self.probes;
+        let ready = |name: &str| {
+            let container = containers.iter().find(|c| c.name == name);
+            let id = observed.containers.get(name).map(|c| c.id.as_str());
+            match (container, id) {
+                (Some(container), Some(id)) => tracker.ready(container, id),
+                _ => false,
+            }
+        };
+        let plan = plan::plan(pod, &observed, &self.failures, &ready, now);
         self.report(pod, &plan, pod_ip.as_deref()).await;
 
         let starts = plan
@@ -696,6 +734,74 @@ impl Worker {
         )
         .await;
         Ok(())
+    }
+
+    /// Runs the probes that are due; kills containers whose liveness or startup probe failed.
+    /// Returns whether a container was killed.
+    async fn run_probes(&mut self, pod: &Pod, observed: &Observed, pod_ip: &str) -> bool {
+        let live: Vec<String> = observed.containers.values().map(|c| c.id.clone()).collect();
+        self.probes.retain(&live);
+        self.killed.retain(|id| live.contains(id));
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let mut killed = false;
+        for container in &containers {
+            let Some(state) = observed.containers.get(&container.name) else {
+                continue;
+            };
+            let RuntimeState::Running(started) = &state.state else {
+                continue;
+            };
+            let age = Timestamp::now().duration_since(*started).unsigned_abs();
+            let now = std::time::Instant::now();
+            let since = now.checked_sub(age).unwrap_or(now);
+            for kind in self.probes.due(container, &state.id, since, now) {
+                let probe = match kind {
+                    probes::Kind::Startup => container.startup_probe.as_ref(),
+                    probes::Kind::Liveness => container.liveness_probe.as_ref(),
+                    probes::Kind::Readiness => container.readiness_probe.as_ref(),
+                };
+                let Some(probe) = probe else { continue };
+                let result =
+                    probes::check(&self.ctx.cri, probe, container, &state.id, pod_ip).await;
+                if let Err(message) = &result {
+                    self.event(
+                        Some(&container.name),
+                        true,
+                        "Unhealthy",
+                        format!("{} probe failed: {message}", kind.title()),
+                    )
+                    .await;
+                }
+                let outcome = self.probes.record(
+                    container,
+                    &state.id,
+                    kind,
+                    result,
+                    std::time::Instant::now(),
+                );
+                if let Some(Outcome::Restart(message)) = outcome {
+                    self.event(Some(&container.name), false, "Killing", message)
+                        .await;
+                    let grace = probe.termination_grace_period_seconds.unwrap_or(grace);
+                    self.killed.insert(state.id.clone());
+                    if let Err(error) = self.ctx.cri.stop_container(&state.id, grace).await {
+                        warn!(container = %container.name, %error, "failed to stop an unhealthy container");
+                    }
+                    killed = true;
+                    break;
+                }
+            }
+        }
+        killed
     }
 
     /// The pod's /etc/hosts: localhost and the pod's own name at its IP.
