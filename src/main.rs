@@ -99,6 +99,9 @@ struct ServerArgs {
     /// containerd's CRI socket.
     #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
     container_runtime_endpoint: PathBuf,
+    /// Port of the kubelet API (logs, exec, port-forward); 0 picks a free port.
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
 }
 
 /// A control-plane component's main loop.
@@ -212,6 +215,31 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         if let Some(name) = &args.node_name {
             agent.node_name.clone_from(name);
         }
+        let address = args
+            .node_ip
+            .unwrap_or_else(kelson_kubelet::host::primary_address);
+        let names = vec![
+            address.to_string(),
+            agent.node_name.clone(),
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ];
+        let (cert, key) = running
+            .pki
+            .issue(
+                &format!("system:node:{}", agent.node_name),
+                &["system:nodes"],
+                &names,
+                true,
+            )
+            .context("failed to issue the kubelet certificate")?;
+        agent.address = Some(address);
+        agent.listen = SocketAddr::from(([0, 0, 0, 0], args.kubelet_port));
+        agent.tls = Some(kelson_kubelet::server::KubeletTls {
+            cert,
+            key,
+            ca: running.pki.ca_cert.clone(),
+        });
         let client = running.server.client(kelson_apiserver::auth::User::new(
             format!("system:node:{}", agent.node_name),
             vec!["system:nodes".into()],

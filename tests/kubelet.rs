@@ -193,6 +193,68 @@ fn http_get(address: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// logs, exec (with stdin and an exit code), cp and port-forward through the API server and
+/// the kubelet, with one kubectl version.
+fn streaming(kubectl: &Kubectl, pod: &str) {
+    let logs = kubectl.ok(&["logs", pod, "--tail=5"]);
+    assert_eq!(logs, "", "httpd -f logs nothing");
+    let logs = kubectl.ok(&["logs", "deploy/web", "-c", "httpd", "--timestamps"]);
+    assert_eq!(logs, "");
+    let output = kubectl.ok(&["exec", pod, "--", "cat", "/www/index.html"]);
+    assert!(output.starts_with("hello from kelson"), "{output}");
+    let output = kubectl.ok_with(
+        &["exec", "-i", pod, "--", "tr", "a-z", "A-Z"],
+        Some("shout\n"),
+    );
+    assert_eq!(output, "SHOUT\n");
+    let failed = kubectl.run(&["exec", pod, "--", "sh", "-c", "exit 7"], None);
+    assert_eq!(
+        failed.status.code(),
+        Some(7),
+        "the exit code passes through"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("copied.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    let target = format!("{pod}:/tmp/copied.txt");
+    kubectl.ok(&["cp", local.to_str().unwrap(), &target]);
+    assert_eq!(
+        kubectl.ok(&["exec", pod, "--", "cat", "/tmp/copied.txt"]),
+        "copied in\n"
+    );
+    let back = dir.path().join("back.txt");
+    kubectl.ok(&["cp", &target, back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+
+    // port-forward to a free local port, then fetch the page through it
+    let mut forward = kubectl
+        .command(&[
+            "port-forward",
+            &format!("pod/{pod}"),
+            ":8080",
+            "--address=127.0.0.1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(forward.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    // "Forwarding from 127.0.0.1:PORT -> 8080"
+    let local_port = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit(':').next())
+        .unwrap_or_default()
+        .to_owned();
+    let page = http_get(&format!("127.0.0.1:{local_port}"));
+    let _ = forward.kill();
+    let _ = forward.wait();
+    let page = page.unwrap_or_else(|e| panic!("port-forward ({line}) failed: {e}"));
+    assert!(page.contains("hello from kelson"), "{page}");
+}
+
 #[test]
 fn pods_run_on_containerd() {
     let node = format!("e2e-kubelet-{}", std::process::id());
@@ -254,6 +316,17 @@ fn pods_run_on_containerd() {
         ".status.qosClass",
     );
     assert_eq!(qos, "Burstable");
+    let first = pods
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    for minor in [27, 33] {
+        streaming(&Kubectl::new(minor, &server.kubeconfig()), &first);
+    }
 
     // a crashing container restarts with a growing back-off
     wait_jsonpath(
@@ -268,6 +341,8 @@ fn pods_run_on_containerd() {
         ".status.containerStatuses[0].lastState.terminated.exitCode",
     );
     assert_eq!(last, "3");
+    let previous = kubectl.ok(&["logs", "crash", "--previous"]);
+    assert_eq!(previous, "bye\n");
     let message = jsonpath(
         &kubectl,
         "crash",

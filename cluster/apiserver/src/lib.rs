@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod proxy;
 pub mod registry;
 pub mod rest;
 pub mod schema;
@@ -115,6 +116,8 @@ pub struct ApiServer {
     pub metrics: metrics::Metrics,
     advertised: RwLock<String>,
     openapi_v3: openapi::V3Cache,
+    /// TLS client configuration for reaching kubelets (set when serving).
+    pub kubelet_client: RwLock<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl ApiServer {
@@ -128,6 +131,7 @@ impl ApiServer {
             metrics: metrics::Metrics::new(),
             advertised: RwLock::new("127.0.0.1:6443".into()),
             openapi_v3: openapi::V3Cache::default(),
+            kubelet_client: RwLock::new(None),
         })
     }
 
@@ -229,6 +233,8 @@ pub struct Running {
     pub kubeconfig: PathBuf,
     /// The server, for in-process clients ([`ApiServer::client`]).
     pub server: Arc<ApiServer>,
+    /// The cluster's certificates, to issue node certificates.
+    pub pki: Arc<pki::Pki>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -315,8 +321,12 @@ pub async fn run_with_storage(
     names.extend(config.tls_sans.iter().cloned());
     names.sort();
     names.dedup();
-    let pki = pki::Pki::load_or_create(&config.data_dir, &names)?;
+    let pki = Arc::new(pki::Pki::load_or_create(&config.data_dir, &names)?);
     let tls = pki.server_config()?;
+    let (kubelet_cert, kubelet_key) = pki.kubelet_client(&config.data_dir)?;
+    let kubelet_client = proxy::kubelet_client_config(&pki.ca_cert, &kubelet_cert, &kubelet_key)
+        .map_err(|e| Error::Pki(pki::Error::Tls(e)))?;
+    *server.kubelet_client.write() = Some(kubelet_client);
 
     let token_path = config.data_dir.join("tokens.csv");
     if !token_path.exists() {
@@ -363,6 +373,7 @@ pub async fn run_with_storage(
             url,
             kubeconfig,
             server: server.clone(),
+            pki: pki.clone(),
         });
     }
     tokio::spawn(compact_periodically(

@@ -151,6 +151,31 @@ impl Pki {
         Ok(pki)
     }
 
+    /// The API server's client certificate for kubelets (CN kube-apiserver-kubelet-client,
+    /// O system:masters), from `<data_dir>/tls`, created when missing.
+    ///
+    /// # Errors
+    /// On I/O or certificate errors.
+    pub fn kubelet_client(&self, data_dir: &Path) -> Result<(String, String)> {
+        let dir = data_dir.join("tls");
+        let (cert_path, key_path) = (
+            dir.join("kubelet-client.crt"),
+            dir.join("kubelet-client.key"),
+        );
+        if let (Some(cert), Some(key)) = (read(&cert_path)?, read(&key_path)?) {
+            return Ok((cert, key));
+        }
+        let (cert, key) = self.issue(
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            &[],
+            false,
+        )?;
+        write(&key_path, &key, true)?;
+        write(&cert_path, &cert, false)?;
+        Ok((cert, key))
+    }
+
     /// Issues a certificate signed by the CA; returns (certificate, key) PEM.
     ///
     /// # Errors

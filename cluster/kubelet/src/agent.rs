@@ -34,6 +34,10 @@ pub struct AgentConfig {
     pub status_period: Duration,
     /// The agent's directory (pod volumes).
     pub root_dir: PathBuf,
+    /// Address of the kubelet API (port 0 picks a free port); with `tls` only.
+    pub listen: std::net::SocketAddr,
+    /// TLS material of the kubelet API; without it the API is not served.
+    pub tls: Option<crate::server::KubeletTls>,
 }
 
 impl Default for AgentConfig {
@@ -46,6 +50,8 @@ impl Default for AgentConfig {
             lease_duration_seconds: 40,
             status_period: Duration::from_secs(60),
             root_dir: PathBuf::from("/var/lib/kelson/agent"),
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
+            tls: None,
         }
     }
 }
@@ -75,15 +81,31 @@ async fn connect(config: &AgentConfig, shutdown: &CancellationToken) -> Option<C
     }
 }
 
+/// A node agent failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node could not be registered.
+    #[error("failed to register the node: {0}")]
+    Register(#[from] kube::Error),
+    /// The kubelet API could not start.
+    #[error("failed to serve the kubelet API on {listen}: {reason}")]
+    Serve {
+        /// Address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Runs the node agent until `shutdown`.
 ///
 /// # Errors
-/// When the node cannot be registered.
+/// When the node cannot be registered or the kubelet API cannot listen.
 pub async fn run(
     client: kube::Client,
     config: AgentConfig,
     shutdown: CancellationToken,
-) -> kube::Result<()> {
+) -> Result<(), Error> {
     let Some(cri) = connect(&config, &shutdown).await else {
         return Ok(());
     };
@@ -92,7 +114,28 @@ pub async fn run(
         |v| format!("{}://{}", v.runtime_name, v.runtime_version),
     );
     let address = config.address.unwrap_or_else(host::primary_address);
-    let specification = host::node_specification(&config.node_name, address, &version);
+    let serve_error = |reason: String| Error::Serve {
+        listen: config.listen,
+        reason,
+    };
+    let api = match &config.tls {
+        Some(tls) => {
+            let tls = tls
+                .server_config()
+                .map_err(|e| serve_error(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| serve_error(e.to_string()))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| serve_error(e.to_string()))?
+                .port();
+            Some((listener, tls, port))
+        }
+        None => None,
+    };
+    let mut specification = host::node_specification(&config.node_name, address, &version);
+    specification.kubelet_port = api.as_ref().map(|(_, _, port)| i32::from(*port));
     let allocatable: BTreeMap<String, i64> = specification
         .allocatable
         .iter()
@@ -132,6 +175,15 @@ pub async fn run(
         recorder,
         root_dir: config.root_dir.clone(),
     });
+    if let Some((listener, tls, port)) = api {
+        info!(port, "kubelet API listening");
+        tokio::spawn(crate::server::serve(
+            listener,
+            tls,
+            crate::server::router(ctx.clone()),
+            shutdown.clone(),
+        ));
+    }
     pods::run(ctx, shutdown).await;
     Ok(())
 }

@@ -336,6 +336,40 @@ impl Cri {
         Ok(response.map_err(call_error("ExecSync"))?.into_inner())
     }
 
+    /// Prepares a streaming exec and returns the URL of the runtime's streaming server.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn exec(&self, request: cri::ExecRequest) -> Result<String> {
+        let response = self.runtime.clone().exec(request).await;
+        Ok(response.map_err(call_error("Exec"))?.into_inner().url)
+    }
+
+    /// Prepares a streaming attach and returns the URL of the runtime's streaming server.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn attach(&self, request: cri::AttachRequest) -> Result<String> {
+        let response = self.runtime.clone().attach(request).await;
+        Ok(response.map_err(call_error("Attach"))?.into_inner().url)
+    }
+
+    /// Prepares a port-forward into a sandbox and returns the streaming server's URL.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn port_forward(&self, sandbox_id: &str) -> Result<String> {
+        let request = cri::PortForwardRequest {
+            pod_sandbox_id: sandbox_id.to_owned(),
+            port: Vec::new(),
+        };
+        let response = self.runtime.clone().port_forward(request).await;
+        Ok(response
+            .map_err(call_error("PortForward"))?
+            .into_inner()
+            .url)
+    }
+
     /// The local image's id, if the image is present.
     ///
     /// # Errors

@@ -115,6 +115,7 @@ fn specification(config: &HollowConfig, index: usize) -> NodeSpecification {
         runtime_version: "fake://0.1.0".into(),
         os_image: "Kelson hollow node".into(),
         kernel_version: "hollow".into(),
+        kubelet_port: None,
     }
 }
 

@@ -113,6 +113,7 @@ pub fn node_specification(name: &str, address: IpAddr, runtime_version: &str) ->
         runtime_version: runtime_version.to_owned(),
         os_image: os_image(),
         kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
+        kubelet_port: None,
     }
 }
 

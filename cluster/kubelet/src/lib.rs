@@ -8,6 +8,8 @@ pub mod agent;
 pub mod cri;
 pub mod hollow;
 pub mod host;
+pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod server;
 pub mod status;

@@ -30,6 +30,8 @@ pub struct NodeSpecification {
     pub os_image: String,
     /// Kernel version.
     pub kernel_version: String,
+    /// Port of the kubelet API, when the node serves one.
+    pub kubelet_port: Option<i32>,
 }
 
 fn ready_conditions(now: &Time, ready: bool) -> Vec<NodeCondition> {
@@ -122,6 +124,11 @@ pub fn node_object(spec: &NodeSpecification, now: &Time) -> Node {
                 system_uuid: String::new(),
                 boot_id: String::new(),
                 ..NodeSystemInfo::default()
+            }),
+            daemon_endpoints: spec.kubelet_port.map(|port| {
+                k8s_openapi::api::core::v1::NodeDaemonEndpoints {
+                    kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port }),
+                }
             }),
             ..NodeStatus::default()
         }),

@@ -183,6 +183,8 @@ impl KelsonProcess {
         // tests share one containerd: only a test that names its node runs an agent
         if !args.iter().any(|a| a.starts_with("--node-name")) {
             command.arg("--disable-agent");
+        } else if !args.iter().any(|a| a.starts_with("--kubelet-port")) {
+            command.arg("--kubelet-port=0");
         }
         let log =
             std::fs::File::create(data_dir.with_extension("log")).context("create log file")?;

@@ -82,7 +82,7 @@ const SPECS: &[Spec] = &[
     spec("v1", "Pod", "pods", true, "io.k8s.api.core.v1.Pod")
         .short(&["po"])
         .all()
-        .subs(&["status", "binding"]),
+        .subs(&["status", "binding", "log", "exec", "attach", "portforward"]),
     spec(
         "v1",
         "Service",
@@ -122,7 +122,7 @@ const SPECS: &[Spec] = &[
     .short(&["sa"]),
     spec("v1", "Node", "nodes", false, "io.k8s.api.core.v1.Node")
         .short(&["no"])
-        .subs(&["status"])
+        .subs(&["status", "proxy"])
         .stored_at("/registry/minions/"),
     spec("v1", "Event", "events", true, "io.k8s.api.core.v1.Event").short(&["ev"]),
     spec(
@@ -360,6 +360,16 @@ fn subresource(owner: &Spec, group: &str, version: &str, name: &str) -> Subresou
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "binding" => ("", "v1", "Binding", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
+        "log" => ("", "v1", "Pod", &["get"]),
+        "exec" => ("", "v1", "PodExecOptions", &["create", "get"]),
+        "attach" => ("", "v1", "PodAttachOptions", &["create", "get"]),
+        "portforward" => ("", "v1", "PodPortForwardOptions", &["create", "get"]),
+        "proxy" => (
+            "",
+            "v1",
+            "NodeProxyOptions",
+            &["create", "delete", "get", "patch", "update"],
+        ),
         other => unreachable!("unknown built-in subresource {other}"),
     };
     Subresource {

@@ -203,6 +203,23 @@ pub async fn handle(server: Arc<ApiServer>, request: Request<Body>) -> Response 
     let Some(user) = user.or_else(|| is_public(&path).then(User::anonymous)) else {
         return ApiError::unauthorized().into_response();
     };
+    if let Some(target) = crate::proxy::target(&path) {
+        let resource = match &target {
+            crate::proxy::Target::Pod { subresource, .. } => format!("pods/{subresource}"),
+            crate::proxy::Target::Node { .. } => "nodes/proxy".to_owned(),
+        };
+        let request = Request::from_parts(parts, body);
+        let response = crate::proxy::forward(&server, target, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+        server.metrics.observe(
+            "connect",
+            &resource,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        return response;
+    }
     let req = Req {
         method: parts.method.clone(),
         query: Query::parse(parts.uri.query()),

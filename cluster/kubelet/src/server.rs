@@ -1,0 +1,374 @@
+//! The kubelet's HTTPS API (port 10250 by default), which the API server proxies `pods/log`,
+//! `pods/exec`, `pods/attach` and `pods/portforward` to: `/containerLogs` reads the CRI log
+//! files ([`crate::logs`]); `/exec`, `/attach` and `/portForward` ask the runtime for a
+//! streaming URL and forward the upgrade to it, so SPDY and WebSocket clients of every version
+//! reach containerd's streaming server unchanged. Clients must present a certificate signed by
+//! the cluster CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use k8s_cri::v1 as cri;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::logs::{self, LogOptions, form_pairs};
+use crate::pods::PodContext;
+use crate::pods::spec::{CONTAINER_NAME_LABEL, NODE_LABEL, POD_NAME_LABEL, POD_NAMESPACE_LABEL};
+
+/// PEM material of the kubelet's listener.
+#[derive(Clone, Debug)]
+pub struct KubeletTls {
+    /// Serving certificate.
+    pub cert: String,
+    /// Its key.
+    pub key: String,
+    /// The cluster CA, which client certificates must chain to.
+    pub ca: String,
+}
+
+/// A failure building the TLS configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid kubelet TLS material: {0}")]
+pub struct TlsError(String);
+
+impl KubeletTls {
+    /// The rustls configuration: our certificate; client certificates required.
+    ///
+    /// # Errors
+    /// When the PEM material does not parse.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let error = |e: &dyn std::fmt::Display| TlsError(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| error(&e))?)
+                .map_err(|e| error(&e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| error(&e))?;
+        let chain = CertificateDer::pem_slice_iter(self.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| error(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).map_err(|e| error(&e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| error(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| error(&e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+/// The kubelet API routes.
+pub fn router(ctx: Arc<PodContext>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .route("/exec/{namespace}/{pod}/{container}", any(exec))
+        .route("/attach/{namespace}/{pod}/{container}", any(attach))
+        .route("/portForward/{namespace}/{pod}", any(port_forward))
+        .with_state(ctx)
+}
+
+/// The containers of a pod's container name, newest attempt first.
+async fn containers_of(
+    ctx: &PodContext,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<cri::Container>, Response> {
+    let labels = [
+        (POD_NAMESPACE_LABEL, namespace),
+        (POD_NAME_LABEL, pod),
+        (CONTAINER_NAME_LABEL, container),
+        (NODE_LABEL, ctx.node.name.as_str()),
+    ];
+    let mut containers = ctx
+        .cri
+        .list_containers(&labels)
+        .await
+        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    containers.sort_by_key(|c| {
+        std::cmp::Reverse((c.created_at, c.metadata.as_ref().map_or(0, |m| m.attempt)))
+    });
+    if containers.is_empty() {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("container \"{container}\" in pod \"{pod}\" is not available"),
+        ));
+    }
+    Ok(containers)
+}
+
+async fn container_logs(
+    State(ctx): State<Arc<PodContext>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    let options = match LogOptions::from_query(request.uri().query(), jiff::Timestamp::now()) {
+        Ok(options) => options,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let containers = match containers_of(&ctx, &namespace, &pod, &container).await {
+        Ok(containers) => containers,
+        Err(response) => return response,
+    };
+    let chosen = if options.previous {
+        match containers.get(1) {
+            Some(previous) => previous.clone(),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                    ),
+                );
+            }
+        }
+    } else {
+        containers[0].clone()
+    };
+    let status = match ctx.cri.container_status(&chosen.id).await {
+        Ok(status) => status,
+        Err(error) => return text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    };
+    let path = std::path::PathBuf::from(status.log_path);
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let cri = ctx.cri.clone();
+    let id = chosen.id.clone();
+    tokio::spawn(logs::stream(path, options, sender, move || {
+        let cri = cri.clone();
+        let id = id.clone();
+        Box::pin(async move {
+            cri.container_status(&id)
+                .await
+                .is_ok_and(|s| s.state == cri::ContainerState::ContainerRunning as i32)
+        })
+    }));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+fn flag(pairs: &[(String, String)], name: &str) -> bool {
+    pairs
+        .iter()
+        .any(|(k, v)| k == name && (v.is_empty() || v == "1" || v == "true"))
+}
+
+/// Forwards the client's (upgrade) request to the runtime's streaming `url`.
+async fn forward_to_runtime(url: &str, mut request: Request) -> Response {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("bad streaming URL {url}"),
+        );
+    };
+    let Some(authority) = uri.authority().map(ToString::to_string) else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("bad streaming URL {url}"),
+        );
+    };
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), ToString::to_string);
+    let stream = match tokio::net::TcpStream::connect(&authority).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("failed to reach the streaming server at {authority}: {error}"),
+            );
+        }
+    };
+    *request.uri_mut() = match path.parse() {
+        Ok(uri) => uri,
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "bad streaming path"),
+    };
+    if let Ok(host) = authority.parse() {
+        request.headers_mut().insert(axum::http::header::HOST, host);
+    }
+    match kelson_common::proxy::forward(stream, request).await {
+        Ok(response) => response.map(Body::new),
+        Err(error) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("streaming server failed: {error}"),
+        ),
+    }
+}
+
+async fn running_container(
+    ctx: &PodContext,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, Response> {
+    let containers = containers_of(ctx, namespace, pod, container).await?;
+    let newest = &containers[0];
+    if newest.state != cri::ContainerState::ContainerRunning as i32 {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running"),
+        ));
+    }
+    Ok(newest.id.clone())
+}
+
+async fn exec(
+    State(ctx): State<Arc<PodContext>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    let pairs = form_pairs(request.uri().query().unwrap_or_default());
+    let command: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 command",
+        );
+    }
+    let id = match running_container(&ctx, &namespace, &pod, &container).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let exec = cri::ExecRequest {
+        container_id: id,
+        cmd: command,
+        tty: flag(&pairs, "tty"),
+        stdin: flag(&pairs, "stdin") || flag(&pairs, "input"),
+        stdout: flag(&pairs, "stdout") || flag(&pairs, "output"),
+        stderr: flag(&pairs, "stderr") || flag(&pairs, "error"),
+    };
+    match ctx.cri.exec(exec).await {
+        Ok(url) => forward_to_runtime(&url, request).await,
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+async fn attach(
+    State(ctx): State<Arc<PodContext>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    let pairs = form_pairs(request.uri().query().unwrap_or_default());
+    let id = match running_container(&ctx, &namespace, &pod, &container).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let attach = cri::AttachRequest {
+        container_id: id,
+        stdin: flag(&pairs, "stdin") || flag(&pairs, "input"),
+        tty: flag(&pairs, "tty"),
+        stdout: flag(&pairs, "stdout") || flag(&pairs, "output"),
+        stderr: flag(&pairs, "stderr") || flag(&pairs, "error"),
+    };
+    match ctx.cri.attach(attach).await {
+        Ok(url) => forward_to_runtime(&url, request).await,
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+async fn port_forward(
+    State(ctx): State<Arc<PodContext>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let labels = [
+        (POD_NAMESPACE_LABEL, namespace.as_str()),
+        (POD_NAME_LABEL, pod.as_str()),
+        (NODE_LABEL, ctx.node.name.as_str()),
+    ];
+    let sandboxes = match ctx.cri.list_pod_sandboxes(&labels).await {
+        Ok(sandboxes) => sandboxes,
+        Err(error) => return text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    };
+    let Some(sandbox) = sandboxes
+        .iter()
+        .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+        .max_by_key(|s| s.created_at)
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} has no running sandbox"),
+        );
+    };
+    match ctx.cri.port_forward(&sandbox.id).await {
+        Ok(url) => forward_to_runtime(&url, request).await,
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    debug!(%error, "kubelet accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    debug!(%peer, %error, "kubelet tls handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                debug!(%peer, %error, "kubelet connection ended with an error");
+            }
+        });
+    }
+}
