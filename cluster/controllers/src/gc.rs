@@ -234,6 +234,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let mut last_discovery: Option<tokio::time::Instant> = None;
     // steps already taken, so that a lagging cache does not repeat them
     let mut done: HashSet<String> = HashSet::new();
+    let mut done_since = tokio::time::Instant::now();
     info!("garbage collector started");
     loop {
         if last_discovery.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
@@ -250,7 +251,12 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = graph.changed.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => done.clear(),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        // a busy cluster notifies constantly, so forget taken steps by age, not by quiet
+        if done_since.elapsed() > Duration::from_secs(5) {
+            done.clear();
+            done_since = tokio::time::Instant::now();
         }
         // let bursts of events settle into one pass
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -275,6 +281,8 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             }
             if let Err(error) = apply(&client, &graph.kinds, &step).await {
                 debug!(?step, %error, "garbage collection step failed");
+                // try again at the next pass
+                done.remove(&format!("{step:?}"));
             }
         }
     }

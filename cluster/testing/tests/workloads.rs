@@ -23,17 +23,24 @@ fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
 }
 
 async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Deployment {
-    eventually(Duration::from_secs(60), "rollout complete", || async {
-        let d = api.get(name).await.unwrap();
-        let spec = d.spec.as_ref().unwrap().replicas.unwrap();
-        let status = d.status.clone().unwrap_or_default();
-        let done = d.metadata.generation <= status.observed_generation
-            && status.updated_replicas == Some(spec)
-            && status.replicas == Some(spec)
-            && status.available_replicas == Some(spec);
-        done.then_some(d)
-    })
-    .await
+    let last = std::sync::Mutex::new(String::new());
+    let what = format!("rollout of {name} complete");
+    let result = tokio::time::timeout(
+        Duration::from_secs(58),
+        eventually(Duration::from_secs(60), &what, || async {
+            let d = api.get(name).await.unwrap();
+            *last.lock().unwrap() = format!("{:?}", d.status);
+            let spec = d.spec.as_ref().unwrap().replicas.unwrap();
+            let status = d.status.clone().unwrap_or_default();
+            let done = d.metadata.generation <= status.observed_generation
+                && status.updated_replicas == Some(spec)
+                && status.replicas == Some(spec)
+                && status.available_replicas == Some(spec);
+            done.then_some(d)
+        }),
+    )
+    .await;
+    result.unwrap_or_else(|_| panic!("{what}: last status {}", last.lock().unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
