@@ -25,9 +25,41 @@ enum Command {
     /// the scheduler and the controllers (each under leader election), and a node agent that
     /// runs pods on this machine's containerd (unless --disable-agent).
     Server(ServerArgs),
+    /// Join this machine to a cluster as a node: the kubelet on the local containerd, with the
+    /// token `kelson server` printed (the cluster CA is pinned by the token's hash).
+    Agent(AgentArgs),
     /// Run simulated ("hollow") nodes against a cluster: they register, heartbeat and run the
     /// pods bound to them on a fake runtime.
     Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// URL of the API server, e.g. https://10.0.0.1:6443.
+    #[arg(long, env = "KELSON_SERVER")]
+    server: String,
+    /// Join token printed by `kelson server` (also in its DATA_DIR/node-token).
+    #[arg(long, env = "KELSON_TOKEN")]
+    token: String,
+    /// Directory for the agent's pod volumes.
+    #[arg(
+        long,
+        env = "KELSON_AGENT_DIR",
+        default_value = "/var/lib/kelson-agent"
+    )]
+    data_dir: PathBuf,
+    /// Name of this node (default: the host name).
+    #[arg(long, env = "KELSON_NODE_NAME")]
+    node_name: Option<String>,
+    /// Address of this node (default: the source address of the default route).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// Port of the kubelet API; 0 picks a free port.
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// containerd's CRI socket.
+    #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
+    container_runtime_endpoint: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Server(args) => server(args).await?,
+        Command::Agent(args) => agent(args).await?,
         Command::Sim(args) => sim(args).await?,
     }
     Ok(())
@@ -205,6 +238,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             }),
         );
     }
+    tracing::info!(
+        "to join another node: kelson agent --server {} --token $(cat {})",
+        running.url,
+        data_dir.join("node-token").display()
+    );
     if !args.disable_agent {
         let mut agent = kelson_kubelet::agent::AgentConfig {
             runtime_socket: args.container_runtime_endpoint.clone(),
@@ -258,6 +296,80 @@ fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "kelson".into())
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let Some((hash, secret)) = kelson_apiserver::join::parse_token(args.token.trim()) else {
+        anyhow::bail!(
+            "invalid --token: expected K10<ca-hash>::<secret> as kelson server prints it"
+        );
+    };
+    let url: http::Uri = args.server.parse().context("invalid --server URL")?;
+    // fetch the CA without trusting anyone yet, then pin it by the token's hash
+    let mut insecure = kube::Config::new(url.clone());
+    insecure.accept_invalid_certs = true;
+    let probe = kube::Client::try_from(insecure)?;
+    let ca = probe
+        .request_text(http::Request::get("/cacerts").body(Vec::new())?)
+        .await
+        .with_context(|| format!("failed to fetch the cluster CA from {url}"))?;
+    let actual = kelson_apiserver::join::ca_hash(&ca);
+    if actual != hash {
+        anyhow::bail!(
+            "the cluster CA at {url} does not match the token (token pins sha256 {hash}, server has {actual}); refusing to join"
+        );
+    }
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let roots = CertificateDer::pem_slice_iter(ca.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("the cluster CA does not parse")?;
+    let mut config = kube::Config::new(url.clone());
+    config.root_cert = Some(roots);
+    config.auth_info.token = Some(secret.to_owned().into());
+    let client = kube::Client::try_from(config)?;
+
+    let mut agent = kelson_kubelet::agent::AgentConfig {
+        runtime_socket: args.container_runtime_endpoint,
+        root_dir: args.data_dir,
+        ..Default::default()
+    };
+    if let Some(name) = args.node_name {
+        agent.node_name = name;
+    }
+    let address = args
+        .node_ip
+        .unwrap_or_else(kelson_kubelet::host::primary_address);
+    let request = serde_json::json!({
+        "nodeName": agent.node_name,
+        "addresses": [address.to_string(), "127.0.0.1", "localhost"],
+    });
+    let issued: serde_json::Value = client
+        .request(
+            http::Request::post("/kelson/v1/kubelet-certificate")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&request)?)?,
+        )
+        .await
+        .context("the server refused a kubelet certificate (is the token right?)")?;
+    let field = |name: &str| {
+        issued[name]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the kubelet certificate response lacks {name}"))
+    };
+    agent.address = Some(address);
+    agent.listen = SocketAddr::from(([0, 0, 0, 0], args.kubelet_port));
+    agent.tls = Some(kelson_kubelet::server::KubeletTls {
+        cert: field("certificate")?,
+        key: field("key")?,
+        ca,
+    });
+    tracing::info!(node = %agent.node_name, server = %url, "joining");
+    let shutdown = shutdown_signal();
+    kelson_kubelet::agent::run(client, agent, shutdown)
+        .await
+        .context("node agent failed")
 }
 
 async fn sim(args: SimArgs) -> anyhow::Result<()> {

@@ -556,3 +556,87 @@ fn pods_run_on_containerd() {
     );
     server.terminate().unwrap();
 }
+
+/// A `kelson agent` process, killed when dropped.
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn agent_joins_with_the_token() {
+    let node = format!("e2e-joined-{}", std::process::id());
+    let cleanup = RuntimeCleanup::new(&node);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_kelson"));
+    let server = KelsonProcess::server(binary, &data, &[]).unwrap();
+    let kubectl = Kubectl::new(33, &server.kubeconfig());
+    let token = std::fs::read_to_string(data.join("node-token")).unwrap();
+    let token = token.trim();
+    let agent = |token: &str, log: &str| {
+        std::process::Command::new(binary)
+            .args(["agent", "--server", &server.url, "--token", token])
+            .arg(format!("--node-name={node}"))
+            .arg("--kubelet-port=0")
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+
+    // a token pinning another CA is refused before anything is sent
+    let wrong = format!("K10{}{}", "0".repeat(64), &token[67..]);
+    let status = agent(&wrong, "wrong.log").wait().unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("wrong.log")).unwrap();
+    assert!(log.contains("does not match the token"), "{log}");
+
+    let _agent = AgentProcess(agent(token, "agent.log"));
+    wait_for(
+        Duration::from_secs(30),
+        "the joined node to be Ready",
+        || {
+            let output = kubectl.run(&["get", "node", &node, "--no-headers"], None);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.contains(" Ready ").then_some(text)
+        },
+    );
+    let pod = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "joined"}},
+            "spec": {{"nodeName": "{node}", "terminationGracePeriodSeconds": 1,
+            "containers": [{{"name": "c", "image": "busybox:1.35", "command": ["sh", "-c", "echo hello from the joined node; exec sleep 3600"]}}]}}}}"#
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&pod));
+    wait_jsonpath(&kubectl, "joined", ".status.phase", "Running");
+    // logs and exec reach the joined node's kubelet through the API server
+    let logs = wait_for(Duration::from_secs(20), "the joined pod's log", || {
+        let output = kubectl.run(&["logs", "joined"], None);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains("hello").then_some(text)
+    });
+    assert_eq!(logs, "hello from the joined node\n");
+    assert_eq!(
+        kubectl.ok(&["exec", "joined", "--", "hostname"]),
+        "joined\n"
+    );
+    kubectl.ok(&["delete", "pod", "joined", "--wait=true"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the joined node's sandbox to go",
+        || {
+            cleanup
+                .sandboxes()
+                .ok()
+                .filter(Vec::is_empty)
+                .map(|_| String::new())
+        },
+    );
+}

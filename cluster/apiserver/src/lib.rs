@@ -13,6 +13,7 @@ pub mod crd;
 pub mod discovery;
 pub mod error;
 pub mod fieldset;
+pub mod join;
 pub mod kinds;
 pub mod meta;
 pub mod metrics;
@@ -118,6 +119,8 @@ pub struct ApiServer {
     openapi_v3: openapi::V3Cache,
     /// TLS client configuration for reaching kubelets (set when serving).
     pub kubelet_client: RwLock<Option<Arc<rustls::ClientConfig>>>,
+    /// The cluster's certificates (set when serving), for `/cacerts` and node certificates.
+    pub pki: RwLock<Option<Arc<pki::Pki>>>,
 }
 
 impl ApiServer {
@@ -132,6 +135,7 @@ impl ApiServer {
             advertised: RwLock::new("127.0.0.1:6443".into()),
             openapi_v3: openapi::V3Cache::default(),
             kubelet_client: RwLock::new(None),
+            pki: RwLock::new(None),
         })
     }
 
@@ -235,6 +239,8 @@ pub struct Running {
     pub server: Arc<ApiServer>,
     /// The cluster's certificates, to issue node certificates.
     pub pki: Arc<pki::Pki>,
+    /// The token other nodes join with (`kelson agent --token`).
+    pub node_token: String,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -340,6 +346,10 @@ pub async fn run_with_storage(
         )?;
     }
     *server.tokens.write() = Tokens::load(&token_path).map_err(io("failed to read tokens.csv"))?;
+    let (node_token, node_secret) = join::load_or_create(&config.data_dir, &pki.ca_cert)
+        .map_err(io("failed to write node-token"))?;
+    server.tokens.write().insert(node_secret, join::node_user());
+    *server.pki.write() = Some(pki.clone());
 
     server.bootstrap().await.map_err(|e| Error::Io {
         what: "bootstrap failed".into(),
@@ -374,6 +384,7 @@ pub async fn run_with_storage(
             kubeconfig,
             server: server.clone(),
             pki: pki.clone(),
+            node_token,
         });
     }
     tokio::spawn(compact_periodically(

@@ -189,6 +189,7 @@ pub fn parse_resource_path(group: &str, version: &str, parts: &[&str]) -> Option
 
 fn is_public(path: &str) -> bool {
     path == "/version"
+        || path == "/cacerts"
         || ["/healthz", "/livez", "/readyz"]
             .iter()
             .any(|p| path == *p || path.starts_with(&format!("{p}/")))
@@ -250,6 +251,11 @@ async fn route(
         [probe] if get && matches!(*probe, "healthz" | "livez" | "readyz") => Ok(health()),
         [probe, _] if get && matches!(*probe, "healthz" | "livez" | "readyz") => Ok(health()),
         ["metrics"] if get => Ok(server.metrics.render()),
+        ["cacerts"] if get => Ok(crate::join::ca_certs(server.pki.read().as_ref())),
+        ["kelson", "v1", "kubelet-certificate"] if req.method == Method::POST => {
+            let pki = server.pki.read().clone();
+            crate::join::kubelet_certificate(pki.as_ref(), req).await
+        }
         ["api"] if get => Ok(crate::discovery::core_versions(server, &req)),
         ["apis"] if get => Ok(crate::discovery::groups(server, &req)),
         ["api", version] if get => crate::discovery::resource_list(server, "", version),
