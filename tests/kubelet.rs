@@ -100,6 +100,8 @@ spec:
       cat /info/labels; echo
       grep -q ' /memory tmpfs' /proc/mounts && echo memory-is-tmpfs
       grep -q "$(hostname)" /etc/hosts && echo hosts-has-pod
+      echo "namespace: $(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)"
+      grep -q "BEGIN CERTIFICATE" /var/run/secrets/kubernetes.io/serviceaccount/ca.crt && echo ca-mounted
       while true; do echo "page: $(cat /config/greeting)"; cat /scratch/note 2>/dev/null; sleep 1; done
     volumeMounts:
     - {name: page, mountPath: /config}
@@ -446,6 +448,53 @@ fn pods_run_on_containerd() {
     ] {
         seen(expected);
     }
+    // the service-account token, CA and namespace are mounted, and the token authenticates
+    seen("namespace: default");
+    seen("ca-mounted");
+    let token = kubectl.ok(&[
+        "exec",
+        "volumes",
+        "-c",
+        "main",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ]);
+    let as_token = |token: &str| {
+        kubectl.run(
+            &[
+                "--kubeconfig=/dev/null",
+                "--server",
+                &server.url,
+                "--insecure-skip-tls-verify",
+                "--token",
+                token,
+                "get",
+                "serviceaccount",
+                "default",
+                "-o",
+                "name",
+            ],
+            None,
+        )
+    };
+    let output = as_token(token.trim());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "serviceaccount/default\n"
+    );
+    let created = kubectl.ok(&["create", "token", "default", "--duration=10m"]);
+    assert!(as_token(created.trim()).status.success());
+    let forged = format!("{}x", created.trim());
+    let refused = as_token(&forged);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthorized"));
+
     // a ConfigMap update reaches the mounted file in place
     kubectl.ok(&[
         "patch",

@@ -125,7 +125,17 @@ pub fn authenticate(server: &ApiServer, parts: &http::request::Parts) -> Option<
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))?
         .trim();
-    server.tokens.read().get(token).cloned()
+    if let Some(user) = server.tokens.read().get(token) {
+        return Some(user.clone());
+    }
+    // a service-account token (a JWT: three dot-separated parts)
+    if token.split('.').count() == 3 {
+        let issuer = server.token_issuer.read().clone()?;
+        return issuer
+            .verify(token)
+            .map(|claims| crate::serviceaccount::user_of(&claims));
+    }
+    None
 }
 
 #[cfg(test)]

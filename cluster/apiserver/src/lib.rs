@@ -27,6 +27,7 @@ pub mod rest;
 pub mod schema;
 pub mod selectors;
 pub mod serve;
+pub mod serviceaccount;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +122,8 @@ pub struct ApiServer {
     pub kubelet_client: RwLock<Option<Arc<rustls::ClientConfig>>>,
     /// The cluster's certificates (set when serving), for `/cacerts` and node certificates.
     pub pki: RwLock<Option<Arc<pki::Pki>>>,
+    /// Signs and verifies service-account tokens (set when serving).
+    pub token_issuer: RwLock<Option<Arc<serviceaccount::TokenIssuer>>>,
 }
 
 impl ApiServer {
@@ -136,6 +139,7 @@ impl ApiServer {
             openapi_v3: openapi::V3Cache::default(),
             kubelet_client: RwLock::new(None),
             pki: RwLock::new(None),
+            token_issuer: RwLock::new(None),
         })
     }
 
@@ -350,6 +354,9 @@ pub async fn run_with_storage(
         .map_err(io("failed to write node-token"))?;
     server.tokens.write().insert(node_secret, join::node_user());
     *server.pki.write() = Some(pki.clone());
+    let issuer = serviceaccount::TokenIssuer::load_or_create(&config.data_dir)
+        .map_err(io("failed to load the service-account key"))?;
+    *server.token_issuer.write() = Some(Arc::new(issuer));
 
     server.bootstrap().await.map_err(|e| Error::Io {
         what: "bootstrap failed".into(),

@@ -119,7 +119,8 @@ const SPECS: &[Spec] = &[
         true,
         "io.k8s.api.core.v1.ServiceAccount",
     )
-    .short(&["sa"]),
+    .short(&["sa"])
+    .subs(&["token"]),
     spec("v1", "Node", "nodes", false, "io.k8s.api.core.v1.Node")
         .short(&["no"])
         .subs(&["status", "proxy"])
@@ -361,6 +362,7 @@ fn subresource(owner: &Spec, group: &str, version: &str, name: &str) -> Subresou
         "binding" => ("", "v1", "Binding", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
         "log" => ("", "v1", "Pod", &["get"]),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
         "exec" => ("", "v1", "PodExecOptions", &["create", "get"]),
         "attach" => ("", "v1", "PodAttachOptions", &["create", "get"]),
         "portforward" => ("", "v1", "PodPortForwardOptions", &["create", "get"]),

@@ -385,6 +385,9 @@ async fn dispatch(
                 write::patch(server, &rt, namespace, name, req, write::Target::Scale).await
             }
             ("binding", &Method::POST) => write::bind(server, &rt, namespace, name, req).await,
+            ("token", &Method::POST) => {
+                crate::serviceaccount::token_request(server, &rt, namespace, name, req).await
+            }
             ("finalize", &Method::PUT) => {
                 write::update(server, &rt, namespace, name, req, write::Target::Finalize).await
             }

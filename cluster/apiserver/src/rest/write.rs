@@ -285,6 +285,9 @@ async fn create_object(
     if !rt.custom {
         defaults::apply(&rt.group, &rt.kind, &mut object);
     }
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        crate::serviceaccount::mount_token(&mut object);
+    }
     strategy::prepare_create(rt, &mut object);
     causes.extend(validate::validate(rt, &object, None));
     if !causes.is_empty() {

@@ -57,6 +57,8 @@ pub(crate) struct Worker {
     probes: probes::Tracker,
     /// Containers this worker killed (failed probes), whose SIGKILL is no OOM.
     killed: std::collections::HashSet<String>,
+    /// The pod's service-account token: value, when issued, lifetime.
+    token: Option<(String, std::time::Instant, Duration)>,
 }
 
 /// Runs the worker of one pod until the pod is gone (a `None` arrives) or `shutdown`.
@@ -80,6 +82,7 @@ pub(crate) async fn run(
         volume_error: None,
         probes: probes::Tracker::default(),
         killed: std::collections::HashSet::new(),
+        token: None,
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -903,8 +906,62 @@ impl Worker {
         }
     }
 
+    /// The pod's service-account token for projected volumes, renewed after 80% of its life.
+    async fn service_account_token(&mut self, pod: &Pod) -> Result<Option<String>, String> {
+        let source = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.projected.as_ref())
+            .flat_map(|p| p.sources.iter().flatten())
+            .find_map(|s| s.service_account_token.clone());
+        let Some(source) = source else {
+            return Ok(None);
+        };
+        if let Some((token, issued, lifetime)) = &self.token
+            && issued.elapsed() < lifetime.mul_f64(0.8)
+        {
+            return Ok(Some(token.clone()));
+        }
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let seconds = source.expiration_seconds.unwrap_or(3600).max(600);
+        let mut spec = serde_json::json!({
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.key.name, "uid": self.key.uid},
+        });
+        if let Some(audience) = source.audience.filter(|a| !a.is_empty()) {
+            spec["audiences"] = serde_json::json!([audience]);
+        }
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec,
+        });
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        let response: serde_json::Value = accounts
+            .create_subresource(
+                "token",
+                &account,
+                &kube::api::PostParams::default(),
+                &request,
+            )
+            .await
+            .map_err(|e| format!("failed to fetch token for serviceaccount {account}: {e}"))?;
+        let token = response
+            .pointer("/status/token")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| "the token request returned no token".to_owned())?
+            .to_owned();
+        let lifetime = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
+        self.token = Some((token.clone(), std::time::Instant::now(), lifetime));
+        Ok(Some(token))
+    }
+
     async fn try_prepare_volumes(
-        &self,
+        &mut self,
         pod: &Pod,
     ) -> Result<BTreeMap<String, std::path::PathBuf>, String> {
         let (config_map_names, secret_names) = volumes::referenced(pod);
@@ -922,10 +979,11 @@ impl Worker {
             }
         }
         let claims = self.claim_paths(pod).await?;
+        let token = self.service_account_token(pod).await?;
         let directory = self.ctx.pod_directory(&self.key.uid);
-        volumes::prepare(pod, &directory, &sources, None, &claims).map_err(|(volume, error)| {
-            format!("MountVolume.SetUp failed for volume \"{volume}\" : {error}")
-        })
+        volumes::prepare(pod, &directory, &sources, token.as_deref(), &claims).map_err(
+            |(volume, error)| format!("MountVolume.SetUp failed for volume \"{volume}\" : {error}"),
+        )
     }
 
     async fn remove_sandbox(&self, id: &str) {
