@@ -52,7 +52,8 @@ spec:
   containers:
   - name: main
     image: busybox:1.35
-    command: [dd, if=/dev/zero, of=/dev/null, bs=100M, count=1]
+    # a moment first: containerd 1.6 misses an OOM that comes before it watches the cgroup
+    command: [sh, -c, 'sleep 1; exec dd if=/dev/zero of=/dev/null bs=100M count=1']
     resources: {limits: {memory: 16Mi}}
 ---
 apiVersion: v1
@@ -495,6 +496,38 @@ fn pods_run_on_containerd() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthorized"));
 
+    // lifecycle hooks: postStart runs before the container is considered started, preStop
+    // runs before the container is stopped
+    let hooks_dir = dir.path().join("hooks");
+    let hooks = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "hooks"}},
+        "spec": {{"terminationGracePeriodSeconds": 2,
+          "volumes": [{{"name": "out", "hostPath": {{"path": "{}", "type": "DirectoryOrCreate"}}}}],
+          "containers": [{{"name": "main", "image": "busybox:1.35",
+            "command": ["sh", "-c", "while [ ! -f /tmp/poststart ]; do sleep 0.1; done; echo saw-poststart; exec sleep 3600"],
+            "volumeMounts": [{{"name": "out", "mountPath": "/out"}}],
+            "lifecycle": {{
+              "postStart": {{"exec": {{"command": ["sh", "-c", "echo hi > /tmp/poststart"]}}}},
+              "preStop": {{"exec": {{"command": ["sh", "-c", "echo prestop-ran > /out/prestop"]}}}}}}}}]}}}}"#,
+        hooks_dir.display()
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&hooks));
+    wait_jsonpath(&kubectl, "hooks", ".status.phase", "Running");
+    wait_for(
+        Duration::from_secs(20),
+        "the postStart hook's effect",
+        || {
+            let output = kubectl.run(&["logs", "hooks"], None);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.contains("saw-poststart").then_some(text)
+        },
+    );
+    kubectl.ok(&["delete", "pod", "hooks", "--wait=true"]);
+    assert_eq!(
+        std::fs::read_to_string(hooks_dir.join("prestop")).unwrap_or_default(),
+        "prestop-ran\n"
+    );
+
     // a ConfigMap update reaches the mounted file in place
     kubectl.ok(&[
         "patch",
@@ -533,12 +566,11 @@ fn pods_run_on_containerd() {
         ".status.containerStatuses[?(@.name==\"web\")].ready",
         "true",
     );
-    wait_jsonpath(
-        &kubectl,
-        "probed",
-        ".status.containerStatuses[?(@.name==\"sick\")].restartCount",
-        "1",
-    );
+    wait_for(Duration::from_secs(60), "a liveness restart", || {
+        let path = ".status.containerStatuses[?(@.name==\"sick\")].restartCount";
+        let restarts = jsonpath(&kubectl, "probed", path);
+        (restarts.parse::<u32>().unwrap_or(0) >= 1).then_some(restarts)
+    });
     let events = kubectl.ok(&[
         "get",
         "events",

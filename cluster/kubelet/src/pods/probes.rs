@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::cri::Cri;
@@ -458,6 +458,34 @@ pub async fn check(
             timing.timeout.as_secs()
         )),
     }
+}
+
+/// Runs a lifecycle hook (postStart or preStop) of container `id` within `timeout`: exec,
+/// httpGet, tcpSocket or sleep.
+///
+/// # Errors
+/// The failure message for the FailedPostStartHook / FailedPreStopHook event.
+pub async fn run_hook(
+    cri: &Cri,
+    handler: &LifecycleHandler,
+    container: &Container,
+    id: &str,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(sleep) = &handler.sleep {
+        let seconds = Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0));
+        tokio::time::sleep(seconds.min(timeout)).await;
+        return Ok(());
+    }
+    let probe = Probe {
+        exec: handler.exec.clone(),
+        http_get: handler.http_get.clone(),
+        tcp_socket: handler.tcp_socket.clone(),
+        timeout_seconds: Some(i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX)),
+        ..Probe::default()
+    };
+    check(cri, &probe, container, id, pod_ip).await
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ pub(crate) async fn run(
         let pod = pods.borrow_and_update().clone();
         let requeue = match pod {
             None => {
-                worker.teardown(ORPHAN_GRACE_SECONDS).await;
+                worker.teardown(ORPHAN_GRACE_SECONDS, None).await;
                 return;
             }
             Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
@@ -140,7 +140,9 @@ fn exit_of(status: &cri::ContainerStatus) -> Exit {
 const OOM_SETTLE: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
 
 /// Whether an exit may still turn out to be an OOM kill: SIGKILL (137) with no reason yet,
-/// recently. containerd records the OOM event separately and it can trail the exit.
+/// recently. containerd records the OOM event separately and it can trail the exit. (An OOM in
+/// the first instants of a container, before containerd 1.6 watches its cgroup, is never
+/// reported by the runtime and shows as `Error` with exit code 137.)
 fn may_become_oom(exit: &Exit, now: Timestamp) -> bool {
     exit.code == 137 && exit.reason == "Error" && now.duration_since(exit.finished) < OOM_SETTLE
 }
@@ -736,6 +738,36 @@ impl Worker {
             format!("Started container {name}"),
         )
         .await;
+        if let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            let timeout = Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(30));
+            if let Err(message) =
+                probes::run_hook(&cri, hook, container, &id, pod_ip, timeout).await
+            {
+                self.event(
+                    Some(name),
+                    true,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {message}"),
+                )
+                .await;
+                // as in Kubernetes, a container whose postStart hook fails is killed
+                self.killed.insert(id.clone());
+                let _ = cri.stop_container(&id, grace).await;
+                return Err(StartFailure {
+                    reason: "PostStartHookError".into(),
+                    message,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -1002,7 +1034,7 @@ impl Worker {
 
     /// Stops every container of the pod within `grace_seconds` and removes its sandboxes, log
     /// directory and cgroups.
-    async fn teardown(&self, grace_seconds: i64) {
+    async fn teardown(&self, grace_seconds: i64, pod: Option<&Pod>) {
         let cri = self.ctx.cri.clone();
         let labels = self.labels();
         match cri.list_containers(&labels).await {
@@ -1019,6 +1051,17 @@ impl Worker {
                         .as_ref()
                         .map(|m| m.name.clone())
                         .unwrap_or_default();
+                    let spec = pod.and_then(|p| {
+                        p.spec
+                            .as_ref()?
+                            .containers
+                            .iter()
+                            .find(|spec| spec.name == name)
+                            .cloned()
+                    });
+                    let pod_ip = pod
+                        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+                        .unwrap_or_default();
                     async move {
                         worker
                             .event(
@@ -1028,7 +1071,31 @@ impl Worker {
                                 format!("Stopping container {name}"),
                             )
                             .await;
-                        if let Err(error) = cri.stop_container(&c.id, grace_seconds).await {
+                        let mut remaining = grace_seconds;
+                        if let Some(spec) = &spec
+                            && let Some(hook) =
+                                spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+                        {
+                            let started = std::time::Instant::now();
+                            let timeout = Duration::from_secs(
+                                u64::try_from(grace_seconds.max(1)).unwrap_or(1),
+                            );
+                            if let Err(message) =
+                                probes::run_hook(&cri, hook, spec, &c.id, &pod_ip, timeout).await
+                            {
+                                worker
+                                    .event(
+                                        Some(&name),
+                                        true,
+                                        "FailedPreStopHook",
+                                        format!("PreStopHook failed: {message}"),
+                                    )
+                                    .await;
+                            }
+                            let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
+                            remaining = (grace_seconds - spent).max(2);
+                        }
+                        if let Err(error) = cri.stop_container(&c.id, remaining).await {
                             warn!(container = %name, %error, "failed to stop a container");
                         }
                     }
@@ -1063,7 +1130,7 @@ impl Worker {
                 .unwrap_or(30)
                 .max(0);
             info!(pod = %self.key.name, namespace = %self.key.namespace, grace, "stopping pod");
-            self.teardown(grace).await;
+            self.teardown(grace, Some(pod)).await;
             self.terminated = true;
         }
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
