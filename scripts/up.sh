@@ -8,6 +8,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --bin kelson
 data_dir="${KELSON_DATA_DIR:-/var/lib/kelson}"
-echo "kelson: starting; the admin kubeconfig will be $data_dir/kubeconfig.yaml"
-echo "kelson: try: KUBECONFIG=$data_dir/kubeconfig.yaml kubectl get namespaces"
-exec target/release/kelson server --data-dir "$data_dir" "$@"
+exec target/release/kelson up --data-dir "$data_dir" "$@"

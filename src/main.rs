@@ -25,6 +25,9 @@ enum Command {
     /// the scheduler and the controllers (each under leader election), and a node agent that
     /// runs pods on this machine's containerd (unless --disable-agent).
     Server(ServerArgs),
+    /// Start the whole stack on this machine after preflight checks: the control plane and this
+    /// machine's node agent (as `kelson server`), then print how to use it.
+    Up(UpArgs),
     /// Join this machine to a cluster as a node: the kubelet on the local containerd, with the
     /// token `kelson server` printed (the cluster CA is pinned by the token's hash).
     Agent(AgentArgs),
@@ -34,7 +37,19 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Preflight checks whose errors to ignore (names as printed, or `all`).
+    #[arg(long, value_delimiter = ',')]
+    ignore_preflight_errors: Vec<String>,
+}
+
+#[derive(clap::Args)]
 struct AgentArgs {
+    /// Preflight checks whose errors to ignore (names as printed, or `all`).
+    #[arg(long, value_delimiter = ',')]
+    ignore_preflight_errors: Vec<String>,
     /// URL of the API server, e.g. https://10.0.0.1:6443.
     #[arg(long, env = "KELSON_SERVER")]
     server: String,
@@ -165,14 +180,44 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Server(args) => server(args).await?,
+        Command::Server(args) => server(args, false).await?,
+        Command::Up(args) => {
+            let mut ports = vec![args.server.listen];
+            if !args.server.disable_agent && args.server.kubelet_port != 0 {
+                ports.push(SocketAddr::from(([0, 0, 0, 0], args.server.kubelet_port)));
+            }
+            preflight(
+                &args.server.container_runtime_endpoint,
+                &ports,
+                &args.ignore_preflight_errors,
+            )
+            .await?;
+            server(args.server, true).await?;
+        }
         Command::Agent(args) => agent(args).await?,
         Command::Sim(args) => sim(args).await?,
     }
     Ok(())
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
+/// Runs the node preflight checks; fails with every error not ignored.
+async fn preflight(
+    socket: &std::path::Path,
+    ports: &[SocketAddr],
+    ignored: &[String],
+) -> anyhow::Result<()> {
+    let checks = kelson_kubelet::preflight::run(socket, ports).await;
+    let errors = kelson_kubelet::preflight::report(&checks, ignored);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "preflight checks failed:\n{}\n(skip a check with --ignore-preflight-errors=NAME)",
+        errors.join("\n")
+    )
+}
+
+async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
     let mut config = kelson_apiserver::Config::new(args.data_dir);
     config.listen = args.listen;
@@ -243,6 +288,14 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         running.url,
         data_dir.join("node-token").display()
     );
+    if up {
+        let kubeconfig = running.kubeconfig.display();
+        println!(
+            "\nKelson is up.\n\n  kubeconfig:  {kubeconfig}\n\n  export KUBECONFIG={kubeconfig}\n  kubectl get nodes\n  kubectl create deployment web --image=busybox:1.35 -- httpd -f -p 8080\n  kubectl get pods -o wide\n\n  join another machine:\n  kelson agent --server {} --token $(cat {})\n",
+            running.url,
+            data_dir.join("node-token").display()
+        );
+    }
     if !args.disable_agent {
         let mut agent = kelson_kubelet::agent::AgentConfig {
             runtime_socket: args.container_runtime_endpoint.clone(),
@@ -299,6 +352,16 @@ fn hostname() -> String {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut ports = Vec::new();
+    if args.kubelet_port != 0 {
+        ports.push(SocketAddr::from(([0, 0, 0, 0], args.kubelet_port)));
+    }
+    preflight(
+        &args.container_runtime_endpoint,
+        &ports,
+        &args.ignore_preflight_errors,
+    )
+    .await?;
     let Some((hash, secret)) = kelson_apiserver::join::parse_token(args.token.trim()) else {
         anyhow::bail!(
             "invalid --token: expected K10<ca-hash>::<secret> as kelson server prints it"

@@ -721,3 +721,53 @@ fn agent_joins_with_the_token() {
         },
     );
 }
+
+#[test]
+fn up_runs_preflight_then_the_stack() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_kelson"));
+    let dir = tempfile::tempdir().unwrap();
+    let node = format!("e2e-up-{}", std::process::id());
+    let _cleanup = RuntimeCleanup::new(&node);
+    // a missing runtime stops `kelson up` with an error that names the check and the fix
+    let failed = std::process::Command::new(binary)
+        .args(["up", "--listen=127.0.0.1:0", "--kubelet-port=0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("failed"))
+        .arg("--container-runtime-endpoint=/nonexistent/containerd.sock")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("[ERROR CRI]"), "{stderr}");
+    assert!(stderr.contains("scripts/setup.sh"), "{stderr}");
+
+    let data = dir.path().join("up");
+    let mut up = AgentProcess(
+        std::process::Command::new(binary)
+            .args(["up", "--listen=127.0.0.1:0", "--kubelet-port=0"])
+            .arg(format!("--node-name={node}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(up.0.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("kelson agent --server") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "kelson up ended early: {printed}");
+        printed.push_str(&line);
+    }
+    assert!(printed.contains("Kelson is up."), "{printed}");
+    let kubeconfig = data.join("kubeconfig.yaml");
+    assert!(printed.contains(&format!("export KUBECONFIG={}", kubeconfig.display())));
+    let kubectl = Kubectl::new(33, &kubeconfig);
+    wait_for(Duration::from_secs(30), "the node of kelson up", || {
+        let output = kubectl.run(&["get", "node", &node, "--no-headers"], None);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains(" Ready ").then_some(text)
+    });
+}

@@ -11,5 +11,6 @@ pub mod host;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod preflight;
 pub mod server;
 pub mod status;
