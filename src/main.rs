@@ -72,6 +72,12 @@ struct AgentArgs {
     /// Port of the kubelet API; 0 picks a free port.
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// Rotate a container's log when it grows past this many bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the live one included.
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: usize,
     /// containerd's CRI socket.
     #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
     container_runtime_endpoint: PathBuf,
@@ -149,6 +155,12 @@ struct ServerArgs {
     /// Port of the kubelet API (logs, exec, port-forward); 0 picks a free port.
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// Rotate a container's log when it grows past this many bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the live one included.
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: usize,
 }
 
 /// A control-plane component's main loop.
@@ -301,6 +313,8 @@ async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
             runtime_socket: args.container_runtime_endpoint.clone(),
             address: args.node_ip,
             root_dir: data_dir.join("agent"),
+            container_log_max_size: args.container_log_max_size,
+            container_log_max_files: args.container_log_max_files,
             ..Default::default()
         };
         if let Some(name) = &args.node_name {
@@ -395,6 +409,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut agent = kelson_kubelet::agent::AgentConfig {
         runtime_socket: args.container_runtime_endpoint,
         root_dir: args.data_dir,
+        container_log_max_size: args.container_log_max_size,
+        container_log_max_files: args.container_log_max_files,
         ..Default::default()
     };
     if let Some(name) = args.node_name {

@@ -284,6 +284,20 @@ fn pods_run_on_containerd() {
         "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
     ]);
     assert!(runtime.starts_with("containerd://"), "{runtime}");
+    // the pressure conditions come from real readings (this machine has memory to spare)
+    let conditions = kubectl.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}",
+    ]);
+    assert!(
+        conditions.contains("MemoryPressure=False/KubeletHasSufficientMemory"),
+        "{conditions}"
+    );
+    assert!(conditions.contains("DiskPressure="), "{conditions}");
+    assert!(conditions.contains("PIDPressure=False"), "{conditions}");
 
     kubectl.ok_with(&["apply", "-f", "-"], Some(WORKLOADS));
     kubectl.ok_within(
@@ -665,6 +679,10 @@ fn agent_joins_with_the_token() {
             .args(["agent", "--server", &server.url, "--token", token])
             .arg(format!("--node-name={node}"))
             .arg("--kubelet-port=0")
+            .args([
+                "--container-log-max-size=4096",
+                "--container-log-max-files=3",
+            ])
             .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .stdout(std::process::Stdio::null())
@@ -708,6 +726,31 @@ fn agent_joins_with_the_token() {
         kubectl.ok(&["exec", "joined", "--", "hostname"]),
         "joined\n"
     );
+    // a chatty container's log is rotated by size and count (4 KiB, 3 files here)
+    let chatty = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "chatty"}},
+            "spec": {{"nodeName": "{node}", "terminationGracePeriodSeconds": 1,
+            "containers": [{{"name": "c", "image": "busybox:1.35", "command": ["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done"]}}]}}}}"#
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&chatty));
+    wait_jsonpath(&kubectl, "chatty", ".status.phase", "Running");
+    let uid = jsonpath(&kubectl, "chatty", ".metadata.uid");
+    let log_dir = std::path::PathBuf::from(format!("/var/log/pods/default_chatty_{uid}/c"));
+    let files = wait_for(Duration::from_secs(40), "two log rotations", || {
+        let names: Vec<String> = std::fs::read_dir(&log_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        (names.iter().filter(|n| n.starts_with("0.log.")).count() >= 2).then(|| names.join(" "))
+    });
+    assert!(files.split(' ').count() <= 3, "at most 3 files: {files}");
+    let tail = kubectl.ok(&["logs", "chatty", "--tail=1"]);
+    assert!(
+        tail.starts_with("line "),
+        "the live log continues after rotation: {tail}"
+    );
+    kubectl.ok(&["delete", "pod", "chatty", "--wait=true"]);
     kubectl.ok(&["delete", "pod", "joined", "--wait=true"]);
     wait_for(
         Duration::from_secs(30),

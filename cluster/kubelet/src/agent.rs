@@ -38,6 +38,10 @@ pub struct AgentConfig {
     pub listen: std::net::SocketAddr,
     /// TLS material of the kubelet API; without it the API is not served.
     pub tls: Option<crate::server::KubeletTls>,
+    /// A container log is rotated when it grows past this many bytes.
+    pub container_log_max_size: u64,
+    /// Log files kept per container, the live one included.
+    pub container_log_max_files: usize,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +56,8 @@ impl Default for AgentConfig {
             root_dir: PathBuf::from("/var/lib/kelson/agent"),
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], 10250)),
             tls: None,
+            container_log_max_size: 10 << 20,
+            container_log_max_files: 5,
         }
     }
 }
@@ -184,8 +190,57 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    tokio::spawn(rotate_logs(
+        ctx.clone(),
+        config.container_log_max_size,
+        config.container_log_max_files,
+        shutdown.clone(),
+    ));
     pods::run(ctx, shutdown).await;
     Ok(())
+}
+
+/// Rotates the logs of this node's running containers by size and count, every 10 s.
+async fn rotate_logs(
+    ctx: Arc<PodContext>,
+    max_size: u64,
+    max_files: usize,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let labels = [(crate::pods::spec::NODE_LABEL, ctx.node.name.as_str())];
+        let Ok(containers) = ctx.cri.list_containers(&labels).await else {
+            continue;
+        };
+        for container in containers {
+            if container.state != k8s_cri::v1::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            let Ok(status) = ctx.cri.container_status(&container.id).await else {
+                continue;
+            };
+            let path = PathBuf::from(&status.log_path);
+            let rotated = tokio::task::spawn_blocking(move || {
+                crate::logs::rotate_if_large(&path, max_size, max_files, jiff::Timestamp::now())
+            })
+            .await;
+            match rotated {
+                Ok(Ok(true)) => {
+                    if let Err(error) = ctx.cri.reopen_container_log(&container.id).await {
+                        warn!(container = %container.id, %error, "failed to reopen a rotated log");
+                    }
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => warn!(log = %status.log_path, %error, "failed to rotate a log"),
+                Err(error) => warn!(%error, "log rotation task failed"),
+            }
+        }
+    }
 }
 
 async fn heartbeats(
@@ -195,7 +250,7 @@ async fn heartbeats(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(config.lease_period);
-    let mut last_ready: Option<bool> = None;
+    let mut last: Option<node::Health> = None;
     let mut last_status = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -207,21 +262,28 @@ async fn heartbeats(
         {
             warn!(%error, "failed to renew the node lease");
         }
-        let ready = match cri.ready().await {
-            Ok(Ok(())) => true,
+        let not_ready = match cri.ready().await {
+            Ok(Ok(())) => None,
             Ok(Err(reason)) => {
                 warn!(%reason, "container runtime not ready");
-                false
+                Some(format!("container runtime is not ready: {reason}"))
             }
             Err(error) => {
                 warn!(%error, "container runtime status failed");
-                false
+                Some(format!("container runtime is down: {error}"))
             }
         };
-        if last_ready != Some(ready) || last_status.elapsed() >= config.status_period {
-            match node::post_status(&client, &config.node_name, ready).await {
+        let (memory_pressure, disk_pressure, pid_pressure) = host::readings().pressures();
+        let health = node::Health {
+            not_ready,
+            memory_pressure,
+            disk_pressure,
+            pid_pressure,
+        };
+        if last.as_ref() != Some(&health) || last_status.elapsed() >= config.status_period {
+            match node::post_status(&client, &config.node_name, &health).await {
                 Ok(()) => {
-                    last_ready = Some(ready);
+                    last = Some(health);
                     last_status = tokio::time::Instant::now();
                 }
                 Err(error) => warn!(%error, "failed to post the node status"),

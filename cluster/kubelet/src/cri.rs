@@ -370,6 +370,19 @@ impl Cri {
             .url)
     }
 
+    /// Asks the runtime to reopen a container's log file (after the kubelet renamed it).
+    ///
+    /// # Errors
+    /// When the runtime refuses (for example, the container is not running).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let request = cri::ReopenContainerLogRequest {
+            container_id: id.to_owned(),
+        };
+        let response = self.runtime.clone().reopen_container_log(request).await;
+        response.map_err(call_error("ReopenContainerLog"))?;
+        Ok(())
+    }
+
     /// The local image's id, if the image is present.
     ///
     /// # Errors

@@ -189,7 +189,7 @@ async fn heartbeats(
                 let client = client.clone();
                 async move {
                     let result = if status {
-                        node::post_status(&client, &name, true).await
+                        node::post_status(&client, &name, &node::Health::default()).await
                     } else {
                         node::renew_lease(&client, &name, 40).await
                     };

@@ -32,6 +32,65 @@ pub fn meminfo_bytes(meminfo: &str, key: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Memory the kubelet's default hard eviction threshold keeps free (`memory.available<100Mi`).
+pub const MEMORY_AVAILABLE_THRESHOLD: u64 = EVICTION_MEMORY_BYTES;
+
+/// Readings behind the node's pressure conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readings {
+    /// MemAvailable, bytes.
+    pub memory_available: u64,
+    /// Free space on the node filesystem, bytes.
+    pub disk_available: u64,
+    /// Size of the node filesystem, bytes.
+    pub disk_total: u64,
+    /// Processes now.
+    pub processes: u64,
+    /// The largest pid.
+    pub pid_max: u64,
+}
+
+/// Reads the machine now.
+#[must_use]
+pub fn readings() -> Readings {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let (disk_available, disk_total) = rustix::fs::statvfs("/var/lib").map_or((0, 0), |s| {
+        (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize)
+    });
+    // /proc/loadavg: "0.00 0.01 0.05 1/123 4567" — running/total processes
+    let processes = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|f| f.split('/').nth(1))
+                .and_then(|t| t.parse().ok())
+        })
+        .unwrap_or(0);
+    Readings {
+        memory_available: meminfo_bytes(&meminfo, "MemAvailable:"),
+        disk_available,
+        disk_total,
+        processes,
+        pid_max: read_trimmed("/proc/sys/kernel/pid_max")
+            .parse()
+            .unwrap_or(0),
+    }
+}
+
+impl Readings {
+    /// The pressure conditions these readings mean, with the kubelet's default thresholds
+    /// (memory.available<100Mi, nodefs.available<10%) and pids under 10% free.
+    #[must_use]
+    pub fn pressures(&self) -> (bool, bool, bool) {
+        let memory = self.memory_available < MEMORY_AVAILABLE_THRESHOLD;
+        let disk = self.disk_total > 0 && self.disk_available < self.disk_total / 10;
+        let pids =
+            self.pid_max > 0 && self.pid_max.saturating_sub(self.processes) < self.pid_max / 10;
+        (memory, disk, pids)
+    }
+}
+
 /// Size of the filesystem holding `path`, in bytes.
 #[must_use]
 pub fn filesystem_bytes(path: &Path) -> u64 {
@@ -126,6 +185,27 @@ mod tests {
         let meminfo = "MemTotal:       24605340 kB\nMemFree:        1000 kB\n";
         assert_eq!(meminfo_bytes(meminfo, "MemTotal:"), 24_605_340 * 1024);
         assert_eq!(meminfo_bytes(meminfo, "Missing:"), 0);
+    }
+
+    #[test]
+    fn pressure_thresholds() {
+        let calm = Readings {
+            memory_available: 1 << 30,
+            disk_available: 50,
+            disk_total: 100,
+            processes: 100,
+            pid_max: 4_194_304,
+        };
+        assert_eq!(calm.pressures(), (false, false, false));
+        let tight = Readings {
+            memory_available: 50 << 20,
+            disk_available: 5,
+            disk_total: 100,
+            processes: 3_900_000,
+            pid_max: 4_194_304,
+        };
+        assert_eq!(tight.pressures(), (true, true, true));
+        assert!(readings().memory_available > 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `limitBytes` — with `follow` streaming new lines until the container stops.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -231,6 +232,7 @@ pub async fn stream(
     {
         return;
     }
+    let mut inode = file.metadata().await.map(|m| m.ino()).unwrap_or(0);
     let mut reader = BufReader::new(file);
     let mut renderer = Renderer::default();
     let mut buffer = String::new();
@@ -260,7 +262,17 @@ pub async fn stream(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         idle_checks += 1;
-        // every second without data, ask whether the container still runs
+        // every second without data: follow a rotation to the new file, or stop once the
+        // container has stopped
+        if idle_checks.is_multiple_of(10)
+            && let Ok(metadata) = tokio::fs::metadata(&path).await
+            && metadata.ino() != inode
+            && let Ok(next) = tokio::fs::File::open(&path).await
+        {
+            inode = metadata.ino();
+            reader = BufReader::new(next);
+            continue;
+        }
         if idle_checks.is_multiple_of(10) && !running().await {
             // one last read for what arrived meanwhile
             if reader.read_line(&mut buffer).await.unwrap_or(0) == 0 {
@@ -268,6 +280,61 @@ pub async fn stream(
             }
         }
     }
+}
+
+/// The rotated siblings of a log file (`0.log.<stamp>`), oldest first.
+#[must_use]
+pub fn rotated_files(path: &std::path::Path) -> Vec<PathBuf> {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let Some(directory) = path.parent() else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Renames a log that grew past `max_size` to `<path>.<UTC stamp>` and removes the oldest
+/// rotated files so that at most `max_files` (the live one included) remain. Returns whether
+/// it rotated; the caller then asks the runtime to reopen the log.
+///
+/// # Errors
+/// On file system failures.
+pub fn rotate_if_large(
+    path: &std::path::Path,
+    max_size: u64,
+    max_files: usize,
+    now: Timestamp,
+) -> std::io::Result<bool> {
+    let size = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    if size < max_size {
+        return Ok(false);
+    }
+    let stamp = now.strftime("%Y%m%d-%H%M%S%.6f").to_string();
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(format!(".{stamp}"));
+    std::fs::rename(path, &rotated)?;
+    let files = rotated_files(path);
+    let keep = max_files.saturating_sub(1).max(1);
+    if files.len() > keep {
+        for old in &files[..files.len() - keep] {
+            std::fs::remove_file(old)?;
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -328,6 +395,28 @@ garbage line\n\
         );
     }
 
+    #[test]
+    fn rotation_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let base: Timestamp = "2026-11-22T18:00:00Z".parse().unwrap();
+        std::fs::write(&path, "small").unwrap();
+        assert!(!rotate_if_large(&path, 100, 3, base).unwrap());
+        for i in 0..4 {
+            std::fs::write(&path, "x".repeat(200)).unwrap();
+            let now = base + jiff::SignedDuration::from_secs(i);
+            assert!(rotate_if_large(&path, 100, 3, now).unwrap());
+        }
+        assert!(!path.exists(), "the runtime reopens the live file");
+        let rotated = rotated_files(&path);
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        assert!(
+            rotated[1]
+                .to_string_lossy()
+                .ends_with("20261122-180003.000000")
+        );
+    }
+
     #[tokio::test]
     async fn follows_until_the_container_stops() {
         let dir = tempfile::tempdir().unwrap();
@@ -355,6 +444,10 @@ garbage line\n\
             .unwrap();
         std::io::Write::write_all(&mut file, b"2026-11-22T18:05:18.2Z stdout F two\n").unwrap();
         assert_eq!(receiver.recv().await.unwrap().unwrap(), "two\n");
+        // a rotation: the file is renamed and the runtime writes a new one
+        std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
+        std::fs::write(&path, "2026-11-22T18:05:19.2Z stdout F three\n").unwrap();
+        assert_eq!(receiver.recv().await.unwrap().unwrap(), "three\n");
         running.store(false, std::sync::atomic::Ordering::SeqCst);
         task.await.unwrap();
         assert!(

@@ -34,48 +34,71 @@ pub struct NodeSpecification {
     pub kubelet_port: Option<i32>,
 }
 
-fn ready_conditions(now: &Time, ready: bool) -> Vec<NodeCondition> {
-    let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
+/// What a node reports about itself in its conditions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Why the node is not ready (the runtime's reason); `None` when ready.
+    pub not_ready: Option<String>,
+    /// Available memory is under the eviction threshold.
+    pub memory_pressure: bool,
+    /// Available disk is under the eviction threshold.
+    pub disk_pressure: bool,
+    /// Available process ids are under the threshold.
+    pub pid_pressure: bool,
+}
+
+fn ready_conditions(now: &Time, health: &Health) -> Vec<NodeCondition> {
+    let condition = |type_: &str, status: bool, reason: &str, message: &str| NodeCondition {
         type_: type_.into(),
-        status: status.into(),
+        status: if status { "True" } else { "False" }.into(),
         reason: Some(reason.into()),
         message: Some(message.into()),
         last_heartbeat_time: Some(now.clone()),
         last_transition_time: Some(now.clone()),
     };
+    let pressure = |type_: &str, on: bool, yes: (&str, &str), no: (&str, &str)| {
+        let (reason, message) = if on { yes } else { no };
+        condition(type_, on, reason, message)
+    };
     vec![
-        condition(
+        pressure(
             "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
+            health.memory_pressure,
+            (
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            ),
+            (
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
         ),
-        condition(
+        pressure(
             "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
+            health.disk_pressure,
+            ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
         ),
-        condition(
+        pressure(
             "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
+            health.pid_pressure,
+            (
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            ),
+            (
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
         ),
-        if ready {
-            condition(
+        match &health.not_ready {
+            None => condition(
                 "Ready",
-                "True",
+                true,
                 "KubeletReady",
                 "kubelet is posting ready status",
-            )
-        } else {
-            condition(
-                "Ready",
-                "False",
-                "KubeletNotReady",
-                "container runtime is not ready",
-            )
+            ),
+            Some(reason) => condition("Ready", false, "KubeletNotReady", reason),
         },
     ]
 }
@@ -101,7 +124,7 @@ pub fn node_object(spec: &NodeSpecification, now: &Time) -> Node {
         status: Some(NodeStatus {
             capacity: Some(spec.capacity.clone()),
             allocatable: Some(spec.allocatable.clone()),
-            conditions: Some(ready_conditions(now, true)),
+            conditions: Some(ready_conditions(now, &Health::default())),
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
@@ -164,14 +187,14 @@ pub async fn register(client: &kube::Client, spec: &NodeSpecification) -> kube::
     }
 }
 
-/// Posts a fresh Ready (or NotReady) status with heartbeat times.
+/// Posts fresh conditions (Ready and the pressures) with heartbeat times.
 ///
 /// # Errors
 /// When the API refuses.
-pub async fn post_status(client: &kube::Client, name: &str, ready: bool) -> kube::Result<()> {
+pub async fn post_status(client: &kube::Client, name: &str, health: &Health) -> kube::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let now = Time(jiff::Timestamp::now());
-    let patch = serde_json::json!({"status": {"conditions": ready_conditions(&now, ready)}});
+    let patch = serde_json::json!({"status": {"conditions": ready_conditions(&now, health)}});
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
