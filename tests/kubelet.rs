@@ -187,6 +187,42 @@ fn wait_jsonpath(kubectl: &Kubectl, pod: &str, path: &str, expected: &str) -> St
     )
 }
 
+/// A busybox pod bound to `node` running `script`, as JSON for `kubectl apply`.
+fn pod_on(node: &str, name: &str, script: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "busybox:1.35", "command": ["sh", "-c", script]}]},
+    })
+    .to_string()
+}
+
+/// Waits until `kubectl logs pod` contains `needle`; returns the logs.
+fn wait_logs(kubectl: &Kubectl, pod: &str, needle: &str) -> String {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{needle} in the log of {pod}"),
+        || {
+            let output = kubectl.run(&["logs", pod], None);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.contains(needle).then_some(text)
+        },
+    )
+}
+
+/// Waits until `node` is Ready.
+fn wait_node_ready(kubectl: &Kubectl, node: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("node {node} to be Ready"),
+        || {
+            let output = kubectl.run(&["get", "node", node, "--no-headers"], None);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.contains(" Ready ").then_some(text)
+        },
+    );
+}
+
 fn http_get(address: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -271,11 +307,7 @@ fn pods_run_on_containerd() {
     let kubectl = Kubectl::new(33, &server.kubeconfig());
 
     // the node registers with this machine's capacity and containerd's version
-    wait_for(Duration::from_secs(30), "the node to be Ready", || {
-        let output = kubectl.run(&["get", "node", &node, "--no-headers"], None);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.contains(" Ready ").then_some(text)
-    });
+    wait_node_ready(&kubectl, &node);
     let runtime = kubectl.ok(&[
         "get",
         "node",
@@ -527,15 +559,7 @@ fn pods_run_on_containerd() {
     );
     kubectl.ok_with(&["apply", "-f", "-"], Some(&hooks));
     wait_jsonpath(&kubectl, "hooks", ".status.phase", "Running");
-    wait_for(
-        Duration::from_secs(20),
-        "the postStart hook's effect",
-        || {
-            let output = kubectl.run(&["logs", "hooks"], None);
-            let text = String::from_utf8_lossy(&output.stdout).into_owned();
-            text.contains("saw-poststart").then_some(text)
-        },
-    );
+    wait_logs(&kubectl, "hooks", "saw-poststart");
     kubectl.ok(&["delete", "pod", "hooks", "--wait=true"]);
     assert_eq!(
         std::fs::read_to_string(hooks_dir.join("prestop")).unwrap_or_default(),
@@ -699,38 +723,26 @@ fn agent_joins_with_the_token() {
     assert!(log.contains("does not match the token"), "{log}");
 
     let _agent = AgentProcess(agent(token, "agent.log"));
-    wait_for(
-        Duration::from_secs(30),
-        "the joined node to be Ready",
-        || {
-            let output = kubectl.run(&["get", "node", &node, "--no-headers"], None);
-            let text = String::from_utf8_lossy(&output.stdout).into_owned();
-            text.contains(" Ready ").then_some(text)
-        },
-    );
-    let pod = format!(
-        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "joined"}},
-            "spec": {{"nodeName": "{node}", "terminationGracePeriodSeconds": 1,
-            "containers": [{{"name": "c", "image": "busybox:1.35", "command": ["sh", "-c", "echo hello from the joined node; exec sleep 3600"]}}]}}}}"#
+    wait_node_ready(&kubectl, &node);
+    let pod = pod_on(
+        &node,
+        "joined",
+        "echo hello from the joined node; exec sleep 3600",
     );
     kubectl.ok_with(&["apply", "-f", "-"], Some(&pod));
     wait_jsonpath(&kubectl, "joined", ".status.phase", "Running");
     // logs and exec reach the joined node's kubelet through the API server
-    let logs = wait_for(Duration::from_secs(20), "the joined pod's log", || {
-        let output = kubectl.run(&["logs", "joined"], None);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.contains("hello").then_some(text)
-    });
+    let logs = wait_logs(&kubectl, "joined", "hello");
     assert_eq!(logs, "hello from the joined node\n");
     assert_eq!(
         kubectl.ok(&["exec", "joined", "--", "hostname"]),
         "joined\n"
     );
     // a chatty container's log is rotated by size and count (4 KiB, 3 files here)
-    let chatty = format!(
-        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "chatty"}},
-            "spec": {{"nodeName": "{node}", "terminationGracePeriodSeconds": 1,
-            "containers": [{{"name": "c", "image": "busybox:1.35", "command": ["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done"]}}]}}}}"#
+    let chatty = pod_on(
+        &node,
+        "chatty",
+        "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done",
     );
     kubectl.ok_with(&["apply", "-f", "-"], Some(&chatty));
     wait_jsonpath(&kubectl, "chatty", ".status.phase", "Running");
@@ -808,9 +820,5 @@ fn up_runs_preflight_then_the_stack() {
     let kubeconfig = data.join("kubeconfig.yaml");
     assert!(printed.contains(&format!("export KUBECONFIG={}", kubeconfig.display())));
     let kubectl = Kubectl::new(33, &kubeconfig);
-    wait_for(Duration::from_secs(30), "the node of kelson up", || {
-        let output = kubectl.run(&["get", "node", &node, "--no-headers"], None);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.contains(" Ready ").then_some(text)
-    });
+    wait_node_ready(&kubectl, &node);
 }
