@@ -69,7 +69,9 @@ impl EtcdProcess {
             _data_dir: data_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", client_port)).is_err() {
+        // the port was free when chosen, but another process may take it first: wait for
+        // etcd's own health answer, not just any listener
+        while !answers_health(client_port) {
             let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
             if let Ok(Some(status)) = process.child.try_wait() {
                 return Err(format!("etcd exited with {status}: {}", log()));
@@ -87,6 +89,21 @@ impl EtcdProcess {
     pub fn client_url(&self) -> &str {
         &self.client_url
     }
+}
+
+/// Whether an etcd answers `/health` on `port` of 127.0.0.1.
+fn answers_health(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.contains("\"health\"")
 }
 
 impl Drop for EtcdProcess {
