@@ -140,6 +140,24 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: secured}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 3000, runAsNonRoot: true}
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, 'id; touch /x 2>/dev/null || echo read-only-root; grep CapEff /proc/self/status; exec sleep 3600']
+    securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rootless}
+spec:
+  containers:
+  - {name: main, image: busybox:1.35, command: [sleep, "3600"], securityContext: {runAsNonRoot: true}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: nomount}
 spec:
   containers:
@@ -376,6 +394,29 @@ fn pods_run_on_containerd() {
     for minor in [27, 33] {
         streaming(&Kubectl::new(minor, &server.kubeconfig()), &first);
     }
+    // the Summary API through nodes/proxy: the node and each running pod with its usage
+    let summary = wait_for(Duration::from_secs(20), "pod stats in the summary", || {
+        let raw = kubectl.ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/stats/summary"),
+        ]);
+        let summary: serde_json::Value = serde_json::from_str(&raw).ok()?;
+        let pods = summary["pods"].as_array()?;
+        let web = pods
+            .iter()
+            .find(|p| p["podRef"]["name"] == first.as_str())?;
+        (web["memory"]["workingSetBytes"].as_u64()? > 0).then_some(raw)
+    });
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["node"]["nodeName"], node.as_str());
+    assert!(
+        summary["node"]["memory"]["availableBytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(summary["node"]["fs"]["capacityBytes"].as_u64().unwrap() > 0);
 
     // a crashing container restarts with a growing back-off
     wait_jsonpath(
@@ -628,6 +669,20 @@ fn pods_run_on_containerd() {
         ),
         "0"
     );
+
+    // securityContext: user and group, a read-only root filesystem, no capabilities; and a
+    // runAsNonRoot container whose image runs as root is refused with a clear reason
+    let secured = wait_logs(&kubectl, "secured", "CapEff");
+    assert!(secured.contains("uid=1000 gid=3000"), "{secured}");
+    assert!(secured.contains("read-only-root"), "{secured}");
+    assert!(secured.contains("CapEff:\t0000000000000000"), "{secured}");
+    let reason = wait_jsonpath(
+        &kubectl,
+        "rootless",
+        ".status.containerStatuses[0].state.waiting.message",
+        "runAsNonRoot",
+    );
+    assert!(reason.contains("image will run as root"), "{reason}");
 
     // kill -9 and restart: running containers are adopted, not restarted
     let web = pods

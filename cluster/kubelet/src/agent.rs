@@ -190,6 +190,7 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    tokio::spawn(crate::eviction::run(ctx.clone(), shutdown.clone()));
     tokio::spawn(rotate_logs(
         ctx.clone(),
         config.container_log_max_size,

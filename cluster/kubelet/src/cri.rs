@@ -370,6 +370,30 @@ impl Cri {
             .url)
     }
 
+    /// Resource usage of the sandboxes whose labels include all of `labels`.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn list_pod_sandbox_stats(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let request = cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: String::new(),
+                label_selector: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }),
+        };
+        let response = self.runtime.clone().list_pod_sandbox_stats(request).await;
+        Ok(response
+            .map_err(call_error("ListPodSandboxStats"))?
+            .into_inner()
+            .stats)
+    }
+
     /// Asks the runtime to reopen a container's log file (after the kubelet renamed it).
     ///
     /// # Errors
@@ -383,11 +407,8 @@ impl Cri {
         Ok(())
     }
 
-    /// The local image's id, if the image is present.
-    ///
-    /// # Errors
-    /// When the runtime refuses.
-    pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
+    /// The local image's status, if the image is present.
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {
         let request = cri::ImageStatusRequest {
             image: Some(cri::ImageSpec {
                 image: image.to_owned(),
@@ -396,11 +417,28 @@ impl Cri {
             verbose: false,
         };
         let response = self.images.clone().image_status(request).await;
-        let image = response
+        Ok(response
             .map_err(call_error("ImageStatus"))?
             .into_inner()
-            .image;
-        Ok(image.map(|i| i.id).filter(|id| !id.is_empty()))
+            .image
+            .filter(|i| !i.id.is_empty()))
+    }
+
+    /// The local image's id, if the image is present.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        Ok(self.image_status(image).await?.map(|i| i.id))
+    }
+
+    /// The user a local image runs as: its uid when numeric, else its user name.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn image_user(&self, image: &str) -> Result<(Option<i64>, String)> {
+        let image = self.image_status(image).await?.unwrap_or_default();
+        Ok((image.uid.map(|u| u.value), image.username))
     }
 
     /// Pulls an image and returns its reference.

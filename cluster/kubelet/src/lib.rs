@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cri;
+pub mod eviction;
 pub mod hollow;
 pub mod host;
 pub mod logs;
@@ -13,4 +14,5 @@ pub mod node;
 pub mod pods;
 pub mod preflight;
 pub mod server;
+pub mod stats;
 pub mod status;

@@ -2,8 +2,8 @@
 //! `pods/exec`, `pods/attach` and `pods/portforward` to: `/containerLogs` reads the CRI log
 //! files ([`crate::logs`]); `/exec`, `/attach` and `/portForward` ask the runtime for a
 //! streaming URL and forward the upgrade to it, so SPDY and WebSocket clients of every version
-//! reach containerd's streaming server unchanged. Clients must present a certificate signed by
-//! the cluster CA.
+//! reach containerd's streaming server unchanged; `/stats/summary` is the Summary API
+//! ([`crate::stats`]). Clients must present a certificate signed by the cluster CA.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,8 +83,23 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The kubelet API routes.
 pub fn router(ctx: Arc<PodContext>) -> Router {
+    let node_cpu = Arc::new(crate::stats::NodeCpu::default());
+    let summary_ctx = ctx.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/stats/summary",
+            get(move || {
+                let ctx = summary_ctx.clone();
+                let node_cpu = node_cpu.clone();
+                async move {
+                    match crate::stats::summary(&ctx, &node_cpu).await {
+                        Ok(summary) => axum::Json(summary).into_response(),
+                        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                    }
+                }
+            }),
+        )
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),

@@ -290,6 +290,50 @@ fn security_context(pod: &Pod, container: &Container) -> cri::LinuxContainerSecu
     }
 }
 
+/// Checks `runAsNonRoot` against the user the container will run as (`runAsUser`, else the
+/// image's uid or user name).
+///
+/// # Errors
+/// The message kubelet gives for a CreateContainerConfigError.
+pub fn verify_non_root(
+    pod: &Pod,
+    container: &Container,
+    image_uid: Option<i64>,
+    image_user: &str,
+) -> Result<(), String> {
+    let pod_context = pod.spec.as_ref().and_then(|s| s.security_context.clone());
+    let context = container.security_context.clone();
+    let non_root = context
+        .as_ref()
+        .and_then(|c| c.run_as_non_root)
+        .or_else(|| pod_context.as_ref().and_then(|c| c.run_as_non_root))
+        .unwrap_or(false);
+    if !non_root {
+        return Ok(());
+    }
+    let run_as = context
+        .as_ref()
+        .and_then(|c| c.run_as_user)
+        .or_else(|| pod_context.as_ref().and_then(|c| c.run_as_user));
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    match (run_as, image_uid) {
+        (Some(0), _) => Err("container's runAsUser breaks non-root policy".into()),
+        (Some(_), _) | (None, Some(1..)) => Ok(()),
+        (None, Some(_)) => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{pod_name}\", container: {})",
+            container.name
+        )),
+        (None, None) if image_user.is_empty() || image_user == "root" => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{pod_name}\", container: {})",
+            container.name
+        )),
+        (None, None) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({image_user}), cannot verify user is non-root (pod: \"{pod_name}\", container: {})",
+            container.name
+        )),
+    }
+}
+
 /// Values the worker looked up for `valueFrom` and `envFrom` references.
 #[derive(Clone, Debug, Default)]
 pub struct EnvSources {
@@ -674,6 +718,36 @@ mod tests {
         assert_eq!(config.log_path, "c/2.log");
         assert_eq!(oom_score_adj("Guaranteed", 1, 1), -997);
         assert_eq!(oom_score_adj("BestEffort", 0, 1), 1000);
+    }
+
+    #[test]
+    fn non_root_policy() {
+        let pod = pod(json!({"securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "c", "image": "busybox"}]}));
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        assert!(
+            verify_non_root(&pod, container, None, "")
+                .unwrap_err()
+                .contains("will run as root")
+        );
+        assert!(verify_non_root(&pod, container, Some(0), "").is_err());
+        assert!(verify_non_root(&pod, container, Some(1000), "").is_ok());
+        assert!(
+            verify_non_root(&pod, container, None, "app")
+                .unwrap_err()
+                .contains("non-numeric")
+        );
+        let user = pod_with_user(1000);
+        assert!(
+            verify_non_root(&user, &user.spec.as_ref().unwrap().containers[0], None, "").is_ok()
+        );
+    }
+
+    fn pod_with_user(uid: i64) -> Pod {
+        pod(
+            json!({"securityContext": {"runAsNonRoot": true, "runAsUser": uid},
+            "containers": [{"name": "c", "image": "busybox"}]}),
+        )
     }
 
     #[test]

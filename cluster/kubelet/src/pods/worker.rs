@@ -653,6 +653,20 @@ impl Worker {
     ) -> Result<(), StartFailure> {
         let name = container.name.as_str();
         let image = self.ensure_image(container).await?;
+        let (image_uid, image_user) = self
+            .ctx
+            .cri
+            .image_user(&image)
+            .await
+            .unwrap_or((None, String::new()));
+        if let Err(message) = spec::verify_non_root(pod, container, image_uid, &image_user) {
+            self.event(Some(name), true, "Failed", format!("Error: {message}"))
+                .await;
+            return Err(StartFailure {
+                reason: "CreateContainerConfigError".into(),
+                message,
+            });
+        }
         let config_error = |message: String| StartFailure {
             reason: "CreateContainerConfigError".into(),
             message,
