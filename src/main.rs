@@ -78,6 +78,9 @@ struct AgentArgs {
     /// Log files kept per container, the live one included.
     #[arg(long, default_value_t = 5)]
     container_log_max_files: usize,
+    /// Directory of static pod manifests (default: the agent directory's `manifests`).
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
     /// containerd's CRI socket.
     #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
     container_runtime_endpoint: PathBuf,
@@ -161,6 +164,9 @@ struct ServerArgs {
     /// Log files kept per container, the live one included.
     #[arg(long, default_value_t = 5)]
     container_log_max_files: usize,
+    /// Directory of static pod manifests (default: the agent directory's `manifests`).
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
 }
 
 /// A control-plane component's main loop.
@@ -315,6 +321,7 @@ async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
             root_dir: data_dir.join("agent"),
             container_log_max_size: args.container_log_max_size,
             container_log_max_files: args.container_log_max_files,
+            manifest_dir: args.pod_manifest_path.clone(),
             ..Default::default()
         };
         if let Some(name) = &args.node_name {
@@ -411,6 +418,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         root_dir: args.data_dir,
         container_log_max_size: args.container_log_max_size,
         container_log_max_files: args.container_log_max_files,
+        manifest_dir: args.pod_manifest_path,
         ..Default::default()
     };
     if let Some(name) = args.node_name {

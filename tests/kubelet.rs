@@ -818,6 +818,51 @@ fn agent_joins_with_the_token() {
         "the live log continues after rotation: {tail}"
     );
     kubectl.ok(&["delete", "pod", "chatty", "--wait=true"]);
+
+    // static pods: a manifest in the agent's directory runs as a mirror pod; deleting the
+    // mirror brings it back; removing the manifest removes it; a broken one is reported
+    let manifests = dir.path().join("agent/manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox:1.35, command: [sleep, '3600']}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("broken.yaml"),
+        "kind: Pod\nspec: [unclosed\n",
+    )
+    .unwrap();
+    let mirror = format!("static-web-{node}");
+    wait_jsonpath(&kubectl, &mirror, ".status.phase", "Running");
+    let source = jsonpath(
+        &kubectl,
+        &mirror,
+        ".metadata.annotations.kubernetes\\.io/config\\.source",
+    );
+    assert_eq!(source, "file");
+    let first_uid = jsonpath(&kubectl, &mirror, ".metadata.uid");
+    kubectl.ok(&["delete", "pod", &mirror, "--wait=true"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the mirror pod to come back",
+        || {
+            let uid = jsonpath(&kubectl, &mirror, ".metadata.uid");
+            (!uid.is_empty() && uid != first_uid).then_some(uid)
+        },
+    );
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=FailedStaticPod",
+    ]);
+    assert!(events.contains("broken.yaml"), "{events}");
+    std::fs::remove_file(manifests.join("static-web.yaml")).unwrap();
+    wait_for(Duration::from_secs(30), "the mirror pod to go", || {
+        let output = kubectl.run(&["get", "pod", &mirror], None);
+        (!output.status.success()).then(String::new)
+    });
     kubectl.ok(&["delete", "pod", "joined", "--wait=true"]);
     wait_for(
         Duration::from_secs(30),

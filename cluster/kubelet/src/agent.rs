@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub container_log_max_size: u64,
     /// Log files kept per container, the live one included.
     pub container_log_max_files: usize,
+    /// Directory of static pod manifests (default: `<root_dir>/manifests`).
+    pub manifest_dir: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +60,7 @@ impl Default for AgentConfig {
             tls: None,
             container_log_max_size: 10 << 20,
             container_log_max_files: 5,
+            manifest_dir: None,
         }
     }
 }
@@ -191,6 +194,19 @@ pub async fn run(
         ));
     }
     tokio::spawn(crate::eviction::run(ctx.clone(), shutdown.clone()));
+    let manifests = config
+        .manifest_dir
+        .clone()
+        .unwrap_or_else(|| config.root_dir.join("manifests"));
+    if let Err(error) = std::fs::create_dir_all(&manifests) {
+        warn!(directory = %manifests.display(), %error, "cannot create the static pod directory");
+    }
+    info!(directory = %manifests.display(), "static pod manifests");
+    tokio::spawn(crate::static_pods::run(
+        ctx.clone(),
+        manifests,
+        shutdown.clone(),
+    ));
     tokio::spawn(rotate_logs(
         ctx.clone(),
         config.container_log_max_size,

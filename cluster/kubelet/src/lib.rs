@@ -14,5 +14,6 @@ pub mod node;
 pub mod pods;
 pub mod preflight;
 pub mod server;
+pub mod static_pods;
 pub mod stats;
 pub mod status;
