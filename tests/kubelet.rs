@@ -158,6 +158,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: talk}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox:1.35, stdin: true, command: [sh, -c, 'while read x; do echo "got $x"; done']}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: nomount}
 spec:
   containers:
@@ -669,6 +677,11 @@ fn pods_run_on_containerd() {
         ),
         "0"
     );
+
+    // attach: stdin reaches the running container's process
+    wait_jsonpath(&kubectl, "talk", ".status.phase", "Running");
+    let _ = kubectl.run(&["attach", "-i", "talk", "-c", "c"], Some("hello attach\n"));
+    wait_logs(&kubectl, "talk", "got hello attach");
 
     // securityContext: user and group, a read-only root filesystem, no capabilities; and a
     // runAsNonRoot container whose image runs as root is refused with a clear reason
