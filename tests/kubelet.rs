@@ -425,6 +425,20 @@ fn pods_run_on_containerd() {
             > 0
     );
     assert!(summary["node"]["fs"]["capacityBytes"].as_u64().unwrap() > 0);
+    // the kubelet's own metrics, named as the kubelet names them
+    let metrics = kubectl.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/metrics"),
+    ]);
+    for name in [
+        "kubelet_running_pods ",
+        "kubelet_running_containers{container_state=\"running\"}",
+        "kubelet_started_containers_total{container_type=\"container\"}",
+        "kubelet_pod_start_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
 
     // a crashing container restarts with a growing back-off
     wait_jsonpath(
@@ -439,6 +453,16 @@ fn pods_run_on_containerd() {
         ".status.containerStatuses[0].lastState.terminated.exitCode",
     );
     assert_eq!(last, "3");
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+    ]);
+    assert!(
+        events.contains("Back-off restarting failed container main"),
+        "{events}"
+    );
     let previous = kubectl.ok(&["logs", "crash", "--previous"]);
     assert_eq!(previous, "bye\n");
     let message = jsonpath(

@@ -183,6 +183,7 @@ pub async fn run(
         },
         recorder,
         root_dir: config.root_dir.clone(),
+        metrics: Arc::new(crate::metrics::KubeletMetrics::new(&config.node_name)),
     });
     if let Some((listener, tls, port)) = api {
         info!(port, "kubelet API listening");

@@ -114,6 +114,10 @@ async fn evict_one(ctx: &PodContext, recorder: &Recorder, available: u64) -> kub
         usage / 1024
     );
     info!(pod = %name, %namespace, "evicting under memory pressure");
+    ctx.metrics
+        .evictions
+        .with_label_values(&["memory.available"])
+        .inc();
     let patch =
         serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted", "message": message}});
     Api::<Pod>::namespaced(ctx.client.clone(), &namespace)

@@ -10,6 +10,7 @@ pub mod eviction;
 pub mod hollow;
 pub mod host;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod preflight;

@@ -85,8 +85,26 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn router(ctx: Arc<PodContext>) -> Router {
     let node_cpu = Arc::new(crate::stats::NodeCpu::default());
     let summary_ctx = ctx.clone();
+    let metrics_ctx = ctx.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let ctx = metrics_ctx.clone();
+                async move {
+                    refresh_gauges(&ctx).await;
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        ctx.metrics.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
         .route(
             "/stats/summary",
             get(move || {
@@ -108,6 +126,37 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
         .route("/attach/{namespace}/{pod}/{container}", any(attach))
         .route("/portForward/{namespace}/{pod}", any(port_forward))
         .with_state(ctx)
+}
+
+/// Sets the running pod and container gauges from the runtime.
+async fn refresh_gauges(ctx: &PodContext) {
+    let labels = [(NODE_LABEL, ctx.node.name.as_str())];
+    if let Ok(sandboxes) = ctx.cri.list_pod_sandboxes(&labels).await {
+        let ready = sandboxes
+            .iter()
+            .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+            .count();
+        ctx.metrics
+            .running_pods
+            .set(i64::try_from(ready).unwrap_or(i64::MAX));
+    }
+    if let Ok(containers) = ctx.cri.list_containers(&labels).await {
+        for (state, name) in [
+            (cri::ContainerState::ContainerCreated, "created"),
+            (cri::ContainerState::ContainerRunning, "running"),
+            (cri::ContainerState::ContainerExited, "exited"),
+            (cri::ContainerState::ContainerUnknown, "unknown"),
+        ] {
+            let count = containers
+                .iter()
+                .filter(|c| c.state == state as i32)
+                .count();
+            ctx.metrics
+                .running_containers
+                .with_label_values(&[name])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// The containers of a pod's container name, newest attempt first.

@@ -40,7 +40,34 @@ async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Deployment {
         }),
     )
     .await;
-    result.unwrap_or_else(|_| panic!("{what}: last status {}", last.lock().unwrap()))
+    if let Ok(deployment) = result {
+        return deployment;
+    }
+    // say where the pods are, for diagnosis
+    let pods: Api<Pod> = Api::namespaced(api.clone().into_client(), "default");
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} node={:?} phase={:?} deleting={}",
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    panic!(
+        "{what}: last status {}; pods: {listed}",
+        last.lock().unwrap()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

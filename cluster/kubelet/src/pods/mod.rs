@@ -49,6 +49,8 @@ pub struct PodContext {
     pub recorder: Recorder,
     /// The agent's directory; pod volumes live under `pods/<uid>`.
     pub root_dir: std::path::PathBuf,
+    /// The kubelet's metrics.
+    pub metrics: Arc<crate::metrics::KubeletMetrics>,
 }
 
 impl PodContext {

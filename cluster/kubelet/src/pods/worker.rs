@@ -59,6 +59,12 @@ pub(crate) struct Worker {
     killed: std::collections::HashSet<String>,
     /// The pod's service-account token: value, when issued, lifetime.
     token: Option<(String, std::time::Instant, Duration)>,
+    /// Containers whose back-off was announced with a BackOff event.
+    backoff_reported: std::collections::HashSet<String>,
+    /// When this worker first saw the pod.
+    first_seen: std::time::Instant,
+    /// How long the pod took to run all its containers, once it did.
+    start_observed: Option<Duration>,
 }
 
 /// Runs the worker of one pod until the pod is gone (a `None` arrives) or `shutdown`.
@@ -83,6 +89,9 @@ pub(crate) async fn run(
         probes: probes::Tracker::default(),
         killed: std::collections::HashSet::new(),
         token: None,
+        backoff_reported: std::collections::HashSet::new(),
+        first_seen: std::time::Instant::now(),
+        start_observed: None,
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -95,13 +104,23 @@ pub(crate) async fn run(
                 worker.terminate(&pod).await;
                 RESYNC
             }
-            Some(pod) => match worker.sync(&pod).await {
-                Ok(requeue) => requeue,
-                Err(error) => {
-                    warn!(pod = %worker.key.name, namespace = %worker.key.namespace, %error, "pod sync failed");
-                    RESYNC
+            Some(pod) => {
+                let started = std::time::Instant::now();
+                let result = worker.sync(&pod).await;
+                worker
+                    .ctx
+                    .metrics
+                    .pod_worker_duration
+                    .with_label_values(&["sync"])
+                    .observe(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(requeue) => requeue,
+                    Err(error) => {
+                        warn!(pod = %worker.key.name, namespace = %worker.key.namespace, %error, "pod sync failed");
+                        RESYNC
+                    }
                 }
-            },
+            }
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -429,6 +448,7 @@ impl Worker {
                         continue;
                     };
                     let ip = pod_ip.clone().unwrap_or_default();
+                    let kind = if *init { "init_container" } else { "container" };
                     match self
                         .start_container(
                             pod,
@@ -442,9 +462,13 @@ impl Worker {
                     {
                         Ok(()) => {
                             self.failures.remove(name);
+                            let started = &self.ctx.metrics.started_containers;
+                            started.with_label_values(&[kind]).inc();
                             progressed = true;
                         }
                         Err(failure) => {
+                            let errors = &self.ctx.metrics.started_container_errors;
+                            errors.with_label_values(&[&failure.reason, kind]).inc();
                             self.failures.insert(name.clone(), failure);
                         }
                     }
@@ -454,6 +478,37 @@ impl Worker {
                     }
                 }
             }
+        }
+        for (name, _) in &plan.backing_off {
+            let Some(container) = observed.containers.get(name) else {
+                continue;
+            };
+            if self.backoff_reported.insert(container.id.clone()) {
+                self.event(
+                    Some(name),
+                    true,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        self.key.name, self.key.namespace, self.key.uid
+                    ),
+                )
+                .await;
+            }
+        }
+        if self.start_observed.is_none()
+            && !plan.reports.is_empty()
+            && plan
+                .reports
+                .iter()
+                .all(|r| matches!(r.phase, crate::status::ContainerPhase::Running { .. }))
+        {
+            let elapsed = self.first_seen.elapsed();
+            self.start_observed = Some(elapsed);
+            self.ctx
+                .metrics
+                .pod_start_duration
+                .observe(elapsed.as_secs_f64());
         }
         if progressed {
             return Ok(Duration::ZERO);
