@@ -64,8 +64,26 @@ async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Deployment {
                 .join("; ")
         })
         .unwrap_or_default();
+    let sets: Api<ReplicaSet> = Api::namespaced(api.clone().into_client(), "default");
+    let sets = sets
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|rs| {
+                    format!(
+                        "{} {:?}",
+                        rs.metadata.name.as_deref().unwrap_or_default(),
+                        rs.status
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
     panic!(
-        "{what}: last status {}; pods: {listed}",
+        "{what}: last status {}; pods: {listed}; replicasets: {sets}",
         last.lock().unwrap()
     )
 }
