@@ -65,6 +65,24 @@ async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Deployment {
         })
         .unwrap_or_default();
     let sets: Api<ReplicaSet> = Api::namespaced(api.clone().into_client(), "default");
+    // poke each ReplicaSet: if its status catches up now, the controller missed a trigger;
+    // if not, its pod cache is stale
+    for rs in sets
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let poke = serde_json::json!({"metadata": {"annotations": {"kelson.dev/poke": "1"}}});
+        let _ = sets
+            .patch(
+                rs.metadata.name.as_deref().unwrap_or_default(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&poke),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let sets = sets
         .list(&ListParams::default().labels(&format!("app={name}")))
         .await
@@ -83,7 +101,7 @@ async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Deployment {
         })
         .unwrap_or_default();
     panic!(
-        "{what}: last status {}; pods: {listed}; replicasets: {sets}",
+        "{what}: last status {}; pods: {listed}; replicasets 3 s after a poke: {sets}",
         last.lock().unwrap()
     )
 }
