@@ -565,6 +565,7 @@ impl Drop for RuntimeCleanup {
                     let _ = cri.stop_pod_sandbox(&sandbox.id).await;
                     let _ = cri.remove_pod_sandbox(&sandbox.id).await;
                     let metadata = sandbox.metadata.unwrap_or_default();
+                    kelson_kubelet::pods::volumes::unmount_pod_volumes(&metadata.uid);
                     kelson_kubelet::pods::cleanup_pod_files(&kelson_kubelet::pods::spec::PodKey {
                         namespace: metadata.namespace,
                         name: metadata.name,

@@ -152,8 +152,19 @@ fn dispatch(
     tokio::spawn(worker::run(ctx.clone(), key, receiver, shutdown.clone()));
 }
 
-/// Removes the sandboxes this node started for pods that no longer exist.
+/// Removes the sandboxes this node started for pods that no longer exist, and the volume
+/// directories of such pods (their tmpfs volumes unmounted).
 async fn remove_orphans(ctx: &PodContext, live: &HashSet<String>) {
+    let pods_root = ctx.root_dir.join("pods");
+    if let Ok(entries) = std::fs::read_dir(&pods_root) {
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&uid) {
+                info!(%uid, "removing the volumes of a deleted pod");
+                volumes::remove_pod_directory(&entry.path());
+            }
+        }
+    }
     let sandboxes = match ctx
         .cri
         .list_pod_sandboxes(&[(NODE_LABEL, ctx.node.name.as_str())])

@@ -706,6 +706,20 @@ pub fn container_mounts(
     Ok(mounts)
 }
 
+/// Unmounts whatever is mounted under any agent's directory of pod `uid`
+/// (`.../pods/<uid>/volumes/...`), wherever the agent's root is.
+pub fn unmount_pod_volumes(uid: &str) {
+    if uid.is_empty() {
+        return;
+    }
+    let marker = format!("/pods/{uid}/volumes/");
+    for mounted in mounted_paths() {
+        if mounted.to_string_lossy().contains(&marker) {
+            let _ = rustix::mount::unmount(&mounted, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 /// Unmounts the pod's tmpfs volumes and removes its directory.
 pub fn remove_pod_directory(pod_directory: &Path) {
     for mounted in mounted_paths() {
