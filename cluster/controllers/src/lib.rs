@@ -34,13 +34,21 @@ use tracing::{info, warn};
 pub use context::{Context, Error};
 
 /// A cache of one kind shared by several controllers.
+///
+/// Subscribers get the changed objects themselves through a broadcast, never a reference to
+/// look up later: kube's shared-store handle stops yielding for good when an object is deleted
+/// between its dispatch and the subscriber's poll (it returns `Pending` with no waker), which
+/// silently ended every trigger of that kind for a controller. A subscriber that falls behind
+/// gets every cached object again, so no change is lost.
 struct Informer<K: Resource + Clone + 'static>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
     writer: Option<reflector::store::Writer<K>>,
-    /// Deleted objects (shared streams only carry objects that still exist).
+    /// Objects that were added or changed (and, after a relist, all of them).
+    applied: tokio::sync::broadcast::Sender<Arc<K>>,
+    /// Deleted objects (the store no longer has them).
     deleted: tokio::sync::broadcast::Sender<Arc<K>>,
 }
 
@@ -55,11 +63,13 @@ where
         + 'static,
 {
     fn new() -> Self {
-        let (store, writer) = reflector::store_shared(1024);
+        let (store, writer) = reflector::store();
+        let (applied, _) = tokio::sync::broadcast::channel(4096);
         let (deleted, _) = tokio::sync::broadcast::channel(1024);
         Self {
             store,
             writer: Some(writer),
+            applied,
             deleted,
         }
     }
@@ -87,11 +97,16 @@ where
     }
 
     fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
-        self.writer
-            .as_ref()
-            .expect("subscribe before start")
-            .subscribe()
-            .expect("shared store")
+        let store = self.store.clone();
+        tokio_stream::wrappers::BroadcastStream::new(self.applied.subscribe()).flat_map(
+            move |received| match received {
+                Ok(object) => futures::stream::iter(vec![object]),
+                // fell behind: everything cached, since any of it may have changed
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(_)) => {
+                    futures::stream::iter(store.state())
+                }
+            },
+        )
     }
 
     /// Every object, live or deleted, as it changes.
@@ -105,14 +120,25 @@ where
     fn start(&mut self, api: Api<K>, shutdown: &CancellationToken) {
         let writer = self.writer.take().expect("started once");
         let deleted = self.deleted.clone();
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .inspect(move |event| {
-                if let Ok(watcher::Event::Delete(object)) = event {
+        let applied = self.applied.clone();
+        let store = self.store.clone();
+        let watch = watcher(api, watcher::Config::default()).default_backoff();
+        let stream = reflector::reflector(writer, watch)
+            // after the store has the change
+            .inspect(move |event| match event {
+                Ok(watcher::Event::Apply(object)) => {
+                    let _ = applied.send(Arc::new(object.clone()));
+                }
+                Ok(watcher::Event::Delete(object)) => {
                     let _ = deleted.send(Arc::new(object.clone()));
                 }
+                Ok(watcher::Event::InitDone) => {
+                    for object in store.state() {
+                        let _ = applied.send(object);
+                    }
+                }
+                _ => {}
             })
-            .reflect_shared(writer)
             .for_each(|event| async move {
                 if let Err(error) = event {
                     warn!(%error, kind = K::kind(&()).as_ref(), "watch failed");
