@@ -63,13 +63,20 @@ struct AgentArgs {
         default_value = "/var/lib/kelson-agent"
     )]
     data_dir: PathBuf,
-    /// Name of this node (default: the host name).
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node agent's flags, shared by `server`, `up` and `agent`.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Name of this machine's node (default: the host name).
     #[arg(long, env = "KELSON_NODE_NAME")]
     node_name: Option<String>,
     /// Address of this node (default: the source address of the default route).
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
-    /// Port of the kubelet API; 0 picks a free port.
+    /// Port of the kubelet API (logs, exec, port-forward); 0 picks a free port.
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
     /// Rotate a container's log when it grows past this many bytes.
@@ -84,6 +91,48 @@ struct AgentArgs {
     /// containerd's CRI socket.
     #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
     container_runtime_endpoint: PathBuf,
+}
+
+impl NodeArgs {
+    /// The agent's configuration, its pod volumes under `root_dir` and its address resolved.
+    fn agent_config(&self, root_dir: PathBuf) -> kelson_kubelet::agent::AgentConfig {
+        let mut agent = kelson_kubelet::agent::AgentConfig {
+            runtime_socket: self.container_runtime_endpoint.clone(),
+            address: Some(
+                self.node_ip
+                    .unwrap_or_else(kelson_kubelet::host::primary_address),
+            ),
+            listen: SocketAddr::from(([0, 0, 0, 0], self.kubelet_port)),
+            root_dir,
+            container_log_max_size: self.container_log_max_size,
+            container_log_max_files: self.container_log_max_files,
+            manifest_dir: self.pod_manifest_path.clone(),
+            ..Default::default()
+        };
+        if let Some(name) = &self.node_name {
+            agent.node_name.clone_from(name);
+        }
+        agent
+    }
+
+    /// The ports the agent will listen on (for preflight).
+    fn ports(&self) -> Vec<SocketAddr> {
+        (self.kubelet_port != 0)
+            .then(|| SocketAddr::from(([0, 0, 0, 0], self.kubelet_port)))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The names the kubelet's serving certificate is valid for.
+fn kubelet_certificate_names(agent: &kelson_kubelet::agent::AgentConfig) -> Vec<String> {
+    let mut names = vec![
+        agent.node_name.clone(),
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+    ];
+    names.extend(agent.address.map(|a| a.to_string()));
+    names
 }
 
 #[derive(clap::Args)]
@@ -146,27 +195,8 @@ struct ServerArgs {
     /// Do not run the node agent (kubelet) on this machine.
     #[arg(long)]
     disable_agent: bool,
-    /// Name of this machine's node (default: the host name).
-    #[arg(long, env = "KELSON_NODE_NAME")]
-    node_name: Option<String>,
-    /// Address of this node (default: the source address of the default route).
-    #[arg(long)]
-    node_ip: Option<std::net::IpAddr>,
-    /// containerd's CRI socket.
-    #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
-    container_runtime_endpoint: PathBuf,
-    /// Port of the kubelet API (logs, exec, port-forward); 0 picks a free port.
-    #[arg(long, default_value_t = 10250)]
-    kubelet_port: u16,
-    /// Rotate a container's log when it grows past this many bytes.
-    #[arg(long, default_value_t = 10 << 20)]
-    container_log_max_size: u64,
-    /// Log files kept per container, the live one included.
-    #[arg(long, default_value_t = 5)]
-    container_log_max_files: usize,
-    /// Directory of static pod manifests (default: the agent directory's `manifests`).
-    #[arg(long)]
-    pod_manifest_path: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 /// A control-plane component's main loop.
@@ -201,11 +231,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Server(args) => server(args, false).await?,
         Command::Up(args) => {
             let mut ports = vec![args.server.listen];
-            if !args.server.disable_agent && args.server.kubelet_port != 0 {
-                ports.push(SocketAddr::from(([0, 0, 0, 0], args.server.kubelet_port)));
+            if !args.server.disable_agent {
+                ports.extend(args.server.node.ports());
             }
             preflight(
-                &args.server.container_runtime_endpoint,
+                &args.server.node.container_runtime_endpoint,
                 &ports,
                 &args.ignore_preflight_errors,
             )
@@ -315,38 +345,16 @@ async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
         );
     }
     if !args.disable_agent {
-        let mut agent = kelson_kubelet::agent::AgentConfig {
-            runtime_socket: args.container_runtime_endpoint.clone(),
-            address: args.node_ip,
-            root_dir: data_dir.join("agent"),
-            container_log_max_size: args.container_log_max_size,
-            container_log_max_files: args.container_log_max_files,
-            manifest_dir: args.pod_manifest_path.clone(),
-            ..Default::default()
-        };
-        if let Some(name) = &args.node_name {
-            agent.node_name.clone_from(name);
-        }
-        let address = args
-            .node_ip
-            .unwrap_or_else(kelson_kubelet::host::primary_address);
-        let names = vec![
-            address.to_string(),
-            agent.node_name.clone(),
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-        ];
+        let mut agent = args.node.agent_config(data_dir.join("agent"));
         let (cert, key) = running
             .pki
             .issue(
                 &format!("system:node:{}", agent.node_name),
                 &["system:nodes"],
-                &names,
+                &kubelet_certificate_names(&agent),
                 true,
             )
             .context("failed to issue the kubelet certificate")?;
-        agent.address = Some(address);
-        agent.listen = SocketAddr::from(([0, 0, 0, 0], args.kubelet_port));
         agent.tls = Some(kelson_kubelet::server::KubeletTls {
             cert,
             key,
@@ -373,13 +381,9 @@ fn hostname() -> String {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let mut ports = Vec::new();
-    if args.kubelet_port != 0 {
-        ports.push(SocketAddr::from(([0, 0, 0, 0], args.kubelet_port)));
-    }
     preflight(
-        &args.container_runtime_endpoint,
-        &ports,
+        &args.node.container_runtime_endpoint,
+        &args.node.ports(),
         &args.ignore_preflight_errors,
     )
     .await?;
@@ -413,23 +417,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.auth_info.token = Some(secret.to_owned().into());
     let client = kube::Client::try_from(config)?;
 
-    let mut agent = kelson_kubelet::agent::AgentConfig {
-        runtime_socket: args.container_runtime_endpoint,
-        root_dir: args.data_dir,
-        container_log_max_size: args.container_log_max_size,
-        container_log_max_files: args.container_log_max_files,
-        manifest_dir: args.pod_manifest_path,
-        ..Default::default()
-    };
-    if let Some(name) = args.node_name {
-        agent.node_name = name;
-    }
-    let address = args
-        .node_ip
-        .unwrap_or_else(kelson_kubelet::host::primary_address);
+    let mut agent = args.node.agent_config(args.data_dir);
     let request = serde_json::json!({
         "nodeName": agent.node_name,
-        "addresses": [address.to_string(), "127.0.0.1", "localhost"],
+        "addresses": kubelet_certificate_names(&agent),
     });
     let issued: serde_json::Value = client
         .request(
@@ -445,8 +436,6 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .map(str::to_owned)
             .with_context(|| format!("the kubelet certificate response lacks {name}"))
     };
-    agent.address = Some(address);
-    agent.listen = SocketAddr::from(([0, 0, 0, 0], args.kubelet_port));
     agent.tls = Some(kelson_kubelet::server::KubeletTls {
         cert: field("certificate")?,
         key: field("key")?,

@@ -120,6 +120,8 @@ pub async fn kubelet_certificate(pki: Option<&Arc<Pki>>, req: Req) -> ApiResult<
         .filter_map(|a| a.as_str().map(str::to_owned))
         .collect();
     names.push(node.to_owned());
+    names.sort();
+    names.dedup();
     let (certificate, key) = pki
         .issue(
             &format!("system:node:{node}"),
