@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod app;
+
 /// Kelson: a Kubernetes distribution whose desired state comes from Git.
 #[derive(Parser)]
 #[command(name = "kelson", version, about)]
@@ -34,6 +36,9 @@ enum Command {
     /// Run simulated ("hollow") nodes against a cluster: they register, heartbeat and run the
     /// pods bound to them on a fake runtime.
     Sim(SimArgs),
+    /// Look at and steer GitOps Applications: list, get, diff, sync, history, verify-history,
+    /// rollback, suspend, resume.
+    App(app::AppArgs),
 }
 
 #[derive(clap::Args)]
@@ -192,6 +197,9 @@ struct ServerArgs {
     /// Do not run the controllers.
     #[arg(long)]
     disable_controller_manager: bool,
+    /// Do not run the GitOps reconciler (Applications are still served, but not synced).
+    #[arg(long)]
+    disable_gitops: bool,
     /// Do not run the node agent (kubelet) on this machine.
     #[arg(long)]
     disable_agent: bool,
@@ -244,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Agent(args) => agent(args).await?,
         Command::Sim(args) => sim(args).await?,
+        Command::App(args) => app::run(args).await?,
     }
     Ok(())
 }
@@ -328,6 +337,30 @@ async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
                     options.clone(),
                     leading,
                 ))
+            }),
+        );
+    }
+    {
+        // the Application definition is served even when this server does not reconcile
+        let client = running.server.client(kelson_apiserver::auth::User::new(
+            "system:kelson-gitops".to_owned(),
+            vec![],
+        ));
+        kelson_reconciler::install_crds(&client)
+            .await
+            .context("failed to install the GitOps definitions")?;
+    }
+    if !args.disable_gitops {
+        let config = kelson_reconciler::Config::new(data_dir.join("gitops"));
+        lead(
+            "kelson-gitops",
+            Box::new(move |client, leading| {
+                let config = config.clone();
+                Box::pin(async move {
+                    if let Err(error) = kelson_reconciler::run(client, config, leading).await {
+                        tracing::error!(%error, "the GitOps reconciler failed");
+                    }
+                })
             }),
         );
     }

@@ -134,7 +134,24 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
             let spec = child(root, "spec");
             default(spec, "finalizers", json!(["kubernetes"]));
         }
-        ("", "Secret") => default(root, "type", json!("Opaque")),
+        ("", "Secret") => {
+            default(root, "type", json!("Opaque"));
+            // stringData is write-only: merged into data (winning over it), never stored
+            if let Some(Value::Object(strings)) = root.remove("stringData") {
+                use base64::Engine as _;
+                let data = child(root, "data");
+                for (key, value) in strings {
+                    let text = value
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| value.to_string());
+                    data.insert(
+                        key,
+                        json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                    );
+                }
+            }
+        }
         ("", "PersistentVolumeClaim") => {
             default(child(root, "spec"), "volumeMode", json!("Filesystem"));
         }
@@ -355,5 +372,17 @@ mod tests {
         assert_eq!(j["spec"]["parallelism"], 1);
         assert_eq!(j["spec"]["backoffLimit"], 6);
         assert!(j["spec"].get("manualSelector").is_none());
+    }
+
+    #[test]
+    fn secret_string_data_lands_in_data() {
+        let mut s = json!({"data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "hunter2"}});
+        apply("", "Secret", &mut s);
+        assert_eq!(
+            s["data"],
+            json!({"a": "bmV3", "b": "aHVudGVyMg==", "keep": "eA=="})
+        );
+        assert!(s.get("stringData").is_none());
+        assert_eq!(s["type"], "Opaque");
     }
 }

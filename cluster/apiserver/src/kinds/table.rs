@@ -311,6 +311,111 @@ pub fn selector_text(selector: Option<&Value>) -> String {
     }
 }
 
+/// The values a printer column's JSONPath selects: `.a.b`, `[0]`, `[*]`, `['key']` and filters
+/// `[?(@.type=="Ready")]` (also `!=`, and single quotes), as CustomResourceDefinitions use them.
+pub fn json_path<'a>(object: &'a Value, path: &str) -> Vec<&'a Value> {
+    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let path = path.strip_prefix('$').unwrap_or(path);
+    let mut current = vec![object];
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            let key = &after[..end];
+            rest = &after[end..];
+            if key.is_empty() {
+                continue;
+            }
+            current = current.into_iter().filter_map(|v| v.get(key)).collect();
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let Some(close) = matching_bracket(after) else {
+                return vec![];
+            };
+            let inner = after[..close].trim();
+            rest = &after[close + 1..];
+            current = if inner == "*" {
+                current
+                    .into_iter()
+                    .flat_map(|v| match v {
+                        Value::Array(items) => items.iter().collect::<Vec<_>>(),
+                        Value::Object(map) => map.values().collect(),
+                        _ => vec![],
+                    })
+                    .collect()
+            } else if let Some(filter) = inner.strip_prefix("?(").and_then(|f| f.strip_suffix(')'))
+            {
+                current
+                    .into_iter()
+                    .filter_map(Value::as_array)
+                    .flatten()
+                    .filter(|item| filter_matches(item, filter))
+                    .collect()
+            } else if let Ok(index) = inner.parse::<i64>() {
+                current
+                    .into_iter()
+                    .filter_map(Value::as_array)
+                    .filter_map(|items| {
+                        let at = if index < 0 {
+                            items.len() as i64 + index
+                        } else {
+                            index
+                        };
+                        usize::try_from(at).ok().and_then(|at| items.get(at))
+                    })
+                    .collect()
+            } else {
+                let key = inner.trim_matches(|c| c == '\'' || c == '"');
+                current.into_iter().filter_map(|v| v.get(key)).collect()
+            };
+        } else {
+            return vec![];
+        }
+    }
+    current
+}
+
+fn matching_bracket(text: &str) -> Option<usize> {
+    let mut depth = 0;
+    let mut quote = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ']') if depth == 0 => return Some(i),
+            (None, ']') => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `@.a.b=="v"`, `@.a!='v'`, `@.n==3`, or `@.a` (present).
+fn filter_matches(item: &Value, filter: &str) -> bool {
+    let (path, op, literal) = if let Some((p, l)) = filter.split_once("==") {
+        (p, "==", Some(l))
+    } else if let Some((p, l)) = filter.split_once("!=") {
+        (p, "!=", Some(l))
+    } else {
+        (filter, "", None)
+    };
+    let path = path.trim().strip_prefix('@').unwrap_or(path.trim());
+    let found = json_path(item, path);
+    let Some(literal) = literal else {
+        return !found.is_empty();
+    };
+    let literal = literal.trim();
+    let wanted = if literal.starts_with(['"', '\'']) {
+        json!(literal.trim_matches(|c| c == '"' || c == '\''))
+    } else {
+        serde_json::from_str(literal).unwrap_or_else(|_| json!(literal))
+    };
+    let equal = found.first().is_some_and(|v| **v == wanted);
+    if op == "==" { equal } else { !equal }
+}
+
 /// The cells of one row.
 #[must_use]
 pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
@@ -318,8 +423,20 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
     if rt.custom {
         let mut cells = vec![name];
         for c in &rt.printer_columns {
-            let pointer = format!("/{}", c.json_path.trim_start_matches('.').replace('.', "/"));
-            let value = object.pointer(&pointer).cloned().unwrap_or(Value::Null);
+            let values = json_path(object, &c.json_path);
+            let value = match values.as_slice() {
+                [] => Value::Null,
+                [one] => (*one).clone(),
+                many => json!(
+                    many.iter()
+                        .map(|v| v
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
             let cell = if c.type_ == "date" {
                 json!(age(value.as_str()))
             } else {
@@ -981,5 +1098,26 @@ mod tests {
         let cells = service_cells(&svc);
         assert_eq!(cells[4], "80:30080/TCP");
         assert_eq!(cells[3], "<none>");
+    }
+
+    #[test]
+    fn printer_column_paths() {
+        let app = json!({"status": {"conditions": [
+            {"type": "Reconciling", "status": "False"},
+            {"type": "Ready", "status": "True", "message": "ok"}
+        ], "list": [1, 2], "map": {"a.b": "dotted"}}});
+        assert_eq!(
+            json_path(&app, r#".status.conditions[?(@.type=="Ready")].status"#),
+            [&json!("True")]
+        );
+        assert_eq!(
+            json_path(&app, ".status.conditions[?(@.type!='Ready')].type"),
+            [&json!("Reconciling")]
+        );
+        assert_eq!(json_path(&app, ".status.conditions[*].type").len(), 2);
+        assert_eq!(json_path(&app, ".status.list[-1]"), [&json!(2)]);
+        assert_eq!(json_path(&app, ".status.map['a.b']"), [&json!("dotted")]);
+        assert!(json_path(&app, ".status.missing[0]").is_empty());
+        assert!(json_path(&app, ".status.conditions[?(@.type==").is_empty());
     }
 }

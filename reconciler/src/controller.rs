@@ -1,0 +1,1500 @@
+//! The Application controller: source → render → plan (server-side dry-run) → apply (staged)
+//! → prune (guarded) → health → status, history and audit. Level-triggered: every reconcile
+//! starts from Git and the live objects, so a missed event only delays, never loses, a change.
+//!
+//! Triggers: the Application changing (spec or the requested-at annotation), any managed object
+//! changing (one watch per kind in use, filtered by the application label: drift is seen within
+//! a second), and the polling interval.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    APP_LABEL, Application, ApplicationStatus, Condition, HealthStatus, HistoryEntry,
+    InventoryEntry, PRUNE_ANNOTATION, REQUESTED_AT_ANNOTATION, SYNC_WAVE_ANNOTATION, SyncStatus,
+    TRACKING_ANNOTATION,
+};
+use crate::apply::{self, Kinds};
+use crate::audit::AuditLog;
+use crate::health::{self, Health, Verdict};
+use crate::inventory::{ObjectId, PrunePlan, plan_prune};
+use crate::render::{self, Manifest, RenderError};
+use crate::source::{CommitInfo, Sources};
+
+/// History entries kept in status (the audit log keeps all).
+pub const HISTORY_IN_STATUS: usize = 10;
+
+/// The reconciler's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Repository caches and the audit log live here.
+    pub data_dir: PathBuf,
+    /// Polling interval of Applications that set none.
+    pub default_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            default_interval: Duration::from_secs(60),
+        }
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir.join("audit.log")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+type RenderKey = (String, String, String, String);
+
+/// Shared state of all reconciles.
+pub struct Context {
+    kinds: Kinds,
+    sources: Sources,
+    audit: AuditLog,
+    recorder: Recorder,
+    config: Config,
+    drift: DriftWatches,
+    renders: Mutex<HashMap<RenderKey, Arc<Vec<Manifest>>>>,
+}
+
+/// Watches of managed objects, one per kind in use.
+struct DriftWatches {
+    client: Client,
+    watching: Mutex<HashSet<String>>,
+    trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<Application>>,
+    shutdown: CancellationToken,
+}
+
+impl DriftWatches {
+    /// Starts watching objects of `resource` carrying the application label, once.
+    fn ensure(&self, resource: &ApiResource) {
+        let key = format!("{}/{}", resource.api_version, resource.plural);
+        if !self.watching.lock().insert(key) {
+            return;
+        }
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), resource);
+        let trigger = self.trigger.clone();
+        let shutdown = self.shutdown.clone();
+        let config = watcher::Config::default().labels(APP_LABEL);
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(
+                watcher(api, config)
+                    .default_backoff()
+                    .touched_objects()
+                    .take_until(shutdown.cancelled_owned())
+            );
+            while let Some(event) = events.next().await {
+                let Ok(object) = event else { continue };
+                if let Some(app) = owner_of(object.annotations().get(TRACKING_ANNOTATION)) {
+                    let _ = trigger.send(app);
+                }
+            }
+        });
+    }
+}
+
+/// The Application named by a tracking annotation `APPNS/APPNAME:…`.
+fn owner_of(tracking: Option<&String>) -> Option<ObjectRef<Application>> {
+    let (app, _) = tracking?.split_once(':')?;
+    let (namespace, name) = app.split_once('/')?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The tracking annotation of object `id` applied by `app`.
+fn tracking_id(app: &Application, id: &ObjectId) -> String {
+    format!(
+        "{}/{}:{}/{}:{}/{}",
+        app.namespace().unwrap_or_default(),
+        app.name_any(),
+        id.group,
+        id.kind,
+        id.namespace,
+        id.name
+    )
+}
+
+/// The application label's value: `NAMESPACE.NAME`, or a digest when too long for a label.
+fn app_label(app: &Application) -> String {
+    let value = format!("{}.{}", app.namespace().unwrap_or_default(), app.name_any());
+    if value.len() <= 63 {
+        value
+    } else {
+        render::digest(&[Value::from(value)])[7..30].to_owned()
+    }
+}
+
+/// Parses `90s`, `5m`, `1h`, `1h30m`, `250ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let step = match &rest[..unit] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            "h" => Duration::from_secs(number * 3600),
+            _ => return None,
+        };
+        total += step;
+        rest = &rest[unit..];
+    }
+    Some(total)
+}
+
+fn now() -> String {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Sets a condition, keeping its transition time when the status did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    time: &str,
+) {
+    let status = if status { "True" } else { "False" };
+    let transition = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| time.to_owned());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    });
+    conditions.sort_by_key(|c| match c.type_.as_str() {
+        "Ready" => 0,
+        "Reconciling" => 1,
+        _ => 2,
+    });
+}
+
+/// Where an Application stands, in kstatus's terms.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Ready=True.
+    Ready,
+    /// Ready=False, Reconciling=True: working on it, or retrying.
+    Reconciling,
+    /// Ready=False, Stalled=True: stays so until the spec or the repository changes.
+    Stalled,
+    /// Ready=False and neither: suspended, or waiting for a manual sync.
+    Idle,
+}
+
+/// Sets Ready, Reconciling and Stalled for `state`; the message goes on Ready and on the
+/// condition that is True.
+fn set_kstatus(
+    conditions: &mut Vec<Condition>,
+    state: State,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    time: &str,
+) {
+    let ready = state == State::Ready;
+    set_condition(
+        conditions, "Ready", ready, reason, message, generation, time,
+    );
+    let reconciling = state == State::Reconciling;
+    let retrying = if reconciling && reason != "Progressing" {
+        "ProgressingWithRetry"
+    } else {
+        reason
+    };
+    let text = |on: bool| if on { message } else { "" };
+    set_condition(
+        conditions,
+        "Reconciling",
+        reconciling,
+        retrying,
+        text(reconciling),
+        generation,
+        time,
+    );
+    let stalled = state == State::Stalled;
+    set_condition(
+        conditions,
+        "Stalled",
+        stalled,
+        reason,
+        text(stalled),
+        generation,
+        time,
+    );
+}
+
+/// One object to apply.
+struct Desired {
+    id: ObjectId,
+    resource: ApiResource,
+    object: Value,
+    location: String,
+    wave: i64,
+}
+
+/// What a reconcile found and did.
+#[derive(Default)]
+struct Attempt {
+    commit: Option<CommitInfo>,
+    digest: String,
+    /// Ready=False with this reason and message, and whether it is Stalled.
+    failure: Option<(String, String, bool)>,
+    out_of_sync: Vec<String>,
+    applied: Vec<String>,
+    pruned: Vec<String>,
+    changes: Vec<String>,
+    inventory: Option<Vec<InventoryEntry>>,
+    health: Option<Verdict>,
+    synced: bool,
+    drift_corrected: bool,
+}
+
+impl Context {
+    /// Renders `commit` of the Application's source (cached by commit, path and options).
+    async fn render(
+        &self,
+        app: &Application,
+        commit: &CommitInfo,
+    ) -> Result<Arc<Vec<Manifest>>, RenderError> {
+        let source = &app.spec.source;
+        let path = source.path.clone().unwrap_or_default();
+        let directory = source.directory.clone().unwrap_or_default();
+        let key = (
+            source.repo_url.clone(),
+            commit.sha.clone(),
+            path.clone(),
+            serde_json::to_string(&directory).unwrap_or_default(),
+        );
+        if let Some(found) = self.renders.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let label = if path.is_empty() {
+            ".".to_owned()
+        } else {
+            path.clone()
+        };
+        let sources = self.sources.clone();
+        let (url, sha) = (source.repo_url.clone(), commit.sha.clone());
+        let recurse = directory.recurse.unwrap_or(true);
+        let read_path = path.clone();
+        let failed = |message: String| RenderError {
+            file: label.clone(),
+            line: 0,
+            message,
+        };
+        let files =
+            tokio::task::spawn_blocking(move || sources.read(&url, &sha, &read_path, recurse))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?;
+        let manifests = if render::is_kustomization(&files) {
+            let work = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
+            let sources = self.sources.clone();
+            let (url, sha, dir) = (
+                source.repo_url.clone(),
+                commit.sha.clone(),
+                work.path().to_owned(),
+            );
+            tokio::task::spawn_blocking(move || sources.export(&url, &sha, &dir))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?;
+            render_files(&files, &path, &directory, Some(&work.path().join(&path))).await?
+        } else {
+            render_files(&files, &path, &directory, None).await?
+        };
+        let manifests = Arc::new(manifests);
+        let mut renders = self.renders.lock();
+        if renders.len() >= 256 {
+            renders.clear();
+        }
+        renders.insert(key, manifests.clone());
+        Ok(manifests)
+    }
+
+    /// Resolves each manifest's kind and fills in namespace, label and tracking annotation.
+    /// Kinds the server does not know yet (their definition comes in this same revision) are
+    /// returned separately, to be resolved after the definitions are applied.
+    async fn prepare<'m>(
+        &self,
+        app: &Application,
+        manifests: &'m [Manifest],
+    ) -> Result<(Vec<Desired>, Vec<&'m Manifest>), Error> {
+        let namespace = destination_namespace(app);
+        let mut desired = Vec::new();
+        let mut unknown = Vec::new();
+        for manifest in manifests {
+            match self
+                .kinds
+                .resolve(manifest.api_version(), manifest.kind())
+                .await?
+            {
+                Some((resource, namespaced)) => {
+                    desired.push(prepared(app, manifest, resource, namespaced, &namespace));
+                }
+                None => unknown.push(manifest),
+            }
+        }
+        Ok((desired, unknown))
+    }
+}
+
+/// Renders the files of `path`: a kustomization (built in `kustomize_dir`, where the tree is
+/// on disk) or a plain directory. File names in errors are relative to the repository.
+async fn render_files(
+    files: &crate::source::Files,
+    path: &str,
+    directory: &crate::api::Directory,
+    kustomize_dir: Option<&std::path::Path>,
+) -> Result<Vec<Manifest>, RenderError> {
+    if render::is_kustomization(files) {
+        let kustomization = render::KUSTOMIZATION_FILES
+            .iter()
+            .find(|f| files.contains_key(**f))
+            .copied()
+            .unwrap_or("kustomization.yaml");
+        let shown = if path.is_empty() {
+            kustomization.to_owned()
+        } else {
+            format!("{path}/{kustomization}")
+        };
+        let Some(dir) = kustomize_dir else {
+            return Err(RenderError {
+                file: shown,
+                line: 0,
+                message: "kustomization without a directory".into(),
+            });
+        };
+        return render::render_kustomize(dir, &shown).await;
+    }
+    let selection =
+        render::Selection::new(directory.include.as_deref(), directory.exclude.as_deref())?;
+    let mut manifests = render::render_directory(files, &selection).map_err(|mut error| {
+        if !path.is_empty() {
+            error.file = format!("{path}/{}", error.file);
+        }
+        error
+    })?;
+    if !path.is_empty() {
+        for m in &mut manifests {
+            m.file = format!("{path}/{}", m.file);
+        }
+    }
+    Ok(manifests)
+}
+
+/// What a sync of an Application would change: per object the redacted diff, and what would
+/// be pruned. From a local directory (a work tree: "preview my change") or a revision.
+#[derive(Debug, Default)]
+pub struct Preview {
+    /// The commit rendered, or the local directory.
+    pub revision: String,
+    /// (object, diff) for every object that would change.
+    pub changes: Vec<(String, String)>,
+    /// Objects that would be pruned (or left, when pruning is off or refused: see `prune_note`).
+    pub prune: Vec<String>,
+    pub prune_note: Option<String>,
+    /// Objects that render and match the cluster.
+    pub unchanged: usize,
+}
+
+/// Computes a [`Preview`] of `app`: from `local` (a directory on this machine holding the
+/// Application's path) or from `revision` (default: the Application's target revision).
+pub async fn preview(
+    client: Client,
+    app: &Application,
+    local: Option<&std::path::Path>,
+    revision: Option<&str>,
+    cache_dir: &std::path::Path,
+) -> anyhow::Result<Preview> {
+    let (trigger, _triggers) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Context {
+        kinds: Kinds::new(client.clone()),
+        sources: Sources::new(cache_dir),
+        audit: AuditLog::open(cache_dir.join("preview-audit.log"))?,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kelson-cli".into(),
+                instance: None,
+            },
+        ),
+        config: Config::new(cache_dir),
+        drift: DriftWatches {
+            client,
+            watching: Mutex::new(HashSet::new()),
+            trigger,
+            shutdown: CancellationToken::new(),
+        },
+        renders: Mutex::new(HashMap::new()),
+    };
+    let directory = app.spec.source.directory.clone().unwrap_or_default();
+    let mut preview = Preview::default();
+    let manifests = match local {
+        Some(dir) => {
+            let files = crate::source::read_local(dir, directory.recurse.unwrap_or(true))?;
+            preview.revision = dir.display().to_string();
+            render_files(&files, "", &directory, Some(dir)).await?
+        }
+        None => {
+            let sources = ctx.sources.clone();
+            let url = app.spec.source.repo_url.clone();
+            let rev = revision
+                .map(str::to_owned)
+                .or_else(|| app.spec.source.target_revision.clone())
+                .unwrap_or_else(|| "HEAD".into());
+            let commit = tokio::task::spawn_blocking(move || sources.resolve(&url, &rev)).await??;
+            preview.revision = commit.sha.clone();
+            ctx.render(app, &commit).await?.as_ref().clone()
+        }
+    };
+    let (desired, unknown) = ctx.prepare(app, &manifests).await?;
+    for m in unknown {
+        preview.changes.push((
+            format!("{} {}", m.kind(), m.name()),
+            format!(
+                "(the server has no kind {} in {} yet)\n",
+                m.kind(),
+                m.api_version()
+            ),
+        ));
+    }
+    let mut rendered = BTreeSet::new();
+    for d in &desired {
+        rendered.insert(d.id.inventory_id());
+        let api = ctx.kinds.api(&d.resource, &d.id.namespace);
+        let live = api
+            .get_opt(&d.id.name)
+            .await?
+            .map(|l| serde_json::to_value(l).unwrap_or_default());
+        let planned = match apply::apply(&api, &d.id.name, &d.object, true).await {
+            Ok(planned) => planned,
+            Err(error) => {
+                preview.changes.push((
+                    d.id.display(),
+                    format!("! {}: {}\n", d.location, kube_message(&error)),
+                ));
+                continue;
+            }
+        };
+        if apply::changes(live.as_ref(), &planned).is_empty() {
+            preview.unchanged += 1;
+        } else {
+            preview
+                .changes
+                .push((d.id.display(), apply::render_diff(live.as_ref(), &planned)));
+        }
+    }
+    let inventory = app.status.clone().unwrap_or_default().inventory;
+    let max_percent = app.spec.sync_policy.max_prune_percent.unwrap_or(50);
+    match plan_prune(&inventory, &rendered, max_percent) {
+        PrunePlan::Delete(stale) => {
+            preview.prune = stale.iter().map(|e| display_id(&e.id)).collect()
+        }
+        PrunePlan::Refused(reason) => preview.prune_note = Some(reason),
+    }
+    if !app
+        .spec
+        .sync_policy
+        .automated
+        .as_ref()
+        .is_some_and(|a| a.prune)
+        && !preview.prune.is_empty()
+    {
+        preview.prune_note =
+            Some("pruning is off for this Application: these would be left in place".into());
+    }
+    Ok(preview)
+}
+
+fn destination_namespace(app: &Application) -> String {
+    app.spec
+        .destination
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| app.namespace().unwrap_or_else(|| "default".into()))
+}
+
+fn prepared(
+    app: &Application,
+    manifest: &Manifest,
+    resource: ApiResource,
+    namespaced: bool,
+    namespace: &str,
+) -> Desired {
+    let mut object = manifest.object.clone();
+    let metadata = object
+        .as_object_mut()
+        .and_then(|o| o.get_mut("metadata"))
+        .and_then(Value::as_object_mut)
+        .expect("render checked metadata");
+    if namespaced {
+        if metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            metadata.insert("namespace".into(), Value::from(namespace));
+        }
+    } else {
+        metadata.remove("namespace");
+    }
+    let id = ObjectId {
+        group: resource.group.clone(),
+        kind: resource.kind.clone(),
+        namespace: metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        name: manifest.name().to_owned(),
+    };
+    let wave = metadata
+        .get("annotations")
+        .and_then(|a| a.get(SYNC_WAVE_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or(0);
+    let labels = metadata.entry("labels").or_insert_with(|| json!({}));
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert(APP_LABEL.into(), Value::from(app_label(app)));
+    }
+    let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+    if let Some(annotations) = annotations.as_object_mut() {
+        annotations.insert(
+            TRACKING_ANNOTATION.into(),
+            Value::from(tracking_id(app, &id)),
+        );
+    }
+    Desired {
+        id,
+        resource,
+        object,
+        location: manifest.location(),
+        wave,
+    }
+}
+
+/// Ready once every CustomResourceDefinition among `crds` is Established (at most 30 s).
+async fn wait_established(kinds: &Kinds, names: &[String]) {
+    let api: Api<DynamicObject> = Api::all_with(
+        kinds.client().clone(),
+        &ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+            ),
+            "customresourcedefinitions",
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in names {
+        while Instant::now() < deadline {
+            let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
+                let value = serde_json::to_value(crd).unwrap_or_default();
+                health::assess(&value).health == Health::Healthy
+            });
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One reconcile of one Application.
+async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let started_at = now();
+    let interval = app
+        .spec
+        .interval
+        .as_deref()
+        .and_then(parse_duration)
+        .unwrap_or(ctx.config.default_interval)
+        .max(Duration::from_secs(1));
+    let previous = app.status.clone().unwrap_or_default();
+    let requested = app.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
+    let sync_requested = requested.is_some() && requested != previous.last_handled_reconcile_at;
+
+    let mut attempt = Attempt::default();
+    if !app.spec.suspend {
+        sync(&app, &ctx, &previous, sync_requested, &mut attempt).await?;
+    }
+    let status = next_status(
+        &app,
+        &previous,
+        &attempt,
+        &started_at,
+        started.elapsed(),
+        requested.clone(),
+    );
+
+    // history, audit and events only when something happened or the outcome changed
+    let entry = status.history.first().cloned();
+    let recorded = entry.is_some() && previous.history.first() != entry.as_ref();
+    if recorded && let Some(entry) = &entry {
+        record(&app, &ctx, &attempt, entry).await;
+    }
+    if status != previous {
+        let api: Api<Application> = Api::namespaced(
+            ctx.kinds.client().clone(),
+            &app.namespace().unwrap_or_default(),
+        );
+        let patch = json!([{"op": "add", "path": "/status", "value": status}]);
+        api.patch_status(
+            &app.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(patch).expect("patch")),
+        )
+        .await?;
+    }
+    let progressing = attempt.health.as_ref().is_some_and(|h| {
+        matches!(
+            h.health,
+            Health::Progressing | Health::Degraded | Health::Missing
+        )
+    });
+    if progressing || attempt.failure.as_ref().is_some_and(|f| !f.2) {
+        return Ok(Action::requeue(interval.min(Duration::from_secs(5))));
+    }
+    let jitter = rand::random_range(0.0..0.1) * interval.as_secs_f64();
+    Ok(Action::requeue(interval + Duration::from_secs_f64(jitter)))
+}
+
+/// Source, render, plan, apply, prune and health into `attempt`.
+async fn sync(
+    app: &Application,
+    ctx: &Context,
+    previous: &ApplicationStatus,
+    sync_requested: bool,
+    attempt: &mut Attempt,
+) -> Result<(), Error> {
+    let source = &app.spec.source;
+    let revision = source
+        .target_revision
+        .clone()
+        .unwrap_or_else(|| "HEAD".into());
+    let sources = ctx.sources.clone();
+    let url = source.repo_url.clone();
+    let resolved = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || sources.resolve(&url, &revision)),
+    )
+    .await;
+    let commit = match resolved {
+        Ok(Ok(Ok(commit))) => commit,
+        Ok(Ok(Err(error))) => {
+            attempt.failure = Some(("GitOperationFailed".into(), error.to_string(), false));
+            return Ok(());
+        }
+        Ok(Err(error)) => return Err(Error::Other(error.to_string())),
+        Err(_) => {
+            attempt.failure = Some((
+                "GitOperationFailed".into(),
+                "git fetch took longer than 90 s".into(),
+                false,
+            ));
+            return Ok(());
+        }
+    };
+    attempt.commit = Some(commit.clone());
+    let manifests = match ctx.render(app, &commit).await {
+        Ok(manifests) => manifests,
+        Err(error) => {
+            attempt.failure = Some(("BuildFailed".into(), error.to_string(), true));
+            return Ok(());
+        }
+    };
+    attempt.digest = render::digest(
+        &manifests
+            .iter()
+            .map(|m| m.object.clone())
+            .collect::<Vec<_>>(),
+    );
+
+    let automated = app.spec.sync_policy.automated.clone();
+    let new_revision = previous.last_applied_revision.as_deref() != Some(commit.sha.as_str());
+    let self_heal = automated.as_ref().is_some_and(|a| a.self_heal);
+    // automated: apply new revisions, and drift too with selfHeal; manual: only on request
+    let may_apply = sync_requested
+        || (automated.is_some() && (new_revision || self_heal || previous.failure_pending()));
+    let options = &app.spec.sync_policy.sync_options;
+    let may_prune = automated.as_ref().is_some_and(|a| a.prune)
+        || (sync_requested
+            && (options.iter().any(|o| o == "Prune=true")
+                || app
+                    .annotations()
+                    .get(REQUESTED_AT_ANNOTATION)
+                    .is_some_and(|r| r.ends_with(";prune"))));
+
+    if may_apply && options.iter().any(|o| o == "CreateNamespace=true") {
+        let namespace = destination_namespace(app);
+        let api: Api<Namespace> = Api::all(ctx.kinds.client().clone());
+        if api.get_opt(&namespace).await?.is_none() {
+            let ns =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+            api.patch(&namespace, &apply::apply_params(false), &Patch::Apply(&ns))
+                .await?;
+        }
+    }
+
+    let (mut desired, unknown) = ctx.prepare(app, &manifests).await?;
+    let mut errors: Vec<String> = Vec::new();
+    let defines_kinds = desired
+        .iter()
+        .any(|d| d.id.kind == "CustomResourceDefinition");
+    let deferring = defines_kinds && may_apply;
+    if !unknown.is_empty() && !deferring {
+        for m in &unknown {
+            errors.push(format!(
+                "{}: the server has no kind {} in {}",
+                m.location(),
+                m.kind(),
+                m.api_version()
+            ));
+        }
+    }
+    desired.sort_by_key(|d| (d.wave, apply::kind_rank(&d.id.group, &d.id.kind)));
+
+    let mut live_objects: Vec<Value> = Vec::new();
+    let mut applied_crds = Vec::new();
+    let mut pending = desired;
+    let mut deferred = if defines_kinds && may_apply {
+        unknown
+    } else {
+        Vec::new()
+    };
+    let mut inventory: Vec<InventoryEntry> = Vec::new();
+    loop {
+        for d in &pending {
+            let api = ctx.kinds.api(&d.resource, &d.id.namespace);
+            let live = match api.get_opt(&d.id.name).await {
+                Ok(live) => live.map(|l| serde_json::to_value(l).unwrap_or_default()),
+                Err(error) => {
+                    errors.push(format!("{}: {}: {error}", d.location, d.id.display()));
+                    continue;
+                }
+            };
+            if let Some(live) = &live {
+                let owner = live.pointer(&format!(
+                    "/metadata/annotations/{}",
+                    TRACKING_ANNOTATION.replace('/', "~1")
+                ));
+                if let Some(owner) = owner.and_then(Value::as_str)
+                    && owner != tracking_id(app, &d.id)
+                {
+                    errors.push(format!(
+                        "{}: {} is managed by another Application ({owner})",
+                        d.location,
+                        d.id.display()
+                    ));
+                    continue;
+                }
+            }
+            inventory.push(InventoryEntry {
+                id: d.id.inventory_id(),
+                v: d.resource.api_version.clone(),
+            });
+            ctx.drift.ensure(&d.resource);
+            let planned = match apply::apply(&api, &d.id.name, &d.object, true).await {
+                Ok(planned) => planned,
+                Err(error) => {
+                    errors.push(format!(
+                        "{}: {}: {}",
+                        d.location,
+                        d.id.display(),
+                        kube_message(&error)
+                    ));
+                    continue;
+                }
+            };
+            let changes = apply::changes(live.as_ref(), &planned);
+            if changes.is_empty() {
+                live_objects.push(live.unwrap_or(planned));
+                continue;
+            }
+            attempt.out_of_sync.push(d.id.display());
+            if !may_apply {
+                live_objects.push(live.unwrap_or(planned));
+                continue;
+            }
+            match apply::apply(&api, &d.id.name, &d.object, false).await {
+                Ok(stored) => {
+                    if live.is_some() && !new_revision {
+                        attempt.drift_corrected = true;
+                    }
+                    attempt.applied.push(d.id.display());
+                    attempt.changes.push(format!(
+                        "{} {}",
+                        d.id.display(),
+                        if live.is_some() {
+                            changes.join(", ")
+                        } else {
+                            "created".into()
+                        }
+                    ));
+                    if d.id.kind == "CustomResourceDefinition" {
+                        applied_crds.push(d.id.name.clone());
+                    }
+                    live_objects.push(stored);
+                }
+                Err(error) => errors.push(format!(
+                    "{}: {}: {}",
+                    d.location,
+                    d.id.display(),
+                    kube_message(&error)
+                )),
+            }
+        }
+        if deferred.is_empty() {
+            break;
+        }
+        // kinds defined by this revision: wait for their definitions, then resolve again
+        wait_established(&ctx.kinds, &applied_crds).await;
+        let retry: Vec<Manifest> = deferred.drain(..).cloned().collect();
+        let (next, still_unknown) = ctx.prepare(app, &retry).await?;
+        for m in still_unknown {
+            errors.push(format!(
+                "{}: the server has no kind {} in {}",
+                m.location(),
+                m.kind(),
+                m.api_version()
+            ));
+        }
+        pending = next;
+    }
+
+    // prune: only after a complete, error-free apply of a non-empty render
+    let rendered: BTreeSet<String> = inventory.iter().map(|e| e.id.clone()).collect();
+    let mut kept_inventory = inventory.clone();
+    if errors.is_empty() {
+        let max_percent = app.spec.sync_policy.max_prune_percent.unwrap_or(50);
+        match plan_prune(&previous.inventory, &rendered, max_percent) {
+            PrunePlan::Delete(stale) => {
+                for entry in stale {
+                    if !may_prune {
+                        attempt
+                            .out_of_sync
+                            .push(format!("{} (to prune)", display_id(&entry.id)));
+                        kept_inventory.push(entry);
+                        continue;
+                    }
+                    match prune(ctx, app, &entry).await {
+                        Ok(Some(pruned)) => {
+                            attempt.pruned.push(pruned.clone());
+                            attempt.changes.push(format!("{pruned} pruned"));
+                        }
+                        Ok(None) => {}
+                        Err(message) => {
+                            errors.push(message);
+                            kept_inventory.push(entry);
+                        }
+                    }
+                }
+            }
+            PrunePlan::Refused(reason) => {
+                kept_inventory.extend(
+                    previous
+                        .inventory
+                        .iter()
+                        .filter(|e| !rendered.contains(&e.id))
+                        .cloned(),
+                );
+                attempt.failure = Some(("PruneRefused".into(), reason, true));
+            }
+        }
+    } else {
+        // keep tracking what was applied before, so a later prune still knows it
+        kept_inventory.extend(
+            previous
+                .inventory
+                .iter()
+                .filter(|e| !rendered.contains(&e.id))
+                .cloned(),
+        );
+    }
+    kept_inventory.sort_by(|a, b| a.id.cmp(&b.id));
+    kept_inventory.dedup();
+    attempt.inventory = Some(kept_inventory);
+
+    let verdicts: Vec<Verdict> = live_objects
+        .iter()
+        .map(|o| {
+            let mut v = health::assess(o);
+            if v.health != Health::Healthy && !v.message.is_empty() {
+                let name = o
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let kind = o
+                    .pointer("/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                v.message = format!("{kind} {name}: {}", v.message);
+            }
+            v
+        })
+        .collect();
+    attempt.health = Some(health::worst(&verdicts));
+    if !errors.is_empty() {
+        let count = errors.len();
+        let mut message = errors.into_iter().take(5).collect::<Vec<_>>().join("; ");
+        if count > 5 {
+            message.push_str(&format!(" (and {} more)", count - 5));
+        }
+        attempt.failure = Some(("ApplyFailed".into(), message, true));
+    }
+    attempt.synced = attempt.failure.is_none() && (attempt.out_of_sync.is_empty() || may_apply);
+    Ok(())
+}
+
+impl ApplicationStatus {
+    /// Whether the last attempt failed, so an automated Application tries again.
+    fn failure_pending(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason != "Progressing")
+    }
+}
+
+fn display_id(id: &str) -> String {
+    ObjectId::parse(id)
+        .map(|i| i.display())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+fn kube_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Deletes one inventory entry if it is still ours and not protected; the deleted object's
+/// display name, None when there was nothing (left) to delete.
+async fn prune(
+    ctx: &Context,
+    app: &Application,
+    entry: &InventoryEntry,
+) -> Result<Option<String>, String> {
+    let Some(id) = ObjectId::parse(&entry.id) else {
+        return Ok(None);
+    };
+    let resource = match ctx.kinds.resolve(&entry.v, &id.kind).await {
+        Ok(Some((resource, _))) => resource,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(format!("{}: {error}", id.display())),
+    };
+    let api = ctx.kinds.api(&resource, &id.namespace);
+    let live = match api.get_opt(&id.name).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(format!("{}: {error}", id.display())),
+    };
+    // never delete what this Application did not apply (a copied label is not enough)
+    if live.annotations().get(TRACKING_ANNOTATION) != Some(&tracking_id(app, &id)) {
+        info!(object = %id.display(), "not pruning an object this application does not own");
+        return Ok(None);
+    }
+    let annotation = live.annotations().get(PRUNE_ANNOTATION).map(String::as_str);
+    if annotation == Some("false") || (id.is_protected() && annotation != Some("true")) {
+        info!(object = %id.display(), "prune protection: left in place");
+        return Ok(None);
+    }
+    match api.delete(&id.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(Some(id.display())),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(error) => Err(format!("{}: {}", id.display(), kube_message(&error))),
+    }
+}
+
+/// The status after `attempt` (pure).
+fn next_status(
+    app: &Application,
+    previous: &ApplicationStatus,
+    attempt: &Attempt,
+    time: &str,
+    elapsed: Duration,
+    requested: Option<String>,
+) -> ApplicationStatus {
+    let generation = app.metadata.generation;
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    status.last_handled_reconcile_at = requested.or(status.last_handled_reconcile_at);
+    let mut set = |state: State, reason: &str, message: &str| {
+        set_kstatus(
+            &mut status.conditions,
+            state,
+            reason,
+            message,
+            generation,
+            time,
+        );
+    };
+    if app.spec.suspend {
+        set(State::Idle, "Suspended", "reconciliation is suspended");
+        return status;
+    }
+    let sha = attempt.commit.as_ref().map(|c| c.sha.clone());
+    let revision_label = |sha: &str| {
+        let rev = app.spec.source.target_revision.as_deref().unwrap_or("HEAD");
+        format!("{rev}@sha1:{sha}")
+    };
+    let mut out_of_sync = attempt.out_of_sync.clone();
+    out_of_sync.truncate(20);
+    let health = attempt.health.clone();
+    let result;
+    let message;
+    match &attempt.failure {
+        Some((reason, text, stalled)) => {
+            set(
+                if *stalled {
+                    State::Stalled
+                } else {
+                    State::Reconciling
+                },
+                reason,
+                text,
+            );
+            if reason != "GitOperationFailed" {
+                let state = if reason == "BuildFailed" {
+                    "Unknown"
+                } else {
+                    "OutOfSync"
+                };
+                status.sync = Some(SyncStatus {
+                    status: state.into(),
+                    revision: sha.clone(),
+                    out_of_sync,
+                });
+            }
+            result = if reason == "PruneRefused" {
+                "PruneRefused"
+            } else {
+                "Failed"
+            };
+            message = format!("{reason}: {text}");
+        }
+        None => {
+            let sha = sha.clone().unwrap_or_default();
+            let h = health.clone().unwrap_or(Verdict {
+                health: Health::Healthy,
+                message: String::new(),
+            });
+            let timeout = app
+                .spec
+                .health_timeout
+                .as_deref()
+                .and_then(parse_duration)
+                .unwrap_or(Duration::from_secs(300));
+            let since_apply = previous
+                .history
+                .iter()
+                .find(|e| e.result == "Succeeded")
+                .and_then(|e| e.started_at.parse::<jiff::Timestamp>().ok())
+                .map(|t| jiff::Timestamp::now().duration_since(t).unsigned_abs())
+                .unwrap_or_default();
+            if !attempt.synced {
+                let text = format!(
+                    "{} objects differ from {}; run `kelson app sync {}`",
+                    attempt.out_of_sync.len(),
+                    revision_label(&sha),
+                    app.name_any()
+                );
+                set(State::Idle, "OutOfSync", &text);
+                result = "OutOfSync";
+                message = text;
+            } else if matches!(h.health, Health::Healthy | Health::Suspended) {
+                let text = format!("Applied revision: {}", revision_label(&sha));
+                set(State::Ready, "ReconciliationSucceeded", &text);
+                result = "Succeeded";
+                message = text;
+            } else {
+                let stalled =
+                    since_apply > timeout && !attempt.drift_corrected && attempt.applied.is_empty();
+                let text = format!("{}: {}", h.health.as_str(), h.message);
+                if stalled {
+                    set(State::Stalled, "HealthCheckFailed", &text);
+                } else {
+                    set(State::Reconciling, "Progressing", &text);
+                }
+                result = "Succeeded";
+                message = format!("Applied revision: {}", revision_label(&sha));
+            }
+            status.sync = Some(SyncStatus {
+                status: if attempt.synced {
+                    "Synced"
+                } else {
+                    "OutOfSync"
+                }
+                .into(),
+                revision: Some(sha.clone()),
+                out_of_sync: if attempt.synced { vec![] } else { out_of_sync },
+            });
+            if attempt.synced {
+                status.last_applied_revision = Some(sha);
+            }
+        }
+    }
+    if let Some(sha) = &sha {
+        status.last_attempted_revision = Some(sha.clone());
+    }
+    if let Some(inventory) = &attempt.inventory {
+        status.inventory = inventory.clone();
+    }
+    if let Some(h) = &health {
+        status.health = Some(HealthStatus {
+            status: h.health.as_str().into(),
+            message: h.message.clone(),
+        });
+    }
+    let Some(sha) = sha else {
+        return status;
+    };
+    let entry = HistoryEntry {
+        revision: sha,
+        result: result.into(),
+        message,
+        digest: attempt.digest.clone(),
+        applied: attempt.applied.len() as u32,
+        pruned: attempt.pruned.len() as u32,
+        started_at: time.to_owned(),
+        duration_ms: elapsed.as_millis() as u64,
+    };
+    let same = previous.history.first().is_some_and(|last| {
+        last.revision == entry.revision
+            && last.result == entry.result
+            && last.digest == entry.digest
+            && last.message == entry.message
+    });
+    if !same || entry.applied > 0 || entry.pruned > 0 {
+        status.history.insert(0, entry);
+        status.history.truncate(HISTORY_IN_STATUS);
+    }
+    status
+}
+
+/// Writes the audit record and the event of one recorded attempt.
+async fn record(app: &Application, ctx: &Context, attempt: &Attempt, entry: &HistoryEntry) {
+    let commit = attempt.commit.clone().unwrap_or_default();
+    let record = json!({
+        "time": entry.started_at,
+        "application": format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()),
+        "repoURL": app.spec.source.repo_url,
+        "path": app.spec.source.path.clone().unwrap_or_default(),
+        "revision": commit.sha,
+        "author": commit.author,
+        "committer": commit.committer,
+        "signed": commit.signed,
+        "pullRequest": commit.pull_request,
+        "subject": commit.subject,
+        "digest": entry.digest,
+        "result": entry.result,
+        "message": entry.message,
+        "applied": attempt.applied,
+        "pruned": attempt.pruned,
+        "changes": attempt.changes,
+        "driftCorrected": attempt.drift_corrected,
+        "durationMs": entry.duration_ms,
+    });
+    if let Value::Object(record) = record
+        && let Err(error) = ctx.audit.append(record)
+    {
+        warn!(%error, "failed to write the audit log");
+    }
+    let reference = app.object_ref(&());
+    let (warning, reason) = match entry.result.as_str() {
+        "Succeeded" if attempt.drift_corrected => (false, "DriftCorrected"),
+        "Succeeded" => (false, "Synced"),
+        "OutOfSync" => (false, "OutOfSync"),
+        "PruneRefused" => (true, "PruneRefused"),
+        _ => (true, "SyncFailed"),
+    };
+    let short = &commit.sha[..commit.sha.len().min(12)];
+    let note = format!(
+        "{} at {short}: {} applied, {} pruned{}",
+        entry.message,
+        attempt.applied.len(),
+        attempt.pruned.len(),
+        commit
+            .pull_request
+            .as_ref()
+            .map(|p| format!(" (pull request {p})"))
+            .unwrap_or_default()
+    );
+    info!(app = %app.name_any(), reason, %note, "sync");
+    ctx.recorder
+        .publish(
+            &kube::runtime::events::Event {
+                type_: if warning {
+                    kube::runtime::events::EventType::Warning
+                } else {
+                    kube::runtime::events::EventType::Normal
+                },
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Sync".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await
+        .unwrap_or_else(|error| debug!(%error, "failed to record an event"));
+}
+
+fn error_policy(app: Arc<Application>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(app = %app.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Only spec changes and sync requests start a reconcile (not our own status writes).
+fn spec_or_request(app: &Application) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    app.metadata.generation.hash(&mut hasher);
+    app.annotations()
+        .get(REQUESTED_AT_ANNOTATION)
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the Application controller until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let audit = AuditLog::open(config.audit_path())?;
+    let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kelson-gitops".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Context {
+        kinds: Kinds::new(client.clone()),
+        sources: Sources::new(config.data_dir.join("repositories")),
+        audit,
+        recorder,
+        drift: DriftWatches {
+            client: client.clone(),
+            watching: Mutex::new(HashSet::new()),
+            trigger,
+            shutdown: shutdown.clone(),
+        },
+        renders: Mutex::new(HashMap::new()),
+        config,
+    });
+    let api: Api<Application> = Api::all(client);
+    let (reader, writer) = reflector::store();
+    let applications = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_request, Default::default());
+    let drift = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
+    Controller::for_stream(applications, reader)
+        .reconcile_on(drift)
+        .with_config(
+            kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)),
+        )
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("3d"), None);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time() {
+        let mut conditions = vec![];
+        set_condition(&mut conditions, "Stalled", false, "A", "", None, "t1");
+        set_condition(&mut conditions, "Ready", true, "A", "", None, "t1");
+        set_condition(&mut conditions, "Ready", true, "B", "again", None, "t2");
+        assert_eq!(conditions[0].type_, "Ready");
+        assert_eq!(conditions[0].last_transition_time, "t1");
+        assert_eq!(conditions[0].reason, "B");
+        set_condition(&mut conditions, "Ready", false, "C", "", None, "t3");
+        assert_eq!(conditions[0].last_transition_time, "t3");
+    }
+
+    #[test]
+    fn owners_come_from_tracking_ids() {
+        let owner = owner_of(Some(&"team/web:apps/Deployment:team/web".to_owned())).unwrap();
+        assert_eq!(
+            (owner.name.as_str(), owner.namespace.as_deref()),
+            ("web", Some("team"))
+        );
+        assert!(owner_of(Some(&"junk".to_owned())).is_none());
+    }
+
+    fn app() -> Application {
+        let mut app = Application::new(
+            "web",
+            crate::api::ApplicationSpec {
+                source: crate::api::Source {
+                    repo_url: "file:///r".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        app.metadata.namespace = Some("default".into());
+        app.metadata.generation = Some(1);
+        app
+    }
+
+    fn commit() -> Option<CommitInfo> {
+        Some(CommitInfo {
+            sha: "a".repeat(40),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_healthy_sync_is_ready_and_recorded_once() {
+        let app = app();
+        let attempt = Attempt {
+            commit: commit(),
+            digest: "sha256:x".into(),
+            applied: vec!["ConfigMap default/a".into()],
+            inventory: Some(vec![]),
+            health: Some(Verdict {
+                health: Health::Healthy,
+                message: String::new(),
+            }),
+            synced: true,
+            ..Default::default()
+        };
+        let first = next_status(
+            &app,
+            &Default::default(),
+            &attempt,
+            "t1",
+            Duration::ZERO,
+            None,
+        );
+        let ready = &first.conditions[0];
+        assert_eq!(
+            (ready.type_.as_str(), ready.status.as_str()),
+            ("Ready", "True")
+        );
+        assert_eq!(
+            first.last_applied_revision.as_deref(),
+            Some("a".repeat(40).as_str())
+        );
+        assert_eq!(first.history.len(), 1);
+        // the same outcome with nothing applied adds no history and leaves status equal
+        let quiet = Attempt {
+            applied: vec![],
+            ..attempt
+        };
+        let second = next_status(&app, &first, &quiet, "t2", Duration::ZERO, None);
+        assert_eq!(second.history.len(), 1);
+        assert_eq!(second.conditions, first.conditions);
+    }
+
+    #[test]
+    fn build_failures_keep_the_last_applied_revision() {
+        let app = app();
+        let good = ApplicationStatus {
+            last_applied_revision: Some("b".repeat(40)),
+            ..Default::default()
+        };
+        let attempt = Attempt {
+            commit: commit(),
+            failure: Some((
+                "BuildFailed".into(),
+                "apps/web.yaml:3: invalid YAML".into(),
+                true,
+            )),
+            ..Default::default()
+        };
+        let status = next_status(&app, &good, &attempt, "t", Duration::ZERO, None);
+        assert_eq!(status.last_applied_revision, good.last_applied_revision);
+        assert_eq!(
+            status.last_attempted_revision.as_deref(),
+            Some("a".repeat(40).as_str())
+        );
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "BuildFailed")
+        );
+        assert!(ready.message.contains("apps/web.yaml:3"));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True")
+        );
+        assert_eq!(status.history[0].result, "Failed");
+    }
+}
