@@ -7,6 +7,7 @@
 //!
 //! Knobs (env): `BENCH_SINGLE` (sequential pods per network, default 10), `BENCH_BURST` (30).
 
+use kelson_testing::bench::{env_or as env, percentile};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,19 +22,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
-}
 
 fn process_stat() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

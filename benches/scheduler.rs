@@ -3,6 +3,7 @@
 //!
 //! Knobs (env): `BENCH_NODES` (default 1000), `BENCH_PODS` (10000), `BENCH_REPLICAS` (1000).
 
+use kelson_testing::bench::{env_or as env, rss_mib};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -12,24 +13,6 @@ use kelson_kubelet::hollow::HollowConfig;
 use kelson_testing::TestCluster;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 #[tokio::main]
 async fn main() {
@@ -99,7 +82,7 @@ async fn main() {
     );
     println!(
         "- process RSS (API server, scheduler, controllers, {nodes} hollow nodes): {:.0} MiB",
-        rss_mib()
+        rss_mib(std::process::id())
     );
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -141,5 +124,8 @@ async fn main() {
         "- a {replicas}-replica Deployment all Running and Ready after {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    println!("- process RSS at the end: {:.0} MiB", rss_mib());
+    println!(
+        "- process RSS at the end: {:.0} MiB",
+        rss_mib(std::process::id())
+    );
 }

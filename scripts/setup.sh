@@ -8,6 +8,8 @@ packages=(
   protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
   ca-certificates
   git
+  gnupg                # verifies OpenPGP-signed commits (GitOps)
+  openssh-client       # ssh-keygen verifies SSH-signed commits (GitOps)
   containerd           # the container runtime the kubelet drives over CRI
   runc
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback

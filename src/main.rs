@@ -48,6 +48,10 @@ struct UpArgs {
     /// Preflight checks whose errors to ignore (names as printed, or `all`).
     #[arg(long, value_delimiter = ',')]
     ignore_preflight_errors: Vec<String>,
+    /// Do not create the example GitOps repository (DATA_DIR/gitops/example.git) and its
+    /// Application `example`.
+    #[arg(long)]
+    no_example: bool,
 }
 
 #[derive(clap::Args)]
@@ -200,6 +204,10 @@ struct ServerArgs {
     /// Do not run the GitOps reconciler (Applications are still served, but not synced).
     #[arg(long)]
     disable_gitops: bool,
+    /// Address of the GitOps listener: webhooks at /hooks/github|gitlab|gitea and the
+    /// reconciler's Prometheus metrics at /metrics (port 0 picks one: DATA_DIR/gitops/address).
+    #[arg(long, default_value = "0.0.0.0:9780")]
+    gitops_listen: SocketAddr,
     /// Do not run the node agent (kubelet) on this machine.
     #[arg(long)]
     disable_agent: bool,
@@ -236,9 +244,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Server(args) => server(args, false).await?,
+        Command::Server(args) => server(args, None).await?,
         Command::Up(args) => {
             let mut ports = vec![args.server.listen];
+            if !args.server.disable_gitops && args.server.gitops_listen.port() != 0 {
+                ports.push(args.server.gitops_listen);
+            }
             if !args.server.disable_agent {
                 ports.extend(args.server.node.ports());
             }
@@ -248,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
                 &args.ignore_preflight_errors,
             )
             .await?;
-            server(args.server, true).await?;
+            server(args.server, Some(!args.no_example)).await?;
         }
         Command::Agent(args) => agent(args).await?,
         Command::Sim(args) => sim(args).await?,
@@ -274,7 +285,8 @@ async fn preflight(
     )
 }
 
-async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
+/// Runs the server; `up` is set for `kelson up` and says whether to install the example.
+async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
     let mut config = kelson_apiserver::Config::new(args.data_dir);
     config.listen = args.listen;
@@ -351,7 +363,8 @@ async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
             .context("failed to install the GitOps definitions")?;
     }
     if !args.disable_gitops {
-        let config = kelson_reconciler::Config::new(data_dir.join("gitops"));
+        let mut config = kelson_reconciler::Config::new(data_dir.join("gitops"));
+        config.listen = Some(args.gitops_listen);
         lead(
             "kelson-gitops",
             Box::new(move |client, leading| {
@@ -369,10 +382,25 @@ async fn server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
         running.url,
         data_dir.join("node-token").display()
     );
-    if up {
+    if let Some(example) = up {
         let kubeconfig = running.kubeconfig.display();
+        let mut gitops = String::new();
+        if example && !args.disable_gitops {
+            let client = running.server.client(kelson_apiserver::auth::User::new(
+                "system:kelson-gitops".to_owned(),
+                vec![],
+            ));
+            let repository = kelson_reconciler::example::install(&client, &data_dir.join("gitops"))
+                .await
+                .context("failed to install the GitOps example")?;
+            gitops = format!(
+                "\n  GitOps: the Application `example` deploys apps/hello of {repo}\n  git clone {repo} example && cd example\n  sed -i 's/Hello from Git/Hello again/' apps/hello/page.yaml\n  git commit -am 'Say hello again' && git push\n  kubectl get applications -A -w\n  kelson app history example --data-dir {data}\n",
+                repo = repository.display(),
+                data = data_dir.display()
+            );
+        }
         println!(
-            "\nKelson is up.\n\n  kubeconfig:  {kubeconfig}\n\n  export KUBECONFIG={kubeconfig}\n  kubectl get nodes\n  kubectl create deployment web --image=busybox:1.35 -- httpd -f -p 8080\n  kubectl get pods -o wide\n\n  join another machine:\n  kelson agent --server {} --token $(cat {})\n",
+            "\nKelson is up.\n\n  kubeconfig:  {kubeconfig}\n\n  export KUBECONFIG={kubeconfig}\n  kubectl get nodes\n  kubectl create deployment web --image=busybox:1.35 -- httpd -f -p 8080\n  kubectl get pods -o wide\n{gitops}\n  join another machine:\n  kelson agent --server {} --token $(cat {})\n",
             running.url,
             data_dir.join("node-token").display()
         );

@@ -1,81 +1,14 @@
 //! End-to-end GitOps: the `kelson` binary (server plus hollow nodes) follows a real Git
 //! repository pushed to with the real git CLI, checked with real kubectl and `kelson app`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kelson_testing::git::{GitDaemon, GitRepo, github_signature as sign, http};
 use kelson_testing::{KelsonProcess, Kubectl};
 
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
-
-/// A bare "origin" and a work tree that commits and pushes to it.
-struct Repo {
-    origin: PathBuf,
-    work: PathBuf,
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Dana Developer")
-        .env("GIT_AUTHOR_EMAIL", "dana@example.com")
-        .env("GIT_COMMITTER_NAME", "Dana Developer")
-        .env("GIT_COMMITTER_EMAIL", "dana@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-impl Repo {
-    fn new(root: &Path) -> Self {
-        let origin = root.join("origin.git");
-        let work = root.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(
-            root,
-            &[
-                "init",
-                "-q",
-                "--bare",
-                "-b",
-                "main",
-                origin.to_str().unwrap(),
-            ],
-        );
-        git(&work, &["init", "-q", "-b", "main"]);
-        git(
-            &work,
-            &["remote", "add", "origin", origin.to_str().unwrap()],
-        );
-        Self { origin, work }
-    }
-
-    fn write(&self, path: &str, content: &str) {
-        let path = self.work.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
-
-    fn remove(&self, path: &str) {
-        std::fs::remove_file(self.work.join(path)).unwrap();
-    }
-
-    /// Commits everything and pushes; the new commit's SHA.
-    fn commit(&self, message: &str) -> String {
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "-q", "-m", message]);
-        git(&self.work, &["push", "-q", "origin", "HEAD:main"]);
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-}
 
 /// Hollow nodes for the cluster, so Deployments become available; killed on drop.
 struct Sim(Child);
@@ -214,7 +147,7 @@ fn the_cluster_follows_git() {
         .spawn()
         .unwrap());
     let k = Kubectl::new(33, &kubeconfig);
-    let repo = Repo::new(dir.path());
+    let repo = GitRepo::new(dir.path(), "origin");
 
     // a commit is applied and the Application becomes Ready
     repo.write("apps/web/deploy.yaml", &deployment(2));
@@ -572,4 +505,348 @@ fn the_cluster_follows_git() {
         "{}",
         String::from_utf8_lossy(&tampered.stderr)
     );
+}
+
+fn configmap(value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hooked\ndata:\n  value: {value}\n")
+}
+
+#[test]
+fn pushes_wake_applications_through_webhooks_and_local_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let k = Kubectl::new(33, &server.kubeconfig());
+    let hooks = server.gitops_address();
+
+    // a remote repository (git://), polled only hourly: only a webhook makes it sync sooner
+    let remote = GitRepo::new(dir.path(), "origin");
+    remote.write("app/cm.yaml", &configmap("v1"));
+    remote.commit("v1");
+    let daemon = GitDaemon::start(dir.path());
+    let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
+    let app = application("hooked", Path::new("/unused"), "app", true)
+        .replace("file:///unused", &url)
+        .replace("interval: 2s", "interval: 1h");
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/hooked",
+        "--timeout=60s",
+    ]);
+    assert_eq!(field(&k, "configmap", "hooked", "{.data.value}"), "v1");
+
+    // no secret configured yet: deliveries are refused
+    let payload = serde_json::json!({
+        "ref": "refs/heads/main",
+        "repository": {"clone_url": format!("https://127.0.0.1/origin.git"), "default_branch": "main"},
+    })
+    .to_string();
+    let (status, _) = http(
+        &hooks,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(b"s3cret", payload.as_bytes())),
+        ],
+        payload.as_bytes(),
+    );
+    assert_eq!(status, 403);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "kelson-gitops-webhook",
+        "-n",
+        "kube-system",
+        "--from-literal=github=s3cret",
+        "--from-literal=gitlab=t0ken",
+    ]);
+
+    // let the reconciles that follow the Application's creation finish before committing
+    std::thread::sleep(Duration::from_secs(2));
+    remote.write("app/cm.yaml", &configmap("v2"));
+    let v2 = remote.commit("v2");
+    // a bad signature is rejected and changes nothing
+    let (status, body) = http(
+        &hooks,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(b"wrong", payload.as_bytes())),
+        ],
+        payload.as_bytes(),
+    );
+    assert_eq!(status, 401, "{body}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(field(&k, "configmap", "hooked", "{.data.value}"), "v1");
+
+    // a signed push syncs the application within seconds
+    let sent = Instant::now();
+    let (status, body) = http(
+        &hooks,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "delivery-1"),
+            ("X-Hub-Signature-256", &sign(b"s3cret", payload.as_bytes())),
+        ],
+        payload.as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("default/hooked"), "{body}");
+    wait_for(
+        &k,
+        "the webhook-triggered sync",
+        &["get", "configmap", "hooked", "-o", "jsonpath={.data.value}"],
+        |t| t == "v2",
+    );
+    let latency = sent.elapsed();
+    assert!(
+        latency < Duration::from_secs(5),
+        "webhook to applied took {latency:?}"
+    );
+    assert_eq!(
+        field(&k, "app", "hooked", "{.status.lastAppliedRevision}"),
+        v2
+    );
+
+    // GitLab: the token must match
+    remote.write("app/cm.yaml", &configmap("v3"));
+    remote.commit("v3");
+    let gitlab = serde_json::json!({
+        "ref": "refs/heads/main",
+        "project": {"git_http_url": "http://127.0.0.1/origin.git", "default_branch": "main"},
+    })
+    .to_string();
+    let (status, _) = http(
+        &hooks,
+        "POST",
+        "/hooks/gitlab",
+        &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "nope")],
+        gitlab.as_bytes(),
+    );
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        &hooks,
+        "POST",
+        "/hooks/gitlab",
+        &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "t0ken")],
+        gitlab.as_bytes(),
+    );
+    assert_eq!(status, 202);
+    wait_for(
+        &k,
+        "the GitLab-triggered sync",
+        &["get", "configmap", "hooked", "-o", "jsonpath={.data.value}"],
+        |t| t == "v3",
+    );
+    wait_for(
+        &k,
+        "the delivery in status",
+        &[
+            "get",
+            "app",
+            "hooked",
+            "-o",
+            "jsonpath={.status.lastWebhook.provider}",
+        ],
+        |t| t == "gitlab",
+    );
+
+    // a push to an unrelated repository is accepted but wakes nothing; junk is a bad request
+    let other = payload.replace("origin.git", "other.git");
+    let (status, body) = http(
+        &hooks,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(b"s3cret", other.as_bytes())),
+        ],
+        other.as_bytes(),
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"applications":[]}"#));
+    let (status, _) = http(
+        &hooks,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(b"s3cret", b"{not json")),
+        ],
+        b"{not json",
+    );
+    assert_eq!(status, 400);
+
+    // every delivery is counted
+    let (status, metrics) = http(&hooks, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    for line in [
+        r#"kelson_webhook_deliveries_total{provider="github",result="unconfigured"} 1"#,
+        r#"kelson_webhook_deliveries_total{provider="github",result="invalid_signature"} 1"#,
+        r#"kelson_webhook_deliveries_total{provider="github",result="accepted"} 1"#,
+        r#"kelson_webhook_deliveries_total{provider="github",result="unmatched"} 1"#,
+        r#"kelson_webhook_deliveries_total{provider="github",result="bad_request"} 1"#,
+        r#"kelson_webhook_deliveries_total{provider="gitlab",result="invalid_signature"} 1"#,
+        r#"kelson_webhook_deliveries_total{provider="gitlab",result="accepted"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(
+            "gotk_reconcile_duration_seconds_bucket{kind=\"Application\",name=\"hooked\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "kelson_app_sync_total{name=\"hooked\",namespace=\"default\",result=\"Succeeded\"} 3"
+        ),
+        "{metrics}"
+    );
+    drop(daemon);
+
+    // a local repository is watched: a commit applies within a second or two, no polling
+    let local_root = dir.path().join("local");
+    std::fs::create_dir_all(&local_root).unwrap();
+    let local = GitRepo::new(&local_root, "origin");
+    local.write(
+        "app/cm.yaml",
+        &configmap("local-1").replace("hooked", "local"),
+    );
+    local.commit("local 1");
+    let app =
+        application("local", &local.origin, "app", true).replace("interval: 2s", "interval: 1h");
+    k.ok_with(&["apply", "-f", "-"], Some(&app));
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/local",
+        "--timeout=60s",
+    ]);
+    local.write(
+        "app/cm.yaml",
+        &configmap("local-2").replace("hooked", "local"),
+    );
+    let committed = Instant::now();
+    local.commit("local 2");
+    wait_for(
+        &k,
+        "the watched commit",
+        &["get", "configmap", "local", "-o", "jsonpath={.data.value}"],
+        |t| t == "local-2",
+    );
+    let latency = committed.elapsed();
+    assert!(
+        latency < Duration::from_secs(5),
+        "commit to applied took {latency:?}"
+    );
+}
+
+#[test]
+fn unsigned_commits_are_refused_when_verification_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let kubeconfig = server.kubeconfig();
+    let k = Kubectl::new(33, &kubeconfig);
+    let key = dir.path().join("signing");
+    let made = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "release@example.com",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "trusted-keys",
+        &format!("--from-file=release.pub={}.pub", key.display()),
+    ]);
+
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write(
+        "app/cm.yaml",
+        &configmap("unsigned").replace("hooked", "signed"),
+    );
+    let unsigned = repo.commit("Unsigned change");
+    let app = application("signed", &repo.origin, "app", true).replace(
+        "    path: app\n",
+        "    path: app\n    verify:\n      secretRef: {name: trusted-keys}\n",
+    );
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    let reason = wait_for(
+        &k,
+        "the refusal",
+        &[
+            "get",
+            "app",
+            "signed",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#,
+        ],
+        |t| !t.is_empty(),
+    );
+    assert_eq!(reason, "VerificationFailed");
+    let message = ready(&k, "signed");
+    assert!(
+        message.contains(&format!(
+            "commit {unsigned} (Unsigned change) is not signed"
+        )),
+        "{message}"
+    );
+    assert!(
+        !k.run(&["get", "configmap", "signed"], None)
+            .status
+            .success(),
+        "nothing from an unsigned commit is applied"
+    );
+
+    repo.write(
+        "app/cm.yaml",
+        &configmap("signed").replace("hooked", "signed"),
+    );
+    let signing_key = format!("user.signingkey={}.pub", key.display());
+    repo.commit_only(
+        "Signed change",
+        &[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &signing_key,
+            "-c",
+            "commit.gpgsign=true",
+        ],
+    );
+    repo.push();
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/signed",
+        "--timeout=60s",
+    ]);
+    assert_eq!(field(&k, "configmap", "signed", "{.data.value}"), "signed");
+    let audit = std::fs::read_to_string(data.join("gitops/audit.log")).unwrap();
+    assert!(
+        audit.contains(r#""signer":"ssh ED25519 key SHA256:"#),
+        "{audit}"
+    );
+    assert!(audit.contains("VerificationFailed"), "{audit}");
 }

@@ -922,7 +922,12 @@ fn up_runs_preflight_then_the_stack() {
     let _cleanup = RuntimeCleanup::new(&node);
     // a missing runtime stops `kelson up` with an error that names the check and the fix
     let failed = std::process::Command::new(binary)
-        .args(["up", "--listen=127.0.0.1:0", "--kubelet-port=0"])
+        .args([
+            "up",
+            "--listen=127.0.0.1:0",
+            "--gitops-listen=127.0.0.1:0",
+            "--kubelet-port=0",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("failed"))
         .arg("--container-runtime-endpoint=/nonexistent/containerd.sock")
@@ -936,7 +941,12 @@ fn up_runs_preflight_then_the_stack() {
     let data = dir.path().join("up");
     let mut up = AgentProcess(
         std::process::Command::new(binary)
-            .args(["up", "--listen=127.0.0.1:0", "--kubelet-port=0"])
+            .args([
+                "up",
+                "--listen=127.0.0.1:0",
+                "--gitops-listen=127.0.0.1:0",
+                "--kubelet-port=0",
+            ])
             .arg(format!("--node-name={node}"))
             .arg("--data-dir")
             .arg(&data)
@@ -958,4 +968,84 @@ fn up_runs_preflight_then_the_stack() {
     assert!(printed.contains(&format!("export KUBECONFIG={}", kubeconfig.display())));
     let kubectl = Kubectl::new(33, &kubeconfig);
     wait_node_ready(&kubectl, &node);
+
+    // the example GitOps repository is deployed, and a push to it deploys within seconds
+    let repository = data.join("gitops/example.git");
+    assert!(
+        printed.contains(&format!("git clone {}", repository.display())),
+        "{printed}"
+    );
+    kubectl.ok_within(
+        Duration::from_secs(20),
+        &["get", "application", "example"],
+        None,
+    );
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/example",
+        "--timeout=90s",
+    ]);
+    assert_eq!(
+        kubectl.ok(&[
+            "get",
+            "deployment",
+            "hello",
+            "-n",
+            "hello",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "2"
+    );
+    let clone = dir.path().join("example");
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "New User")
+            .env("GIT_AUTHOR_EMAIL", "new@example.com")
+            .env("GIT_COMMITTER_NAME", "New User")
+            .env("GIT_COMMITTER_EMAIL", "new@example.com")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&[
+        "clone",
+        "-q",
+        repository.to_str().unwrap(),
+        clone.to_str().unwrap(),
+    ]);
+    let page = clone.join("apps/hello/page.yaml");
+    let text = std::fs::read_to_string(&page).unwrap();
+    std::fs::write(&page, text.replace("Hello from Git", "Hello again")).unwrap();
+    let pushed = std::time::Instant::now();
+    git(&[
+        "-C",
+        clone.to_str().unwrap(),
+        "commit",
+        "-q",
+        "-am",
+        "Say hello again",
+    ]);
+    git(&["-C", clone.to_str().unwrap(), "push", "-q"]);
+    loop {
+        let html = kubectl.ok(&[
+            "get",
+            "configmap",
+            "hello-page",
+            "-n",
+            "hello",
+            "-o",
+            "jsonpath={.data.index\\.html}",
+        ]);
+        if html.contains("Hello again") {
+            break;
+        }
+        assert!(
+            pushed.elapsed() < Duration::from_secs(10),
+            "the push was not deployed: {html}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -83,6 +83,29 @@ pub struct Source {
     /// How a plain directory of YAML/JSON manifests is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<Directory>,
+    /// Apply only commits signed by a trusted key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// Commit signature verification.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// `HEAD` (the default): the target commit must be signed by a trusted key; `Strict`: it
+    /// and every commit it descends from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// A Secret in the Application's namespace with the trusted keys: OpenPGP public keys
+    /// (ASCII-armored) under names ending in `.asc`, SSH public keys under names ending in
+    /// `.pub` (one per line).
+    pub secret_ref: SecretRef,
+}
+
+/// A Secret in the same namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+pub struct SecretRef {
+    pub name: String,
 }
 
 /// Reading a directory of plain manifests.
@@ -165,6 +188,9 @@ pub struct ApplicationStatus {
     /// Every object applied by this Application, as `NAMESPACE_NAME_GROUP_KIND` plus version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inventory: Vec<InventoryEntry>,
+    /// The last webhook delivery that asked for this Application's repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_webhook: Option<WebhookDelivery>,
     /// The latest sync attempts, newest first (the audit log keeps all of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
@@ -207,6 +233,19 @@ pub struct HealthStatus {
     pub status: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// A webhook delivery.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    /// `github`, `gitlab` or `gitea`.
+    pub provider: String,
+    /// The forge's delivery id.
+    pub id: String,
+    pub received_at: String,
+    /// The pushed ref.
+    pub reference: String,
 }
 
 /// One applied object.

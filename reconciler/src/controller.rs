@@ -34,8 +34,10 @@ use crate::apply::{self, Kinds};
 use crate::audit::AuditLog;
 use crate::health::{self, Health, Verdict};
 use crate::inventory::{ObjectId, PrunePlan, plan_prune};
+use crate::metrics::Metrics;
 use crate::render::{self, Manifest, RenderError};
 use crate::source::{CommitInfo, Sources};
+use crate::triggers::Triggers;
 
 /// History entries kept in status (the audit log keeps all).
 pub const HISTORY_IN_STATUS: usize = 10;
@@ -47,6 +49,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Polling interval of Applications that set none.
     pub default_interval: Duration,
+    /// Where to serve webhooks and metrics (None: not at all).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Namespace of the webhook Secret.
+    pub namespace: String,
 }
 
 impl Config {
@@ -54,6 +60,8 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             default_interval: Duration::from_secs(60),
+            listen: None,
+            namespace: "kube-system".into(),
         }
     }
 
@@ -81,6 +89,9 @@ pub struct Context {
     config: Config,
     drift: DriftWatches,
     renders: Mutex<HashMap<RenderKey, Arc<Vec<Manifest>>>>,
+    triggers: Arc<Triggers>,
+    metrics: Arc<Metrics>,
+    verifier: Arc<crate::verify::Verifier>,
 }
 
 /// Watches of managed objects, one per kind in use.
@@ -475,6 +486,9 @@ pub async fn preview(
             shutdown: CancellationToken::new(),
         },
         renders: Mutex::new(HashMap::new()),
+        triggers: Triggers::new(tokio::sync::mpsc::unbounded_channel().0),
+        metrics: Arc::new(Metrics::new()),
+        verifier: Arc::default(),
     };
     let directory = app.spec.source.directory.clone().unwrap_or_default();
     let mut preview = Preview::default();
@@ -667,11 +681,12 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
     let requested = app.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
     let sync_requested = requested.is_some() && requested != previous.last_handled_reconcile_at;
 
+    ctx.triggers.register(&app);
     let mut attempt = Attempt::default();
     if !app.spec.suspend {
         sync(&app, &ctx, &previous, sync_requested, &mut attempt).await?;
     }
-    let status = next_status(
+    let mut status = next_status(
         &app,
         &previous,
         &attempt,
@@ -680,10 +695,56 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         requested.clone(),
     );
 
+    status.last_webhook = ctx
+        .triggers
+        .delivery(&crate::triggers::key_of(&app))
+        .map(|d| crate::api::WebhookDelivery {
+            provider: d.provider,
+            id: d.id,
+            received_at: d.time,
+            reference: d.reference,
+        })
+        .or(status.last_webhook);
+    let (namespace, name) = (app.namespace().unwrap_or_default(), app.name_any());
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&["Application", &namespace, &name])
+        .observe(started.elapsed().as_secs_f64());
+    if !attempt.applied.is_empty() {
+        ctx.metrics
+            .objects
+            .with_label_values(&[&namespace, &name, "apply"])
+            .inc_by(attempt.applied.len() as u64);
+    }
+    if !attempt.pruned.is_empty() {
+        ctx.metrics
+            .objects
+            .with_label_values(&[&namespace, &name, "prune"])
+            .inc_by(attempt.pruned.len() as u64);
+    }
+    if attempt.drift_corrected {
+        ctx.metrics
+            .drift
+            .with_label_values(&[&namespace, &name, "corrected"])
+            .inc();
+    }
+
     // history, audit and events only when something happened or the outcome changed
     let entry = status.history.first().cloned();
     let recorded = entry.is_some() && previous.history.first() != entry.as_ref();
     if recorded && let Some(entry) = &entry {
+        ctx.metrics
+            .syncs
+            .with_label_values(&[&namespace, &name, &entry.result])
+            .inc();
+        if entry.result == "OutOfSync"
+            && previous.last_applied_revision.as_deref() == Some(entry.revision.as_str())
+        {
+            ctx.metrics
+                .drift
+                .with_label_values(&[&namespace, &name, "reported"])
+                .inc();
+        }
         record(&app, &ctx, &attempt, entry).await;
     }
     if status != previous {
@@ -727,11 +788,21 @@ async fn sync(
         .unwrap_or_else(|| "HEAD".into());
     let sources = ctx.sources.clone();
     let url = source.repo_url.clone();
+    let fetch_started = Instant::now();
     let resolved = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::task::spawn_blocking(move || sources.resolve(&url, &revision)),
     )
     .await;
+    let ok = matches!(resolved, Ok(Ok(Ok(_))));
+    ctx.metrics
+        .git_requests
+        .with_label_values(&["fetch", if ok { "success" } else { "failure" }])
+        .inc();
+    ctx.metrics
+        .git_duration
+        .with_label_values(&["fetch"])
+        .observe(fetch_started.elapsed().as_secs_f64());
     let commit = match resolved {
         Ok(Ok(Ok(commit))) => commit,
         Ok(Ok(Err(error))) => {
@@ -748,6 +819,17 @@ async fn sync(
             return Ok(());
         }
     };
+    let mut commit = commit;
+    if let Some(verify) = &source.verify {
+        match verify_commit(app, ctx, verify, &commit.sha).await {
+            Ok(signer) => commit.signer = Some(signer),
+            Err(message) => {
+                attempt.commit = Some(commit);
+                attempt.failure = Some(("VerificationFailed".into(), message, true));
+                return Ok(());
+            }
+        }
+    }
     attempt.commit = Some(commit.clone());
     let manifests = match ctx.render(app, &commit).await {
         Ok(manifests) => manifests,
@@ -999,6 +1081,45 @@ async fn sync(
     Ok(())
 }
 
+/// Checks the signature(s) of `sha` against the trusted keys of the Application's Secret;
+/// the signer, or why the commit is refused.
+async fn verify_commit(
+    app: &Application,
+    ctx: &Context,
+    verify: &crate::api::Verify,
+    sha: &str,
+) -> Result<String, String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ctx.kinds.client().clone(), &namespace);
+    let name = &verify.secret_ref.name;
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| format!("Secret {namespace}/{name} with the trusted keys does not exist"))?;
+    let data = secret.data.unwrap_or_default();
+    let keys = crate::verify::TrustedKeys::from_entries(
+        data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())),
+    );
+    if keys.is_empty() {
+        return Err(format!(
+            "Secret {namespace}/{name} holds no trusted keys (*.asc OpenPGP, *.pub SSH)"
+        ));
+    }
+    let strict = verify
+        .mode
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("strict"));
+    let git_dir = ctx.sources.cache_dir(&app.spec.source.repo_url);
+    let verifier = ctx.verifier.clone();
+    let sha = sha.to_owned();
+    tokio::task::spawn_blocking(move || verifier.verify(&git_dir, &sha, strict, &keys))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 impl ApplicationStatus {
     /// Whether the last attempt failed, so an automated Application tries again.
     fn failure_pending(&self) -> bool {
@@ -1237,6 +1358,7 @@ async fn record(app: &Application, ctx: &Context, attempt: &Attempt, entry: &His
         "author": commit.author,
         "committer": commit.committer,
         "signed": commit.signed,
+        "signer": commit.signer,
         "pullRequest": commit.pull_request,
         "subject": commit.subject,
         "digest": entry.digest,
@@ -1317,6 +1439,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let audit = AuditLog::open(config.audit_path())?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = Arc::new(Metrics::new());
+    let push_triggers = Triggers::new(trigger.clone());
+    let _ = std::fs::remove_file(config.data_dir.join("address"));
+    if let Some(listen) = config.listen {
+        let (address, _task) = crate::server::serve(
+            listen,
+            client.clone(),
+            config.namespace.clone(),
+            push_triggers.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        info!(%address, "serving GitOps webhooks (/hooks/github|gitlab|gitea) and /metrics");
+        std::fs::create_dir_all(&config.data_dir)?;
+        let written = config.data_dir.join("address.tmp");
+        std::fs::write(&written, address.to_string())?;
+        std::fs::rename(&written, config.data_dir.join("address"))?;
+    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -1336,6 +1477,9 @@ pub async fn run(
             shutdown: shutdown.clone(),
         },
         renders: Mutex::new(HashMap::new()),
+        triggers: push_triggers,
+        metrics,
+        verifier: Arc::default(),
         config,
     });
     let api: Api<Application> = Api::all(client);

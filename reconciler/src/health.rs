@@ -357,26 +357,14 @@ fn pvc(p: &Value) -> Verdict {
     }
 }
 
-fn load_balanced(o: &Value) -> bool {
-    o.pointer("/status/loadBalancer/ingress")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-}
-
-fn service(s: &Value) -> Verdict {
-    if text(s, "/spec/type") == "LoadBalancer" && !load_balanced(s) {
-        return verdict(Health::Progressing, "waiting for a load balancer address");
-    }
+/// Services and Ingresses are healthy once they exist, as kstatus has it: waiting for an
+/// address (Argo CD's rule) leaves Applications Progressing forever on clusters without a load
+/// balancer, its users' most common health complaint.
+fn service(_: &Value) -> Verdict {
     healthy()
 }
 
-fn ingress(i: &Value) -> Verdict {
-    if !load_balanced(i) {
-        return verdict(
-            Health::Progressing,
-            "waiting for the ingress controller to publish an address",
-        );
-    }
+fn ingress(_: &Value) -> Verdict {
     healthy()
 }
 
@@ -503,7 +491,11 @@ mod tests {
         let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "status": {"phase": "Pending"}});
         assert_eq!(assess(&pvc).health, Health::Progressing);
         let lb = json!({"apiVersion": "v1", "kind": "Service", "spec": {"type": "LoadBalancer"}});
-        assert_eq!(assess(&lb).health, Health::Progressing);
+        assert_eq!(
+            assess(&lb).health,
+            Health::Healthy,
+            "no address needed, as in kstatus"
+        );
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap"});
         assert_eq!(assess(&cm).health, Health::Healthy);
         let cr = json!({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"generation": 3},

@@ -12,10 +12,15 @@ pub mod api;
 pub mod apply;
 pub mod audit;
 pub mod controller;
+pub mod example;
 pub mod health;
 pub mod inventory;
+pub mod metrics;
 pub mod render;
+pub mod server;
 pub mod source;
+pub mod triggers;
+pub mod verify;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;

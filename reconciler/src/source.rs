@@ -3,9 +3,12 @@
 //! that commit straight from Git's objects (no work tree; symlinks that leave the repository and
 //! oversized trees are refused).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use git2::{Direction, FetchOptions, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use sha2::{Digest, Sha256};
@@ -47,6 +50,8 @@ pub struct CommitInfo {
     pub time: i64,
     /// Whether the commit carries a signature (verification is the caller's).
     pub signed: bool,
+    /// Who signed it, once verified.
+    pub signer: Option<String>,
     /// The pull request a merge commit names ("Merge pull request #12", "(#12)", "!12").
     pub pull_request: Option<String>,
 }
@@ -59,6 +64,8 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 pub struct Sources {
     root: PathBuf,
     timeout: Duration,
+    /// One lock per cache: fetches into one repository never overlap.
+    locks: Arc<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>>,
 }
 
 impl Sources {
@@ -66,6 +73,7 @@ impl Sources {
         Self {
             root: root.into(),
             timeout: Duration::from_secs(60),
+            locks: Arc::default(),
         }
     }
 
@@ -97,6 +105,13 @@ impl Sources {
     /// Resolves `revision` of `url` to a commit, fetching only when the remote's refs moved
     /// (or the revision is a commit the cache lacks). Blocking: call from a blocking task.
     pub fn resolve(&self, url: &str, revision: &str) -> Result<CommitInfo, SourceError> {
+        let lock = self
+            .locks
+            .lock()
+            .entry(self.cache_dir(url))
+            .or_default()
+            .clone();
+        let _held = lock.lock();
         let repo = self.open(url)?;
         let mut remote = repo.find_remote("origin")?;
         let connection = remote.connect_auth(Direction::Fetch, None, None)?;
@@ -439,6 +454,7 @@ fn commit_info(repo: &Repository, commit: &git2::Commit<'_>) -> CommitInfo {
         subject: message.lines().next().unwrap_or_default().to_owned(),
         time: commit.time().seconds(),
         signed: repo.extract_signature(&commit.id(), None).is_ok(),
+        signer: None,
         pull_request: pull_request(message),
     }
 }

@@ -3,6 +3,9 @@
 //! versioned kubectl binaries ([`Kubectl`]). The etcd helper lives in
 //! `kelson_storage::test_support`.
 
+pub mod bench;
+pub mod git;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -180,6 +183,9 @@ impl KelsonProcess {
         if !args.iter().any(|a| a.starts_with("--listen")) {
             command.arg("--listen=127.0.0.1:0");
         }
+        if !args.iter().any(|a| a.starts_with("--gitops-listen")) {
+            command.arg("--gitops-listen=127.0.0.1:0");
+        }
         // tests share one containerd: only a test that names its node runs an agent
         if !args.iter().any(|a| a.starts_with("--node-name")) {
             command.arg("--disable-agent");
@@ -219,6 +225,28 @@ impl KelsonProcess {
     #[must_use]
     pub fn kubeconfig(&self) -> PathBuf {
         self.data_dir.join("kubeconfig.yaml")
+    }
+
+    /// The address of the GitOps listener (webhooks, metrics), once the reconciler runs.
+    ///
+    /// # Panics
+    /// When it does not listen within 30 s.
+    #[must_use]
+    pub fn gitops_address(&self) -> String {
+        let path = self.data_dir.join("gitops/address");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(address) = std::fs::read_to_string(&path)
+                && !address.is_empty()
+            {
+                return address;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the GitOps listener did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The port it listens on.
