@@ -36,6 +36,9 @@ enum Command {
     /// Run simulated ("hollow") nodes against a cluster: they register, heartbeat and run the
     /// pods bound to them on a fake runtime.
     Sim(SimArgs),
+    /// Run only the GitOps reconciler, against any Kubernetes cluster: installs the Application
+    /// definition there and keeps its Applications synced (leader-elected, so several may run).
+    Reconciler(ReconcilerArgs),
     /// Look at and steer GitOps Applications: list, get, diff, sync, history, verify-history,
     /// rollback, suspend, resume.
     App(app::AppArgs),
@@ -52,6 +55,26 @@ struct UpArgs {
     /// Application `example`.
     #[arg(long)]
     no_example: bool,
+}
+
+#[derive(clap::Args)]
+struct ReconcilerArgs {
+    /// Kubeconfig of the cluster (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Directory for repository caches and the audit log.
+    #[arg(
+        long,
+        env = "KELSON_GITOPS_DIR",
+        default_value = "/var/lib/kelson-gitops"
+    )]
+    data_dir: PathBuf,
+    /// Address of the webhook and metrics listener.
+    #[arg(long, default_value = "0.0.0.0:9780")]
+    listen: SocketAddr,
+    /// Namespace of the leader-election Lease and of the webhook Secret.
+    #[arg(long, default_value = "kube-system")]
+    namespace: String,
 }
 
 #[derive(clap::Args)]
@@ -264,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => agent(args).await?,
         Command::Sim(args) => sim(args).await?,
         Command::App(args) => app::run(args).await?,
+        Command::Reconciler(args) => reconciler(args).await?,
     }
     Ok(())
 }
@@ -433,6 +457,39 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         });
     }
     api.await?.context("kelson server failed")
+}
+
+/// `kelson reconciler`: the GitOps reconciler alone, against any cluster.
+async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    kelson_reconciler::install_crds(&client)
+        .await
+        .context("failed to install the Application definition")?;
+    let shutdown = shutdown_signal();
+    let mut config = kelson_reconciler::Config::new(args.data_dir);
+    config.listen = Some(args.listen);
+    config.namespace = args.namespace.clone();
+    let identity = format!("{}_{}", hostname(), std::process::id());
+    let mut election = kelson_common::leader::Election::new("kelson-gitops", &identity);
+    election.namespace = args.namespace;
+    kelson_common::leader::run_when_leader(client.clone(), election, shutdown, move |leading| {
+        let (client, config) = (client.clone(), config.clone());
+        async move {
+            if let Err(error) = kelson_reconciler::run(client, config, leading).await {
+                tracing::error!(%error, "the GitOps reconciler failed");
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kelson_testing::git::{GitDaemon, GitRepo, github_signature as sign, http};
+use kelson_testing::git::{GitDaemon, GitRepo, git, github_signature as sign, http};
 use kelson_testing::{KelsonProcess, Kubectl};
 
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
@@ -849,4 +849,223 @@ fn unsigned_commits_are_refused_when_verification_is_on() {
         "{audit}"
     );
     assert!(audit.contains("VerificationFailed"), "{audit}");
+}
+
+/// A child process killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_standalone_reconciler_honours_dependencies_ignored_fields_and_version_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    // a cluster without a reconciler of its own: `kelson reconciler` treats it as any cluster
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &["--disable-gitops"]).unwrap();
+    let kubeconfig = server.kubeconfig();
+    let _reconciler = Process(
+        Command::new(KELSON)
+            .arg("reconciler")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--data-dir")
+            .arg(dir.path().join("gitops"))
+            .arg("--listen=127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let k = Kubectl::new(33, &kubeconfig);
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write(
+        "base/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: base\ndata:\n  tier: base\n",
+    );
+    repo.write(
+        "web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  color: blue\n  tuned: from-git\n",
+    );
+    repo.commit("v1.0.0 content");
+    git(&repo.work, &["tag", "v1.0.0"]);
+    git(&repo.work, &["push", "-q", "origin", "v1.0.0"]);
+
+    // web depends on base, follows the highest 1.x tag and leaves data.tuned to the cluster
+    let web = application("web", &repo.origin, "web", true)
+        .replace("targetRevision: main", "targetRevision: '>=1.0.0 <2.0.0'")
+        + "  dependsOn: [base]\n  ignoreDifferences:\n  - kind: ConfigMap\n    name: web\n    jsonPointers: [/data/tuned]\n";
+    k.ok_within(Duration::from_secs(30), &["apply", "-f", "-"], Some(&web));
+    let reason = wait_for(
+        &k,
+        "the dependency wait",
+        &[
+            "get",
+            "app",
+            "web",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#,
+        ],
+        |t| !t.is_empty(),
+    );
+    assert_eq!(reason, "DependencyNotReady");
+    assert!(!k.run(&["get", "configmap", "web"], None).status.success());
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some(&application("base", &repo.origin, "base", true)),
+    );
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/base",
+        "application/web",
+        "--timeout=60s",
+    ]);
+    assert_eq!(field(&k, "configmap", "web", "{.data.color}"), "blue");
+
+    // a field changed in the cluster and ignored stays; the app stays in sync
+    k.ok(&[
+        "patch",
+        "configmap",
+        "web",
+        "-p",
+        r#"{"data":{"tuned":"by-hand","color":"red"}}"#,
+    ]);
+    wait_for(
+        &k,
+        "color reverted",
+        &["get", "configmap", "web", "-o", "jsonpath={.data.color}"],
+        |t| t == "blue",
+    );
+    assert_eq!(field(&k, "configmap", "web", "{.data.tuned}"), "by-hand");
+    assert_eq!(field(&k, "app", "web", "{.status.sync.status}"), "Synced");
+
+    // a new tag inside the range is followed; one outside is not
+    repo.write("web/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  color: green\n  tuned: from-git\n");
+    let v11 = repo.commit("v1.1.0 content");
+    git(&repo.work, &["tag", "v1.1.0"]);
+    repo.write(
+        "web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  color: purple\n",
+    );
+    repo.commit("v2.0.0 content");
+    git(&repo.work, &["tag", "v2.0.0"]);
+    git(&repo.work, &["push", "-q", "origin", "--tags"]);
+    wait_for(
+        &k,
+        "the v1.1.0 tag",
+        &[
+            "get",
+            "app",
+            "web",
+            "-o",
+            "jsonpath={.status.lastAppliedRevision}",
+        ],
+        |t| t == v11,
+    );
+    assert_eq!(field(&k, "configmap", "web", "{.data.color}"), "green");
+    assert_eq!(field(&k, "configmap", "web", "{.data.tuned}"), "by-hand");
+}
+
+#[test]
+fn private_repositories_are_read_with_the_credentials_of_the_secret_ref() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let k = Kubectl::new(33, &server.kubeconfig());
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let repo = GitRepo::new(&served, "private");
+    repo.write(
+        "app/cm.yaml",
+        &configmap("private").replace("hooked", "private"),
+    );
+    repo.commit("A private change");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _forge = Process(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/git_http_server.py"
+            ))
+            .arg(&served)
+            .arg(port.to_string())
+            .args(["dana", "s3cret-token"])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the git server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}/private.git");
+    let app =
+        application("private", Path::new("/unused"), "app", true).replace("file:///unused", &url);
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    let reason = wait_for(
+        &k,
+        "the refused fetch",
+        &[
+            "get",
+            "app",
+            "private",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#,
+        ],
+        |t| !t.is_empty(),
+    );
+    assert_eq!(reason, "GitOperationFailed");
+    assert!(
+        !k.run(&["get", "configmap", "private"], None)
+            .status
+            .success()
+    );
+
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "repo-credentials",
+        "--from-literal=username=dana",
+        "--from-literal=password=s3cret-token",
+    ]);
+    k.ok(&[
+        "patch",
+        "application",
+        "private",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"source":{"secretRef":{"name":"repo-credentials"}}}}"#,
+    ]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/private",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        field(&k, "configmap", "private", "{.data.value}"),
+        "private"
+    );
+    let audit = std::fs::read_to_string(data.join("gitops/audit.log")).unwrap();
+    assert!(
+        !audit.contains("s3cret-token"),
+        "credentials leaked into the audit log"
+    );
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    assert!(
+        !log.contains("s3cret-token"),
+        "credentials leaked into the server log"
+    );
 }

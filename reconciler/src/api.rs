@@ -65,6 +65,30 @@ pub struct ApplicationSpec {
     /// Stop reconciling (nothing is applied or pruned) until set back to false.
     #[serde(default)]
     pub suspend: bool,
+    /// Fields that others manage (an autoscaler's replicas, a webhook's injected fields): they
+    /// are left as the cluster has them, never shown as differences, never changed or removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_differences: Vec<IgnoreDifference>,
+    /// Applications in the same namespace that must be Ready before this one syncs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
+/// Fields of matching objects to leave alone.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IgnoreDifference {
+    /// API group (empty or absent for the core group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub kind: String,
+    /// Only the object of this name (default: every object of the kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// RFC 6901 JSON pointers, e.g. `/spec/replicas`.
+    pub json_pointers: Vec<String>,
 }
 
 /// A path of a Git repository at a revision.
@@ -74,7 +98,8 @@ pub struct Source {
     /// `https://…`, `ssh://…`, `user@host:path`, `file:///path` or an absolute path.
     #[serde(rename = "repoURL")]
     pub repo_url: String,
-    /// A branch, a tag, a full commit SHA, or `HEAD` (the remote's default branch; the default).
+    /// A branch, a tag, a full commit SHA, `HEAD` (the remote's default branch; the default),
+    /// or a semver range over the tags (`>=1.2.0 <2`, `~1.4`, `1.x`): the highest matching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_revision: Option<String>,
     /// Directory inside the repository (default: its root).
@@ -83,6 +108,10 @@ pub struct Source {
     /// How a plain directory of YAML/JSON manifests is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<Directory>,
+    /// A Secret in the Application's namespace with credentials: `username` and `password`
+    /// (or `bearerToken`) for https; `identity` (private key) and `known_hosts` for ssh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
     /// Apply only commits signed by a trusted key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verify>,

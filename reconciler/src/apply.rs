@@ -187,6 +187,73 @@ pub fn render_diff(live: Option<&Value>, desired: &Value) -> String {
     out
 }
 
+/// Leaves the fields at `pointers` as the cluster has them: the live value is applied back
+/// (adopted, so it is neither changed nor deleted), and a field the cluster lacks is not sent.
+pub fn respect_ignored(desired: &mut Value, live: Option<&Value>, pointers: &[String]) {
+    for pointer in pointers {
+        match live.and_then(|l| l.pointer(pointer)) {
+            Some(value) => set_pointer(desired, pointer, value.clone()),
+            None => remove_pointer(desired, pointer),
+        }
+    }
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Sets `value` at `pointer`, creating objects on the way (arrays must have the index).
+pub fn set_pointer(target: &mut Value, pointer: &str, value: Value) {
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+    let Some((last, parents)) = tokens.split_last() else {
+        return;
+    };
+    let mut node = target;
+    for token in parents {
+        node = match node {
+            Value::Object(map) => map
+                .entry(token.clone())
+                .or_insert_with(|| Value::Object(Default::default())),
+            Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+            {
+                Some(item) => item,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    match node {
+        Value::Object(map) => {
+            map.insert(last.clone(), value);
+        }
+        Value::Array(items) => {
+            if let Some(item) = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                *item = value;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Removes the value at `pointer`, if any.
+pub fn remove_pointer(target: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = unescape(last);
+    match target.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.remove(&last);
+        }
+        Some(Value::Array(items)) => {
+            if let Some(index) = last.parse::<usize>().ok().filter(|i| *i < items.len()) {
+                items.remove(index);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Position of a kind in the apply order (Argo CD's order within a wave): namespaces and
 /// definitions first, then what pods need, then workloads, then custom resources.
 pub fn kind_rank(group: &str, kind: &str) -> usize {
@@ -264,6 +331,33 @@ mod tests {
             render_diff(Some(&live), &scaled),
             "- /spec/replicas: 1\n+ /spec/replicas: 2\n"
         );
+    }
+
+    #[test]
+    fn ignored_fields_keep_the_cluster_value() {
+        let live = json!({"spec": {"replicas": 7, "template": {"metadata": {"annotations": {"a/b": "x"}}}}});
+        let mut desired = json!({"spec": {"replicas": 2, "paused": true}});
+        respect_ignored(
+            &mut desired,
+            Some(&live),
+            &[
+                "/spec/replicas".into(),
+                "/spec/paused".into(),
+                "/spec/template/metadata/annotations/a~1b".into(),
+            ],
+        );
+        assert_eq!(
+            desired,
+            json!({"spec": {"replicas": 7, "template": {"metadata": {"annotations": {"a/b": "x"}}}}})
+        );
+        // nothing live yet: the field is simply not sent
+        let mut new = json!({"spec": {"replicas": 2, "containers": [{"image": "a"}]}});
+        respect_ignored(
+            &mut new,
+            None,
+            &["/spec/replicas".into(), "/spec/containers/0/image".into()],
+        );
+        assert_eq!(new, json!({"spec": {"containers": [{}]}}));
     }
 
     #[test]

@@ -39,6 +39,11 @@ use crate::render::{self, Manifest, RenderError};
 use crate::source::{CommitInfo, Sources};
 use crate::triggers::Triggers;
 
+/// Threads doing Git work at once.
+const GIT_THREADS: usize = 4;
+/// Applications reconciled at once.
+const CONCURRENT_RECONCILES: u16 = 16;
+
 /// History entries kept in status (the audit log keeps all).
 pub const HISTORY_IN_STATUS: usize = 10;
 
@@ -92,6 +97,9 @@ pub struct Context {
     triggers: Arc<Triggers>,
     metrics: Arc<Metrics>,
     verifier: Arc<crate::verify::Verifier>,
+    /// Git work (fetch, tree reads, exports, verification) runs on at most this many threads:
+    /// each libgit2 thread keeps its own allocator arena and pack windows.
+    git_slots: tokio::sync::Semaphore,
 }
 
 /// Watches of managed objects, one per kind in use.
@@ -341,6 +349,7 @@ impl Context {
             line: 0,
             message,
         };
+        let _slot = self.git_slots.acquire().await;
         let files =
             tokio::task::spawn_blocking(move || sources.read(&url, &sha, &read_path, recurse))
                 .await
@@ -489,6 +498,7 @@ pub async fn preview(
         triggers: Triggers::new(tokio::sync::mpsc::unbounded_channel().0),
         metrics: Arc::new(Metrics::new()),
         verifier: Arc::default(),
+        git_slots: tokio::sync::Semaphore::new(GIT_THREADS),
     };
     let directory = app.spec.source.directory.clone().unwrap_or_default();
     let mut preview = Preview::default();
@@ -505,7 +515,14 @@ pub async fn preview(
                 .map(str::to_owned)
                 .or_else(|| app.spec.source.target_revision.clone())
                 .unwrap_or_else(|| "HEAD".into());
-            let commit = tokio::task::spawn_blocking(move || sources.resolve(&url, &rev)).await??;
+            let credentials = credentials_of(app, &ctx)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let _slot = ctx.git_slots.acquire().await;
+            let commit = tokio::task::spawn_blocking(move || {
+                sources.resolve(&url, &rev, credentials.as_ref())
+            })
+            .await??;
             preview.revision = commit.sha.clone();
             ctx.render(app, &commit).await?.as_ref().clone()
         }
@@ -529,7 +546,8 @@ pub async fn preview(
             .get_opt(&d.id.name)
             .await?
             .map(|l| serde_json::to_value(l).unwrap_or_default());
-        let planned = match apply::apply(&api, &d.id.name, &d.object, true).await {
+        let object = with_ignored(app, d, live.as_ref());
+        let planned = match apply::apply(&api, &d.id.name, &object, true).await {
             Ok(planned) => planned,
             Err(error) => {
                 preview.changes.push((
@@ -636,6 +654,49 @@ fn prepared(
         location: manifest.location(),
         wave,
     }
+}
+
+/// The object to apply: `d` with the Application's ignored fields as the cluster has them.
+fn with_ignored(app: &Application, d: &Desired, live: Option<&Value>) -> Value {
+    let pointers: Vec<String> = app
+        .spec
+        .ignore_differences
+        .iter()
+        .filter(|rule| {
+            rule.kind == d.id.kind
+                && rule.group.as_deref().unwrap_or("") == d.id.group
+                && rule.name.as_ref().is_none_or(|n| *n == d.id.name)
+                && rule.namespace.as_ref().is_none_or(|n| *n == d.id.namespace)
+        })
+        .flat_map(|rule| rule.json_pointers.iter().cloned())
+        .collect();
+    let mut object = d.object.clone();
+    if !pointers.is_empty() {
+        apply::respect_ignored(&mut object, live, &pointers);
+    }
+    object
+}
+
+/// Why `app` must wait for the Applications it depends on, if it must.
+async fn dependency_pending(app: &Application, ctx: &Context) -> Result<Option<String>, Error> {
+    let namespace = app.namespace().unwrap_or_default();
+    let api: Api<Application> = Api::namespaced(ctx.kinds.client().clone(), &namespace);
+    for name in &app.spec.depends_on {
+        let ready = api.get_opt(name).await?.is_some_and(|other| {
+            other.status.as_ref().is_some_and(|s| {
+                s.observed_generation == other.metadata.generation
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        });
+        if !ready {
+            return Ok(Some(format!(
+                "waiting for Application {namespace}/{name} to be Ready"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Ready once every CustomResourceDefinition among `crds` is Established (at most 30 s).
@@ -781,6 +842,10 @@ async fn sync(
     sync_requested: bool,
     attempt: &mut Attempt,
 ) -> Result<(), Error> {
+    if let Some(reason) = dependency_pending(app, ctx).await? {
+        attempt.failure = Some(("DependencyNotReady".into(), reason, false));
+        return Ok(());
+    }
     let source = &app.spec.source;
     let revision = source
         .target_revision
@@ -788,12 +853,21 @@ async fn sync(
         .unwrap_or_else(|| "HEAD".into());
     let sources = ctx.sources.clone();
     let url = source.repo_url.clone();
+    let credentials = match credentials_of(app, ctx).await {
+        Ok(credentials) => credentials,
+        Err(message) => {
+            attempt.failure = Some(("AuthenticationFailed".into(), message, false));
+            return Ok(());
+        }
+    };
+    let slot = ctx.git_slots.acquire().await;
     let fetch_started = Instant::now();
     let resolved = tokio::time::timeout(
         Duration::from_secs(90),
-        tokio::task::spawn_blocking(move || sources.resolve(&url, &revision)),
+        tokio::task::spawn_blocking(move || sources.resolve(&url, &revision, credentials.as_ref())),
     )
     .await;
+    drop(slot);
     let ok = matches!(resolved, Ok(Ok(Ok(_))));
     ctx.metrics
         .git_requests
@@ -929,7 +1003,8 @@ async fn sync(
                 v: d.resource.api_version.clone(),
             });
             ctx.drift.ensure(&d.resource);
-            let planned = match apply::apply(&api, &d.id.name, &d.object, true).await {
+            let object = with_ignored(app, d, live.as_ref());
+            let planned = match apply::apply(&api, &d.id.name, &object, true).await {
                 Ok(planned) => planned,
                 Err(error) => {
                     errors.push(format!(
@@ -951,7 +1026,7 @@ async fn sync(
                 live_objects.push(live.unwrap_or(planned));
                 continue;
             }
-            match apply::apply(&api, &d.id.name, &d.object, false).await {
+            match apply::apply(&api, &d.id.name, &object, false).await {
                 Ok(stored) => {
                     if live.is_some() && !new_revision {
                         attempt.drift_corrected = true;
@@ -1081,6 +1156,29 @@ async fn sync(
     Ok(())
 }
 
+/// The credentials of the Application's secretRef, if it names one.
+async fn credentials_of(
+    app: &Application,
+    ctx: &Context,
+) -> Result<Option<crate::auth::GitCredentials>, String> {
+    let Some(reference) = &app.spec.source.secret_ref else {
+        return Ok(None);
+    };
+    let namespace = app.namespace().unwrap_or_default();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ctx.kinds.client().clone(), &namespace);
+    let name = &reference.name;
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| format!("the secretRef {namespace}/{name} does not exist"))?;
+    let data = secret.data.unwrap_or_default();
+    Ok(Some(crate::auth::GitCredentials::from_entries(
+        data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())),
+    )))
+}
+
 /// Checks the signature(s) of `sha` against the trusted keys of the Application's Secret;
 /// the signer, or why the commit is refused.
 async fn verify_commit(
@@ -1114,6 +1212,7 @@ async fn verify_commit(
     let git_dir = ctx.sources.cache_dir(&app.spec.source.repo_url);
     let verifier = ctx.verifier.clone();
     let sha = sha.to_owned();
+    let _slot = ctx.git_slots.acquire().await;
     tokio::task::spawn_blocking(move || verifier.verify(&git_dir, &sha, strict, &keys))
         .await
         .map_err(|e| e.to_string())?
@@ -1480,6 +1579,7 @@ pub async fn run(
         triggers: push_triggers,
         metrics,
         verifier: Arc::default(),
+        git_slots: tokio::sync::Semaphore::new(GIT_THREADS),
         config,
     });
     let api: Api<Application> = Api::all(client);
@@ -1493,7 +1593,9 @@ pub async fn run(
     Controller::for_stream(applications, reader)
         .reconcile_on(drift)
         .with_config(
-            kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)),
+            kube::runtime::controller::Config::default()
+                .debounce(Duration::from_millis(50))
+                .concurrency(CONCURRENT_RECONCILES),
         )
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)

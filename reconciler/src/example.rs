@@ -128,7 +128,7 @@ mod tests {
         );
         let sources = crate::source::Sources::new(dir.path().join("cache"));
         let url = format!("file://{}", repo_dir.display());
-        let commit = sources.resolve(&url, "HEAD").unwrap();
+        let commit = sources.resolve(&url, "HEAD", None).unwrap();
         let files = sources.read(&url, &commit.sha, "apps/hello", true).unwrap();
         assert_eq!(files.len(), 3);
         let manifests = crate::render::render_directory(

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod apply;
 pub mod audit;
+pub mod auth;
 pub mod controller;
 pub mod example;
 pub mod health;
@@ -83,10 +84,9 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(
-            super::APPLICATION_CRD,
-            generated,
-            "run with KELSON_WRITE_MANIFESTS=1 to regenerate"
+        assert!(
+            super::APPLICATION_CRD == generated,
+            "manifests/gitops.kelson.dev_applications.yaml is stale: run with KELSON_WRITE_MANIFESTS=1 to regenerate"
         );
     }
 }

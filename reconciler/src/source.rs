@@ -13,6 +13,8 @@ use parking_lot::Mutex;
 use git2::{Direction, FetchOptions, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use sha2::{Digest, Sha256};
 
+use crate::auth::GitCredentials;
+
 /// Largest total size of the files read from one path of one commit.
 pub const MAX_TREE_BYTES: usize = 64 << 20;
 /// Largest single file read.
@@ -104,7 +106,14 @@ impl Sources {
 
     /// Resolves `revision` of `url` to a commit, fetching only when the remote's refs moved
     /// (or the revision is a commit the cache lacks). Blocking: call from a blocking task.
-    pub fn resolve(&self, url: &str, revision: &str) -> Result<CommitInfo, SourceError> {
+    pub fn resolve(
+        &self,
+        url: &str,
+        revision: &str,
+        credentials: Option<&GitCredentials>,
+    ) -> Result<CommitInfo, SourceError> {
+        let none = GitCredentials::default();
+        let credentials = credentials.unwrap_or(&none);
         let lock = self
             .locks
             .lock()
@@ -114,7 +123,8 @@ impl Sources {
         let _held = lock.lock();
         let repo = self.open(url)?;
         let mut remote = repo.find_remote("origin")?;
-        let connection = remote.connect_auth(Direction::Fetch, None, None)?;
+        let connection =
+            remote.connect_auth(Direction::Fetch, Some(credentials.callbacks()), None)?;
         let advertised: Vec<(String, Oid)> = connection
             .list()?
             .iter()
@@ -140,7 +150,7 @@ impl Sources {
         if stale || missing_commit {
             // a transfer that outlives the timeout is cancelled between packets
             let deadline = std::time::Instant::now() + self.timeout;
-            let mut callbacks = git2::RemoteCallbacks::new();
+            let mut callbacks = credentials.callbacks();
             callbacks.transfer_progress(move |_| std::time::Instant::now() < deadline);
             let mut options = FetchOptions::new();
             options.prune(git2::FetchPrune::On);
@@ -179,6 +189,15 @@ impl Sources {
             .find_map(|name| repo.find_reference(name).ok())
             .and_then(|r| r.peel_to_commit().ok())
             .map(|c| c.id())
+            .or_else(|| {
+                let tags = repo.tag_names(None).ok()?;
+                let tag = highest_matching(&branch, tags.iter().flatten())?;
+                repo.find_reference(&format!("refs/tags/{tag}"))
+                    .ok()?
+                    .peel_to_commit()
+                    .ok()
+                    .map(|c| c.id())
+            })
             .ok_or_else(not_found)?
         };
         let commit = repo.find_commit(oid).map_err(|_| not_found())?;
@@ -429,6 +448,29 @@ fn local_ref_name(remote: &str) -> Option<String> {
     }
 }
 
+/// The tag with the highest version matching the semver range `range` (`>=1.2 <2`, `~1.4`,
+/// `^1`, `1.x`, `*`); tags may carry a `v`. None when `range` is not a range or nothing matches.
+pub fn highest_matching<'a>(range: &str, tags: impl Iterator<Item = &'a str>) -> Option<String> {
+    let looks_like_range = range.contains(['<', '>', '=', '~', '^', '*', ' ', ','])
+        || range.ends_with(".x")
+        || range.ends_with(".X");
+    if !looks_like_range {
+        return None;
+    }
+    let normalized = range.replace(".X", ".x").replace(".x", ".*");
+    let requirement = semver::VersionReq::parse(&normalized.replace(' ', ", ").replace(",,", ","))
+        .or_else(|_| semver::VersionReq::parse(&normalized))
+        .ok()?;
+    tags.filter_map(|tag| {
+        let version = semver::Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()?;
+        requirement
+            .matches(&version)
+            .then_some((version, tag.to_owned()))
+    })
+    .max_by(|a, b| a.0.cmp(&b.0))
+    .map(|(_, tag)| tag)
+}
+
 /// Plain absolute paths become file:// URLs; everything else is given to git as it is.
 pub fn normalize_url(url: &str) -> String {
     if url.starts_with('/') {
@@ -511,6 +553,32 @@ mod tests {
         );
         assert_eq!(pull_request("Fix (#abc)"), None);
         assert_eq!(pull_request("plain commit"), None);
+    }
+
+    #[test]
+    fn semver_ranges_pick_the_highest_matching_tag() {
+        let tags = [
+            "v1.0.0",
+            "v1.2.0",
+            "1.2.5",
+            "v1.10.1",
+            "v2.0.0",
+            "v2.1.0-rc.1",
+            "latest",
+        ];
+        let pick = |range: &str| highest_matching(range, tags.iter().copied());
+        assert_eq!(pick(">=1.0.0 <2.0.0").as_deref(), Some("v1.10.1"));
+        assert_eq!(pick("~1.2").as_deref(), Some("1.2.5"));
+        assert_eq!(pick("1.x").as_deref(), Some("v1.10.1"));
+        assert_eq!(
+            pick("^2").as_deref(),
+            Some("v2.0.0"),
+            "pre-releases only when asked"
+        );
+        assert_eq!(pick("*").as_deref(), Some("v2.0.0"));
+        assert_eq!(pick(">=3"), None);
+        assert_eq!(pick("main"), None, "a branch name is not a range");
+        assert_eq!(pick("1.2.0"), None, "an exact version is a tag name");
     }
 
     #[test]

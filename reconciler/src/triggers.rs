@@ -173,6 +173,9 @@ pub struct Triggers {
     /// Deliveries that woke an Application, shown in its status.
     deliveries: Mutex<HashMap<ObjectRef<Application>, Delivery>>,
     watchers: Mutex<HashMap<PathBuf, notify::RecommendedWatcher>>,
+    /// Local repositories whose wake-up is scheduled.
+    pending: Mutex<std::collections::HashSet<String>>,
+    runtime: Option<tokio::runtime::Handle>,
     trigger: UnboundedSender<ObjectRef<Application>>,
 }
 
@@ -182,6 +185,8 @@ impl Triggers {
             followers: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Default::default()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             trigger,
         })
     }
@@ -247,6 +252,25 @@ impl Triggers {
         names
     }
 
+    /// Wakes the Applications of a local repository once for a burst of writes (a push
+    /// writes several files): 50 ms after the first.
+    fn schedule_local_change(self: &Arc<Self>, repository: &str) {
+        let Some(runtime) = &self.runtime else {
+            self.local_change(repository);
+            return;
+        };
+        if !self.pending.lock().insert(repository.to_owned()) {
+            return;
+        }
+        let this = self.clone();
+        let repository = repository.to_owned();
+        runtime.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            this.pending.lock().remove(&repository);
+            this.local_change(&repository);
+        });
+    }
+
     /// Wakes every Application of a local repository.
     fn local_change(&self, repository: &str) {
         let apps: Vec<_> = self
@@ -279,12 +303,10 @@ impl Triggers {
         let key = repository.to_string_lossy().into_owned();
         let handler = move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            let refs_changed = event.paths.iter().any(|p| {
-                let text = p.to_string_lossy();
-                text.contains("/refs/") || text.ends_with("packed-refs") || text.ends_with("HEAD")
-            });
-            if refs_changed && let Some(this) = this.upgrade() {
-                this.local_change(&key);
+            if is_ref_write(&event)
+                && let Some(this) = this.upgrade()
+            {
+                this.schedule_local_change(&key);
             }
         };
         match notify::recommended_watcher(handler) {
@@ -305,6 +327,20 @@ impl Triggers {
             Err(error) => warn!(%error, "inotify is unavailable; polling only"),
         }
     }
+}
+
+/// Whether a file event is a write to a repository's refs. Reads do not count: our own fetches
+/// open the refs, and waking on them would make every fetch cause the next one.
+pub fn is_ref_write(event: &notify::Event) -> bool {
+    let written = matches!(
+        event.kind,
+        notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+    );
+    written
+        && event.paths.iter().any(|p| {
+            let text = p.to_string_lossy();
+            text.contains("/refs/") || text.ends_with("packed-refs") || text.ends_with("HEAD")
+        })
 }
 
 /// The key of an Application in the trigger maps.
@@ -393,6 +429,33 @@ mod tests {
             ..push
         };
         assert!(!revision_matches(Some("HEAD"), &other));
+    }
+
+    #[test]
+    fn only_writes_to_refs_wake_applications() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        let event = |kind, path: &str| notify::Event::new(kind).add_path(path.into());
+        let head = "/srv/app.git/refs/heads/main";
+        assert!(is_ref_write(&event(
+            EventKind::Modify(ModifyKind::Any),
+            head
+        )));
+        assert!(is_ref_write(&event(
+            EventKind::Create(CreateKind::File),
+            "/srv/app.git/packed-refs"
+        )));
+        assert!(!is_ref_write(&event(
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            head
+        )));
+        assert!(!is_ref_write(&event(
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            head
+        )));
+        assert!(!is_ref_write(&event(
+            EventKind::Modify(ModifyKind::Any),
+            "/srv/app.git/objects/ab/cd"
+        )));
     }
 
     #[tokio::test]
