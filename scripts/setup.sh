@@ -10,6 +10,7 @@ packages=(
   git
   gnupg                # verifies OpenPGP-signed commits (GitOps)
   openssh-client       # ssh-keygen verifies SSH-signed commits (GitOps)
+  openssh-server       # the GitOps tests serve a repository over ssh (never started as a service)
   containerd           # the container runtime the kubelet drives over CRI
   runc
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
@@ -27,6 +28,12 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # packages must not start services (openssh-server would listen on port 22)
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -1069,3 +1069,211 @@ fn private_repositories_are_read_with_the_credentials_of_the_secret_ref() {
         "credentials leaked into the server log"
     );
 }
+
+#[test]
+fn an_application_can_deploy_to_another_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home_data, away_data) = (dir.path().join("home"), dir.path().join("away"));
+    std::fs::create_dir_all(&home_data).unwrap();
+    std::fs::create_dir_all(&away_data).unwrap();
+    let home = KelsonProcess::server(Path::new(KELSON), &home_data, &[]).unwrap();
+    let away = KelsonProcess::server(Path::new(KELSON), &away_data, &["--disable-gitops"]).unwrap();
+    let (k_home, k_away) = (
+        Kubectl::new(33, &home.kubeconfig()),
+        Kubectl::new(33, &away.kubeconfig()),
+    );
+    k_home.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "away-cluster",
+        &format!("--from-file=value={}", away.kubeconfig().display()),
+    ]);
+
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write("app/cm.yaml", &configmap("far").replace("hooked", "far"));
+    let sha = repo.commit("Deploy far away");
+    let app = application("far", &repo.origin, "app", true).replace(
+        "    path: app\n",
+        "    path: app\n  destination:\n    namespace: remote-team\n    kubeConfig:\n      secretRef: {name: away-cluster}\n",
+    ) + "    syncOptions: [CreateNamespace=true]\n";
+    k_home.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    k_home.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/far",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        field(&k_home, "app", "far", "{.status.lastAppliedRevision}"),
+        sha
+    );
+    assert_eq!(
+        k_away.ok(&[
+            "get",
+            "configmap",
+            "far",
+            "-n",
+            "remote-team",
+            "-o",
+            "jsonpath={.data.value}"
+        ]),
+        "far"
+    );
+    assert!(
+        !k_home
+            .run(&["get", "configmap", "far", "-n", "remote-team"], None)
+            .status
+            .success(),
+        "nothing lands at home"
+    );
+    // drift in the other cluster is seen and corrected there
+    k_away.ok(&[
+        "patch",
+        "configmap",
+        "far",
+        "-n",
+        "remote-team",
+        "-p",
+        r#"{"data":{"value":"changed"}}"#,
+    ]);
+    wait_for(
+        &k_away,
+        "the remote self-heal",
+        &[
+            "get",
+            "configmap",
+            "far",
+            "-n",
+            "remote-team",
+            "-o",
+            "jsonpath={.data.value}",
+        ],
+        |t| t == "far",
+    );
+}
+
+/// Writes a key pair with ssh-keygen (`extra` options, e.g. the type); the private key's path.
+fn keypair(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-N", ""])
+        .args(extra)
+        .arg("-f")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    path
+}
+
+#[test]
+fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let k = Kubectl::new(33, &server.kubeconfig());
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write(
+        "app/cm.yaml",
+        &configmap("over-ssh").replace("hooked", "ssh"),
+    );
+    repo.commit("Over ssh");
+
+    // an sshd of our own on a free port, trusting one client key
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let host_key = keypair(&keys, "host", &["-t", "ed25519"]);
+    let other_host_key = keypair(&keys, "other-host", &["-t", "ed25519"]);
+    let identity = keypair(&keys, "identity", &["-t", "ecdsa", "-m", "PEM"]);
+    std::fs::copy(identity.with_extension("pub"), keys.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = keys.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+            host_key.display(),
+            keys.join("authorized_keys").display(),
+            keys.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let _sshd = Process(
+        Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::fs::File::create(keys.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let known = |key: &Path| {
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        format!("[127.0.0.1]:{port} {}", public.trim())
+    };
+
+    // a host key that is not the server's is refused before anything is sent
+    let private = identity.display().to_string();
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "ssh-credentials",
+        &format!("--from-file=identity={private}"),
+        &format!("--from-literal=known_hosts={}", known(&other_host_key)),
+    ]);
+    let url = format!("ssh://root@127.0.0.1:{port}{}", repo.origin.display());
+    let app = application("ssh", Path::new("/unused"), "app", true)
+        .replace("file:///unused", &url)
+        .replace(
+            "    path: app\n",
+            "    path: app\n    secretRef: {name: ssh-credentials}\n",
+        );
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    let message = wait_for(
+        &k,
+        "the refused host key",
+        &[
+            "get",
+            "app",
+            "ssh",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
+        ],
+        |t| !t.is_empty(),
+    );
+    assert!(
+        message.contains("host key is not in known_hosts"),
+        "{message}"
+    );
+    assert!(!k.run(&["get", "configmap", "ssh"], None).status.success());
+
+    // the right host key: the identity authenticates and the revision applies
+    k.ok(&["delete", "secret", "ssh-credentials"]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "ssh-credentials",
+        &format!("--from-file=identity={private}"),
+        &format!("--from-literal=known_hosts={}", known(&host_key)),
+    ]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/ssh",
+        "--timeout=60s",
+    ]);
+    assert_eq!(field(&k, "configmap", "ssh", "{.data.value}"), "over-ssh");
+}

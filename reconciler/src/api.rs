@@ -159,6 +159,20 @@ pub struct Destination {
     /// Namespace for namespaced objects that name none (default: the Application's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Another cluster: a kubeconfig in a Secret of the Application's namespace (default: this
+    /// cluster). The Application and its status stay here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_config: Option<KubeConfigRef>,
+}
+
+/// A kubeconfig kept in a Secret.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeConfigRef {
+    pub secret_ref: SecretRef,
+    /// The Secret's key holding it (default: `value`, else `value.yaml`, as Flux reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// How and when changes are applied.

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use git2::{CertificateCheckStatus, Cred, CredentialType, RemoteCallbacks};
 
 /// What a Secret offers for one repository.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct GitCredentials {
     pub username: Option<String>,
     pub password: Option<String>,
@@ -17,6 +17,8 @@ pub struct GitCredentials {
     pub identity: Option<String>,
     /// Accepted SSH host keys, in OpenSSH's `known_hosts` format.
     pub known_hosts: Option<String>,
+    /// Why the callbacks last refused to go on (libgit2 replaces the message with its own).
+    refusal: std::sync::Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for GitCredentials {
@@ -44,6 +46,7 @@ impl GitCredentials {
             password: text("password"),
             identity: text("identity"),
             known_hosts: text("known_hosts"),
+            refusal: Default::default(),
         };
         if credentials.password.is_none()
             && let Some(token) = text("bearerToken")
@@ -56,6 +59,17 @@ impl GitCredentials {
         credentials
     }
 
+    /// Why the last connection was refused on our side (a host key, missing credentials).
+    pub fn take_refusal(&self) -> Option<String> {
+        self.refusal.lock().take()
+    }
+
+    fn refuse(&self, reason: String) -> git2::Error {
+        let error = git2::Error::from_str(&reason);
+        *self.refusal.lock() = Some(reason);
+        error
+    }
+
     /// Callbacks answering the server's questions: who we are, and whether its host key is the
     /// one we know.
     pub fn callbacks(&self) -> RemoteCallbacks<'_> {
@@ -64,15 +78,12 @@ impl GitCredentials {
         callbacks.credentials(move |_url, user_from_url, allowed| {
             attempts += 1;
             if attempts > 3 {
-                return Err(git2::Error::from_str(
-                    "authentication failed: the repository refused the credentials of the secretRef",
+                return Err(self.refuse(
+                    "authentication failed: the repository refused the credentials of the secretRef"
+                        .into(),
                 ));
             }
-            let user = self
-                .username
-                .as_deref()
-                .or(user_from_url)
-                .unwrap_or("git");
+            let user = self.username.as_deref().or(user_from_url).unwrap_or("git");
             if allowed.contains(CredentialType::SSH_KEY)
                 && let Some(key) = &self.identity
             {
@@ -86,8 +97,8 @@ impl GitCredentials {
             if allowed.contains(CredentialType::USERNAME) {
                 return Cred::username(user);
             }
-            Err(git2::Error::from_str(
-                "the repository asks for credentials the secretRef does not hold",
+            Err(self.refuse(
+                "the repository asks for credentials, and no secretRef holds any it accepts".into(),
             ))
         });
         callbacks.certificate_check(move |cert, host| {
@@ -99,11 +110,11 @@ impl GitCredentials {
             if known_host_matches(known, host, hostkey) {
                 Ok(CertificateCheckStatus::CertificateOk)
             } else if known.is_empty() {
-                Err(git2::Error::from_str(&format!(
+                Err(self.refuse(format!(
                     "refusing ssh to {host}: the secretRef has no known_hosts (add the output of `ssh-keyscan {host}`)"
                 )))
             } else {
-                Err(git2::Error::from_str(&format!(
+                Err(self.refuse(format!(
                     "refusing ssh to {host}: its host key is not in known_hosts"
                 )))
             }

@@ -87,12 +87,14 @@ type RenderKey = (String, String, String, String);
 
 /// Shared state of all reconciles.
 pub struct Context {
-    kinds: Kinds,
+    /// The cluster the Applications live in.
+    home: Arc<Target>,
+    /// Other clusters Applications deploy to, by the digest of their kubeconfig.
+    remotes: Mutex<HashMap<String, Arc<Target>>>,
     sources: Sources,
     audit: AuditLog,
     recorder: Recorder,
     config: Config,
-    drift: DriftWatches,
     renders: Mutex<HashMap<RenderKey, Arc<Vec<Manifest>>>>,
     triggers: Arc<Triggers>,
     metrics: Arc<Metrics>,
@@ -100,6 +102,12 @@ pub struct Context {
     /// Git work (fetch, tree reads, exports, verification) runs on at most this many threads:
     /// each libgit2 thread keeps its own allocator arena and pack windows.
     git_slots: tokio::sync::Semaphore,
+}
+
+/// A cluster objects are applied to: its kinds and the watches of its managed objects.
+struct Target {
+    kinds: Kinds,
+    drift: DriftWatches,
 }
 
 /// Watches of managed objects, one per kind in use.
@@ -380,11 +388,56 @@ impl Context {
         Ok(manifests)
     }
 
+    /// The cluster `app` deploys to: this one, or the one of the kubeconfig in the Secret its
+    /// destination names (clients cached by the kubeconfig's digest).
+    async fn target_for(&self, app: &Application) -> Result<Arc<Target>, String> {
+        let Some(reference) = &app.spec.destination.kube_config else {
+            return Ok(self.home.clone());
+        };
+        let namespace = app.namespace().unwrap_or_default();
+        let name = &reference.secret_ref.name;
+        let data = secret_data(self, app, name, "the destination's kubeconfig").await?;
+        let key = reference.key.as_deref();
+        let bytes = match key {
+            Some(key) => data.get(key),
+            None => data.get("value").or_else(|| data.get("value.yaml")),
+        }
+        .ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{name} has no kubeconfig under {}",
+                key.unwrap_or("value or value.yaml")
+            )
+        })?;
+        let digest = render::digest(&[Value::from(String::from_utf8_lossy(&bytes.0).into_owned())]);
+        if let Some(found) = self.remotes.lock().get(&digest) {
+            return Ok(found.clone());
+        }
+        let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_slice(&bytes.0)
+            .map_err(|e| format!("Secret {namespace}/{name}: not a kubeconfig: {e}"))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
+        let client =
+            Client::try_from(config).map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
+        let target = Arc::new(Target {
+            kinds: Kinds::new(client.clone()),
+            drift: DriftWatches {
+                client,
+                watching: Mutex::new(HashSet::new()),
+                trigger: self.home.drift.trigger.clone(),
+                shutdown: self.home.drift.shutdown.clone(),
+            },
+        });
+        self.remotes.lock().insert(digest, target.clone());
+        Ok(target)
+    }
+
     /// Resolves each manifest's kind and fills in namespace, label and tracking annotation.
     /// Kinds the server does not know yet (their definition comes in this same revision) are
     /// returned separately, to be resolved after the definitions are applied.
     async fn prepare<'m>(
         &self,
+        kinds: &Kinds,
         app: &Application,
         manifests: &'m [Manifest],
     ) -> Result<(Vec<Desired>, Vec<&'m Manifest>), Error> {
@@ -392,8 +445,7 @@ impl Context {
         let mut desired = Vec::new();
         let mut unknown = Vec::new();
         for manifest in manifests {
-            match self
-                .kinds
+            match kinds
                 .resolve(manifest.api_version(), manifest.kind())
                 .await?
             {
@@ -477,7 +529,16 @@ pub async fn preview(
 ) -> anyhow::Result<Preview> {
     let (trigger, _triggers) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Context {
-        kinds: Kinds::new(client.clone()),
+        home: Arc::new(Target {
+            kinds: Kinds::new(client.clone()),
+            drift: DriftWatches {
+                client: client.clone(),
+                watching: Mutex::new(HashSet::new()),
+                trigger,
+                shutdown: CancellationToken::new(),
+            },
+        }),
+        remotes: Mutex::new(HashMap::new()),
         sources: Sources::new(cache_dir),
         audit: AuditLog::open(cache_dir.join("preview-audit.log"))?,
         recorder: Recorder::new(
@@ -488,12 +549,6 @@ pub async fn preview(
             },
         ),
         config: Config::new(cache_dir),
-        drift: DriftWatches {
-            client,
-            watching: Mutex::new(HashSet::new()),
-            trigger,
-            shutdown: CancellationToken::new(),
-        },
         renders: Mutex::new(HashMap::new()),
         triggers: Triggers::new(tokio::sync::mpsc::unbounded_channel().0),
         metrics: Arc::new(Metrics::new()),
@@ -527,7 +582,8 @@ pub async fn preview(
             ctx.render(app, &commit).await?.as_ref().clone()
         }
     };
-    let (desired, unknown) = ctx.prepare(app, &manifests).await?;
+    let target = ctx.target_for(app).await.map_err(anyhow::Error::msg)?;
+    let (desired, unknown) = ctx.prepare(&target.kinds, app, &manifests).await?;
     for m in unknown {
         preview.changes.push((
             format!("{} {}", m.kind(), m.name()),
@@ -541,7 +597,7 @@ pub async fn preview(
     let mut rendered = BTreeSet::new();
     for d in &desired {
         rendered.insert(d.id.inventory_id());
-        let api = ctx.kinds.api(&d.resource, &d.id.namespace);
+        let api = target.kinds.api(&d.resource, &d.id.namespace);
         let live = api
             .get_opt(&d.id.name)
             .await?
@@ -680,7 +736,7 @@ fn with_ignored(app: &Application, d: &Desired, live: Option<&Value>) -> Value {
 /// Why `app` must wait for the Applications it depends on, if it must.
 async fn dependency_pending(app: &Application, ctx: &Context) -> Result<Option<String>, Error> {
     let namespace = app.namespace().unwrap_or_default();
-    let api: Api<Application> = Api::namespaced(ctx.kinds.client().clone(), &namespace);
+    let api: Api<Application> = Api::namespaced(ctx.home.kinds.client().clone(), &namespace);
     for name in &app.spec.depends_on {
         let ready = api.get_opt(name).await?.is_some_and(|other| {
             other.status.as_ref().is_some_and(|s| {
@@ -810,7 +866,7 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
     }
     if status != previous {
         let api: Api<Application> = Api::namespaced(
-            ctx.kinds.client().clone(),
+            ctx.home.kinds.client().clone(),
             &app.namespace().unwrap_or_default(),
         );
         let patch = json!([{"op": "add", "path": "/status", "value": status}]);
@@ -919,6 +975,13 @@ async fn sync(
             .collect::<Vec<_>>(),
     );
 
+    let target = match ctx.target_for(app).await {
+        Ok(target) => target,
+        Err(message) => {
+            attempt.failure = Some(("DestinationFailed".into(), message, false));
+            return Ok(());
+        }
+    };
     let automated = app.spec.sync_policy.automated.clone();
     let new_revision = previous.last_applied_revision.as_deref() != Some(commit.sha.as_str());
     let self_heal = automated.as_ref().is_some_and(|a| a.self_heal);
@@ -936,7 +999,7 @@ async fn sync(
 
     if may_apply && options.iter().any(|o| o == "CreateNamespace=true") {
         let namespace = destination_namespace(app);
-        let api: Api<Namespace> = Api::all(ctx.kinds.client().clone());
+        let api: Api<Namespace> = Api::all(target.kinds.client().clone());
         if api.get_opt(&namespace).await?.is_none() {
             let ns =
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
@@ -945,7 +1008,7 @@ async fn sync(
         }
     }
 
-    let (mut desired, unknown) = ctx.prepare(app, &manifests).await?;
+    let (mut desired, unknown) = ctx.prepare(&target.kinds, app, &manifests).await?;
     let mut errors: Vec<String> = Vec::new();
     let defines_kinds = desired
         .iter()
@@ -974,7 +1037,7 @@ async fn sync(
     let mut inventory: Vec<InventoryEntry> = Vec::new();
     loop {
         for d in &pending {
-            let api = ctx.kinds.api(&d.resource, &d.id.namespace);
+            let api = target.kinds.api(&d.resource, &d.id.namespace);
             let live = match api.get_opt(&d.id.name).await {
                 Ok(live) => live.map(|l| serde_json::to_value(l).unwrap_or_default()),
                 Err(error) => {
@@ -1002,7 +1065,7 @@ async fn sync(
                 id: d.id.inventory_id(),
                 v: d.resource.api_version.clone(),
             });
-            ctx.drift.ensure(&d.resource);
+            target.drift.ensure(&d.resource);
             let object = with_ignored(app, d, live.as_ref());
             let planned = match apply::apply(&api, &d.id.name, &object, true).await {
                 Ok(planned) => planned,
@@ -1058,9 +1121,9 @@ async fn sync(
             break;
         }
         // kinds defined by this revision: wait for their definitions, then resolve again
-        wait_established(&ctx.kinds, &applied_crds).await;
+        wait_established(&target.kinds, &applied_crds).await;
         let retry: Vec<Manifest> = deferred.drain(..).cloned().collect();
-        let (next, still_unknown) = ctx.prepare(app, &retry).await?;
+        let (next, still_unknown) = ctx.prepare(&target.kinds, app, &retry).await?;
         for m in still_unknown {
             errors.push(format!(
                 "{}: the server has no kind {} in {}",
@@ -1087,7 +1150,7 @@ async fn sync(
                         kept_inventory.push(entry);
                         continue;
                     }
-                    match prune(ctx, app, &entry).await {
+                    match prune(&target, app, &entry).await {
                         Ok(Some(pruned)) => {
                             attempt.pruned.push(pruned.clone());
                             attempt.changes.push(format!("{pruned} pruned"));
@@ -1156,6 +1219,24 @@ async fn sync(
     Ok(())
 }
 
+/// The data of Secret `name` in the Application's namespace (`what` says what it is for).
+async fn secret_data(
+    ctx: &Context,
+    app: &Application,
+    name: &str,
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, k8s_openapi::ByteString>, String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ctx.home.kinds.client().clone(), &namespace);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| format!("Secret {namespace}/{name} ({what}) does not exist"))?;
+    Ok(secret.data.unwrap_or_default())
+}
+
 /// The credentials of the Application's secretRef, if it names one.
 async fn credentials_of(
     app: &Application,
@@ -1164,16 +1245,7 @@ async fn credentials_of(
     let Some(reference) = &app.spec.source.secret_ref else {
         return Ok(None);
     };
-    let namespace = app.namespace().unwrap_or_default();
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(ctx.kinds.client().clone(), &namespace);
-    let name = &reference.name;
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
-        .ok_or_else(|| format!("the secretRef {namespace}/{name} does not exist"))?;
-    let data = secret.data.unwrap_or_default();
+    let data = secret_data(ctx, app, &reference.name, "the repository credentials").await?;
     Ok(Some(crate::auth::GitCredentials::from_entries(
         data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())),
     )))
@@ -1188,15 +1260,8 @@ async fn verify_commit(
     sha: &str,
 ) -> Result<String, String> {
     let namespace = app.namespace().unwrap_or_default();
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(ctx.kinds.client().clone(), &namespace);
     let name = &verify.secret_ref.name;
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
-        .ok_or_else(|| format!("Secret {namespace}/{name} with the trusted keys does not exist"))?;
-    let data = secret.data.unwrap_or_default();
+    let data = secret_data(ctx, app, name, "the trusted keys").await?;
     let keys = crate::verify::TrustedKeys::from_entries(
         data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())),
     );
@@ -1244,19 +1309,19 @@ fn kube_message(error: &kube::Error) -> String {
 /// Deletes one inventory entry if it is still ours and not protected; the deleted object's
 /// display name, None when there was nothing (left) to delete.
 async fn prune(
-    ctx: &Context,
+    target: &Target,
     app: &Application,
     entry: &InventoryEntry,
 ) -> Result<Option<String>, String> {
     let Some(id) = ObjectId::parse(&entry.id) else {
         return Ok(None);
     };
-    let resource = match ctx.kinds.resolve(&entry.v, &id.kind).await {
+    let resource = match target.kinds.resolve(&entry.v, &id.kind).await {
         Ok(Some((resource, _))) => resource,
         Ok(None) => return Ok(None),
         Err(error) => return Err(format!("{}: {error}", id.display())),
     };
-    let api = ctx.kinds.api(&resource, &id.namespace);
+    let api = target.kinds.api(&resource, &id.namespace);
     let live = match api.get_opt(&id.name).await {
         Ok(Some(live)) => live,
         Ok(None) => return Ok(None),
@@ -1565,16 +1630,19 @@ pub async fn run(
         },
     );
     let ctx = Arc::new(Context {
-        kinds: Kinds::new(client.clone()),
+        home: Arc::new(Target {
+            kinds: Kinds::new(client.clone()),
+            drift: DriftWatches {
+                client: client.clone(),
+                watching: Mutex::new(HashSet::new()),
+                trigger,
+                shutdown: shutdown.clone(),
+            },
+        }),
+        remotes: Mutex::new(HashMap::new()),
         sources: Sources::new(config.data_dir.join("repositories")),
         audit,
         recorder,
-        drift: DriftWatches {
-            client: client.clone(),
-            watching: Mutex::new(HashSet::new()),
-            trigger,
-            shutdown: shutdown.clone(),
-        },
         renders: Mutex::new(HashMap::new()),
         triggers: push_triggers,
         metrics,

@@ -38,6 +38,8 @@ pub enum SourceError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A commit and what auditors want to know about it.
@@ -123,8 +125,13 @@ impl Sources {
         let _held = lock.lock();
         let repo = self.open(url)?;
         let mut remote = repo.find_remote("origin")?;
-        let connection =
-            remote.connect_auth(Direction::Fetch, Some(credentials.callbacks()), None)?;
+        let refused = |error: git2::Error| match credentials.take_refusal() {
+            Some(reason) => SourceError::Refused(reason),
+            None => SourceError::Git(error),
+        };
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(credentials.callbacks()), None)
+            .map_err(refused)?;
         let advertised: Vec<(String, Oid)> = connection
             .list()?
             .iter()
@@ -156,14 +163,16 @@ impl Sources {
             options.prune(git2::FetchPrune::On);
             options.download_tags(git2::AutotagOption::All);
             options.remote_callbacks(callbacks);
-            remote.fetch(
-                &[
-                    "+refs/heads/*:refs/remotes/origin/*",
-                    "+refs/tags/*:refs/tags/*",
-                ],
-                Some(&mut options),
-                None,
-            )?;
+            remote
+                .fetch(
+                    &[
+                        "+refs/heads/*:refs/remotes/origin/*",
+                        "+refs/tags/*:refs/tags/*",
+                    ],
+                    Some(&mut options),
+                    None,
+                )
+                .map_err(refused)?;
         }
         let not_found = || SourceError::RevisionNotFound {
             url: url.to_owned(),
