@@ -66,7 +66,8 @@ pub struct ApplicationSpec {
     #[serde(default)]
     pub suspend: bool,
     /// Fields that others manage (an autoscaler's replicas, a webhook's injected fields): they
-    /// are left as the cluster has them, never shown as differences, never changed or removed.
+    /// are left as the cluster has them, never shown as differences, never changed or removed
+    /// (not sent when another server-side applier owns them, else applied with the live value).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore_differences: Vec<IgnoreDifference>,
     /// Applications in the same namespace that must be Ready before this one syncs.

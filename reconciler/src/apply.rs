@@ -187,15 +187,43 @@ pub fn render_diff(live: Option<&Value>, desired: &Value) -> String {
     out
 }
 
-/// Leaves the fields at `pointers` as the cluster has them: the live value is applied back
-/// (adopted, so it is neither changed nor deleted), and a field the cluster lacks is not sent.
+/// Leaves the fields at `pointers` as the cluster has them, with Flux's server-side-apply
+/// semantics: a field another server-side applier owns is stripped from what we send (it stays
+/// theirs and is not deleted); any other field present in the cluster is applied back with its
+/// live value (adopted: neither changed nor deleted); a field the cluster lacks is not sent.
 pub fn respect_ignored(desired: &mut Value, live: Option<&Value>, pointers: &[String]) {
     for pointer in pointers {
-        match live.and_then(|l| l.pointer(pointer)) {
-            Some(value) => set_pointer(desired, pointer, value.clone()),
-            None => remove_pointer(desired, pointer),
+        let Some(value) = live.and_then(|l| l.pointer(pointer)) else {
+            remove_pointer(desired, pointer);
+            continue;
+        };
+        if live.is_some_and(|l| owned_by_another_applier(l, pointer)) {
+            remove_pointer(desired, pointer);
+        } else {
+            set_pointer(desired, pointer, value.clone());
         }
     }
+}
+
+/// Whether a manager other than ours owns the field at `pointer` through server-side apply
+/// (per the live object's managedFields; pointers into lists are never counted as owned).
+pub fn owned_by_another_applier(live: &Value, pointer: &str) -> bool {
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+    if tokens.is_empty() || tokens.iter().any(|t| t.parse::<usize>().is_ok()) {
+        return false;
+    }
+    live.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["operation"] == "Apply" && entry["manager"] != FIELD_MANAGER)
+        .any(|entry| {
+            let mut node = &entry["fieldsV1"];
+            tokens.iter().all(|token| {
+                node = &node[format!("f:{token}").as_str()];
+                !node.is_null()
+            })
+        })
 }
 
 fn unescape(token: &str) -> String {
@@ -358,6 +386,31 @@ mod tests {
             &["/spec/replicas".into(), "/spec/containers/0/image".into()],
         );
         assert_eq!(new, json!({"spec": {"containers": [{}]}}));
+    }
+
+    #[test]
+    fn fields_another_applier_owns_are_stripped_not_adopted() {
+        let live = json!({
+            "metadata": {"managedFields": [
+                {"manager": "kelson-gitops", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:paused": {}}}},
+                {"manager": "autoscaler", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:paused": {}}}}
+            ]},
+            "spec": {"replicas": 7, "paused": true}
+        });
+        assert!(owned_by_another_applier(&live, "/spec/replicas"));
+        assert!(
+            !owned_by_another_applier(&live, "/spec/paused"),
+            "updates are not appliers"
+        );
+        assert!(!owned_by_another_applier(&live, "/spec/minReadySeconds"));
+        let mut desired = json!({"spec": {"replicas": 2, "paused": false}});
+        respect_ignored(
+            &mut desired,
+            Some(&live),
+            &["/spec/replicas".into(), "/spec/paused".into()],
+        );
+        assert_eq!(desired, json!({"spec": {"paused": true}}));
     }
 
     #[test]
