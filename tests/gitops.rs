@@ -13,6 +13,24 @@ const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
 /// Hollow nodes for the cluster, so Deployments become available; killed on drop.
 struct Sim(Child);
 
+impl Sim {
+    /// `nodes` hollow nodes whose pods become ready `delay_ms` after binding.
+    fn start(kubeconfig: &Path, nodes: usize, delay_ms: u64) -> Self {
+        Self(
+            Command::new(KELSON)
+                .arg("sim")
+                .arg(format!("--nodes={nodes}"))
+                .arg(format!("--start-delay-ms={delay_ms}"))
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kelson sim starts"),
+        )
+    }
+}
+
 impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -132,20 +150,7 @@ fn the_cluster_follows_git() {
     std::fs::create_dir_all(&data).unwrap();
     let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
     let kubeconfig = server.kubeconfig();
-    let _sim = Sim(Command::new(KELSON)
-        .args([
-            "sim",
-            "--nodes",
-            "2",
-            "--start-delay-ms",
-            "100",
-            "--kubeconfig",
-        ])
-        .arg(&kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _sim = Sim::start(&kubeconfig, 2, 100);
     let k = Kubectl::new(33, &kubeconfig);
     let repo = GitRepo::new(dir.path(), "origin");
 
@@ -1276,4 +1281,50 @@ fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
         "--timeout=60s",
     ]);
     assert_eq!(field(&k, "configmap", "ssh", "{.data.value}"), "over-ssh");
+}
+
+#[test]
+fn a_sync_wave_waits_until_the_previous_one_is_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let kubeconfig = server.kubeconfig();
+    // pods on these hollow nodes take 2 s to become ready
+    let _sim = Sim::start(&kubeconfig, 1, 2000);
+    let k = Kubectl::new(33, &kubeconfig);
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write("app/deploy.yaml", &deployment(1));
+    repo.write(
+        "app/after.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: after-web\n  annotations:\n    gitops.kelson.dev/sync-wave: \"1\"\ndata:\n  ready: \"yes\"\n",
+    );
+    repo.commit("Two waves");
+    k.ok_within(
+        Duration::from_secs(20),
+        &["apply", "-f", "-"],
+        Some(&application("waves", &repo.origin, "app", true)),
+    );
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/waves",
+        "--timeout=60s",
+    ]);
+    let time = |kind: &str, name: &str| {
+        let text = field(&k, kind, name, "{.metadata.creationTimestamp}");
+        let output = Command::new("date")
+            .args(["-u", "-d", &text, "+%s"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let gap = time("configmap", "after-web") - time("deployment", "web");
+    assert!(
+        gap >= 1,
+        "wave 1 was applied {gap} s after wave 0, before its pods were ready"
+    );
 }

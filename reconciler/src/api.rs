@@ -24,7 +24,8 @@ pub const REQUESTED_AT_ANNOTATION: &str = "gitops.kelson.dev/requested-at";
 /// Annotation on an Application pinned by `kelson app rollback`: the target revision to
 /// follow again on `kelson app resume`.
 pub const ROLLBACK_FROM_ANNOTATION: &str = "gitops.kelson.dev/rollback-from";
-/// Annotation on a rendered object: apply waves in ascending order (default 0).
+/// Annotation on a rendered object: apply waves in ascending order (default 0); a wave starts
+/// once the objects the previous one applied are healthy.
 pub const SYNC_WAVE_ANNOTATION: &str = "gitops.kelson.dev/sync-wave";
 
 /// An Application: a path of a Git repository, kept applied to the cluster.

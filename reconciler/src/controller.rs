@@ -755,6 +755,48 @@ async fn dependency_pending(app: &Application, ctx: &Context) -> Result<Option<S
     Ok(None)
 }
 
+/// Waits until every object is healthy (or suspended); what is not, at the deadline.
+async fn wait_healthy(
+    kinds: &Kinds,
+    objects: &[(ApiResource, ObjectId)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut unhealthy = None;
+        for (resource, id) in objects {
+            let live = kinds.api(resource, &id.namespace).get_opt(&id.name).await;
+            let verdict = match live {
+                Ok(Some(live)) => health::assess(&serde_json::to_value(live).unwrap_or_default()),
+                Ok(None) => Verdict {
+                    health: Health::Missing,
+                    message: "not found".into(),
+                },
+                Err(error) => Verdict {
+                    health: Health::Unknown,
+                    message: error.to_string(),
+                },
+            };
+            if !matches!(verdict.health, Health::Healthy | Health::Suspended) {
+                unhealthy = Some(format!(
+                    "{}: {} {}",
+                    id.display(),
+                    verdict.health.as_str(),
+                    verdict.message
+                ));
+                break;
+            }
+        }
+        let Some(message) = unhealthy else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            return Err(message);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Ready once every CustomResourceDefinition among `crds` is Established (at most 30 s).
 async fn wait_established(kinds: &Kinds, names: &[String]) {
     let api: Api<DynamicObject> = Api::all_with(
@@ -1035,8 +1077,29 @@ async fn sync(
         Vec::new()
     };
     let mut inventory: Vec<InventoryEntry> = Vec::new();
+    // objects applied in the current sync wave: the next wave waits until they are healthy
+    let mut wave: Option<i64> = None;
+    let mut wave_applied: Vec<(ApiResource, ObjectId)> = Vec::new();
+    let wave_timeout = app
+        .spec
+        .health_timeout
+        .as_deref()
+        .and_then(parse_duration)
+        .unwrap_or(Duration::from_secs(300));
     loop {
         for d in &pending {
+            if wave.is_some_and(|w| w != d.wave) && !wave_applied.is_empty() {
+                if let Err(message) = wait_healthy(&target.kinds, &wave_applied, wave_timeout).await
+                {
+                    errors.push(format!(
+                        "sync wave {} did not become healthy within {wave_timeout:?}: {message}",
+                        wave.unwrap_or_default()
+                    ));
+                    break;
+                }
+                wave_applied.clear();
+            }
+            wave = Some(d.wave);
             let api = target.kinds.api(&d.resource, &d.id.namespace);
             let live = match api.get_opt(&d.id.name).await {
                 Ok(live) => live.map(|l| serde_json::to_value(l).unwrap_or_default()),
@@ -1107,6 +1170,7 @@ async fn sync(
                     if d.id.kind == "CustomResourceDefinition" {
                         applied_crds.push(d.id.name.clone());
                     }
+                    wave_applied.push((d.resource.clone(), d.id.clone()));
                     live_objects.push(stored);
                 }
                 Err(error) => errors.push(format!(
