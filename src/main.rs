@@ -24,7 +24,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: the Kubernetes API server over embedded storage or etcd, with
-    /// the scheduler and the controllers (each under leader election), and a node agent that
+    /// the scheduler, the controllers and the GitOps reconciler (each under leader election),
+    /// and a node agent that
     /// runs pods on this machine's containerd (unless --disable-agent).
     Server(ServerArgs),
     /// Start the whole stack on this machine after preflight checks: the control plane and this

@@ -436,6 +436,51 @@ fn the_cluster_follows_git() {
         "{local_text}"
     );
 
+    // rollback pins an earlier commit (new commits wait); resume follows main again
+    let rolled = kelson_app(&kubeconfig, &data, &["rollback", "web", &third]);
+    assert!(
+        rolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
+    wait_for(
+        &k,
+        "the rollback",
+        &[
+            "get",
+            "app",
+            "web",
+            "-o",
+            "jsonpath={.status.lastAppliedRevision}",
+        ],
+        |t| t == third,
+    );
+    assert_eq!(field(&k, "deployment", "web", "{.spec.replicas}"), "3");
+    let resumed = kelson_app(&kubeconfig, &data, &["resume", "web"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let head = git(&repo.work, &["rev-parse", "HEAD"]);
+    wait_for(
+        &k,
+        "following main again",
+        &[
+            "get",
+            "app",
+            "web",
+            "-o",
+            "jsonpath={.status.lastAppliedRevision}",
+        ],
+        |t| t == head,
+    );
+    assert_eq!(
+        field(&k, "app", "web", "{.spec.source.targetRevision}"),
+        "main"
+    );
+    assert_eq!(field(&k, "deployment", "web", "{.spec.replicas}"), "2");
+
     // history: every step, with authors and the pull request; Secret values never recorded
     let history = kelson_app(&kubeconfig, &data, &["history", "web"]);
     let history_text = String::from_utf8_lossy(&history.stdout);
