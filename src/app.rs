@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use kelson_reconciler::api::{REQUESTED_AT_ANNOTATION, ROLLBACK_FROM_ANNOTATION};
 use kelson_reconciler::{Application, audit};
@@ -81,15 +81,7 @@ async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
         let default = PathBuf::from("/var/lib/kelson/kubeconfig.yaml");
         (std::env::var_os("KUBECONFIG").is_none() && default.exists()).then_some(default)
     });
-    let config = match path {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    crate::kube_client(path.as_deref()).await
 }
 
 fn ready(app: &Application) -> (String, String, String) {

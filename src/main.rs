@@ -460,9 +460,10 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     api.await?.context("kelson server failed")
 }
 
-/// `kelson reconciler`: the GitOps reconciler alone, against any cluster.
-async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
-    let config = match &args.kubeconfig {
+/// A client from the kubeconfig at `path`, or from the environment ($KUBECONFIG,
+/// ~/.kube/config, in-cluster) without one.
+async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("failed to read {}", path.display()))?;
@@ -470,7 +471,12 @@ async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    let client = kube::Client::try_from(config)?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `kelson reconciler`: the GitOps reconciler alone, against any cluster.
+async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
     kelson_reconciler::install_crds(&client)
         .await
         .context("failed to install the Application definition")?;
@@ -590,16 +596,9 @@ async fn sim(args: SimArgs) -> anyhow::Result<()> {
         _ => {
             let path = args
                 .kubeconfig
-                .clone()
+                .as_deref()
                 .context("give --kubeconfig, or --server with --token")?;
-            let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?;
-            kube::Client::try_from(config)?
+            kube_client(Some(path)).await?
         }
     };
     let shutdown = shutdown_signal();

@@ -5,37 +5,36 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kelson_testing::git::{GitDaemon, GitRepo, git, github_signature as sign, http};
+use kelson_testing::git::{
+    GitDaemon, GitRepo, free_port, git, github_signature as sign, http, wait_listening,
+};
 use kelson_testing::{KelsonProcess, Kubectl};
 
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
 
-/// Hollow nodes for the cluster, so Deployments become available; killed on drop.
-struct Sim(Child);
-
-impl Sim {
-    /// `nodes` hollow nodes whose pods become ready `delay_ms` after binding.
-    fn start(kubeconfig: &Path, nodes: usize, delay_ms: u64) -> Self {
-        Self(
-            Command::new(KELSON)
-                .arg("sim")
-                .arg(format!("--nodes={nodes}"))
-                .arg(format!("--start-delay-ms={delay_ms}"))
-                .arg("--kubeconfig")
-                .arg(kubeconfig)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("kelson sim starts"),
-        )
-    }
+/// `kelson server` with its data directory `ROOT/NAME`.
+fn start_server(root: &Path, name: &str, args: &[&str]) -> (KelsonProcess, std::path::PathBuf) {
+    let data = root.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, args).unwrap();
+    (server, data)
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `nodes` hollow nodes whose pods become ready `delay_ms` after binding, so Deployments
+/// become available.
+fn sim(kubeconfig: &Path, nodes: usize, delay_ms: u64) -> Process {
+    Process(
+        Command::new(KELSON)
+            .arg("sim")
+            .arg(format!("--nodes={nodes}"))
+            .arg(format!("--start-delay-ms={delay_ms}"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kelson sim starts"),
+    )
 }
 
 fn deployment(replicas: u32) -> String {
@@ -131,6 +130,18 @@ fn ready(k: &Kubectl, app: &str) -> String {
     )
 }
 
+/// The Ready condition's reason once the Application has one.
+fn first_ready_reason(k: &Kubectl, app: &str, what: &str) -> String {
+    let path = r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#;
+    wait_for(k, what, &["get", "app", app, "-o", path], |t| !t.is_empty())
+}
+
+/// The Ready condition's message once the Application has one.
+fn first_ready_message(k: &Kubectl, app: &str, what: &str) -> String {
+    let path = r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#;
+    wait_for(k, what, &["get", "app", app, "-o", path], |t| !t.is_empty())
+}
+
 fn kelson_app(kubeconfig: &Path, data_dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(KELSON)
         .arg("app")
@@ -146,11 +157,9 @@ fn kelson_app(kubeconfig: &Path, data_dir: &Path, args: &[&str]) -> std::process
 #[test]
 fn the_cluster_follows_git() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let (server, data) = start_server(dir.path(), "server", &[]);
     let kubeconfig = server.kubeconfig();
-    let _sim = Sim::start(&kubeconfig, 2, 100);
+    let _sim = sim(&kubeconfig, 2, 100);
     let k = Kubectl::new(33, &kubeconfig);
     let repo = GitRepo::new(dir.path(), "origin");
 
@@ -564,9 +573,7 @@ fn configmap(value: &str) -> String {
 #[test]
 fn pushes_wake_applications_through_webhooks_and_local_watches() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let (server, _) = start_server(dir.path(), "server", &[]);
     let k = Kubectl::new(33, &server.kubeconfig());
     let hooks = server.gitops_address();
 
@@ -802,9 +809,7 @@ fn pushes_wake_applications_through_webhooks_and_local_watches() {
 #[test]
 fn unsigned_commits_are_refused_when_verification_is_on() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let (server, data) = start_server(dir.path(), "server", &[]);
     let kubeconfig = server.kubeconfig();
     let k = Kubectl::new(33, &kubeconfig);
     let key = dir.path().join("signing");
@@ -842,18 +847,7 @@ fn unsigned_commits_are_refused_when_verification_is_on() {
         "    path: app\n    verify:\n      secretRef: {name: trusted-keys}\n",
     );
     k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
-    let reason = wait_for(
-        &k,
-        "the refusal",
-        &[
-            "get",
-            "app",
-            "signed",
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#,
-        ],
-        |t| !t.is_empty(),
-    );
+    let reason = first_ready_reason(&k, "signed", "the refusal");
     assert_eq!(reason, "VerificationFailed");
     let message = ready(&k, "signed");
     assert!(
@@ -951,18 +945,7 @@ fn the_standalone_reconciler_honours_dependencies_ignored_fields_and_version_ran
         .replace("targetRevision: main", "targetRevision: '>=1.0.0 <2.0.0'")
         + "  dependsOn: [base]\n  ignoreDifferences:\n  - kind: ConfigMap\n    name: web\n    jsonPointers: [/data/tuned]\n";
     k.ok_within(Duration::from_secs(30), &["apply", "-f", "-"], Some(&web));
-    let reason = wait_for(
-        &k,
-        "the dependency wait",
-        &[
-            "get",
-            "app",
-            "web",
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#,
-        ],
-        |t| !t.is_empty(),
-    );
+    let reason = first_ready_reason(&k, "web", "the dependency wait");
     assert_eq!(reason, "DependencyNotReady");
     assert!(!k.run(&["get", "configmap", "web"], None).status.success());
     k.ok_with(
@@ -1025,9 +1008,7 @@ fn the_standalone_reconciler_honours_dependencies_ignored_fields_and_version_ran
 #[test]
 fn private_repositories_are_read_with_the_credentials_of_the_secret_ref() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let (server, data) = start_server(dir.path(), "server", &[]);
     let k = Kubectl::new(33, &server.kubeconfig());
     let served = dir.path().join("served");
     std::fs::create_dir_all(&served).unwrap();
@@ -1037,11 +1018,7 @@ fn private_repositories_are_read_with_the_credentials_of_the_secret_ref() {
         &configmap("private").replace("hooked", "private"),
     );
     repo.commit("A private change");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _forge = Process(
         Command::new("python3")
             .arg(concat!(
@@ -1054,27 +1031,12 @@ fn private_repositories_are_read_with_the_credentials_of_the_secret_ref() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the git server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port, "the git server did not start");
     let url = format!("http://127.0.0.1:{port}/private.git");
     let app =
         application("private", Path::new("/unused"), "app", true).replace("file:///unused", &url);
     k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
-    let reason = wait_for(
-        &k,
-        "the refused fetch",
-        &[
-            "get",
-            "app",
-            "private",
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="Ready")].reason}"#,
-        ],
-        |t| !t.is_empty(),
-    );
+    let reason = first_ready_reason(&k, "private", "the refused fetch");
     assert_eq!(reason, "GitOperationFailed");
     assert!(
         !k.run(&["get", "configmap", "private"], None)
@@ -1220,9 +1182,7 @@ fn keypair(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
 #[test]
 fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let (server, _) = start_server(dir.path(), "server", &[]);
     let k = Kubectl::new(33, &server.kubeconfig());
     let repo = GitRepo::new(dir.path(), "origin");
     repo.write(
@@ -1238,11 +1198,7 @@ fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
     let other_host_key = keypair(&keys, "other-host", &["-t", "ed25519"]);
     let identity = keypair(&keys, "identity", &["-t", "ecdsa", "-m", "PEM"]);
     std::fs::copy(identity.with_extension("pub"), keys.join("authorized_keys")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = keys.join("sshd_config");
     std::fs::write(
         &config,
@@ -1263,11 +1219,7 @@ fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port, "sshd did not start");
     let known = |key: &Path| {
         let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         format!("[127.0.0.1]:{port} {}", public.trim())
@@ -1291,18 +1243,7 @@ fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
             "    path: app\n    secretRef: {name: ssh-credentials}\n",
         );
     k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
-    let message = wait_for(
-        &k,
-        "the refused host key",
-        &[
-            "get",
-            "app",
-            "ssh",
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
-        ],
-        |t| !t.is_empty(),
-    );
+    let message = first_ready_message(&k, "ssh", "the refused host key");
     assert!(
         message.contains("host key is not in known_hosts"),
         "{message}"
@@ -1331,12 +1272,10 @@ fn repositories_over_ssh_need_the_identity_and_a_known_host_key() {
 #[test]
 fn a_sync_wave_waits_until_the_previous_one_is_healthy() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let (server, _) = start_server(dir.path(), "server", &[]);
     let kubeconfig = server.kubeconfig();
     // pods on these hollow nodes take 2 s to become ready
-    let _sim = Sim::start(&kubeconfig, 1, 2000);
+    let _sim = sim(&kubeconfig, 1, 2000);
     let k = Kubectl::new(33, &kubeconfig);
     let repo = GitRepo::new(dir.path(), "origin");
     repo.write("app/deploy.yaml", &deployment(1));

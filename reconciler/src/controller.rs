@@ -110,6 +110,58 @@ struct Target {
     drift: DriftWatches,
 }
 
+impl Target {
+    fn new(
+        client: Client,
+        trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<Application>>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            kinds: Kinds::new(client.clone()),
+            drift: DriftWatches {
+                client,
+                watching: Mutex::new(HashSet::new()),
+                trigger,
+                shutdown,
+            },
+        })
+    }
+}
+
+impl Context {
+    /// The state shared by reconciles: `data_dir` holds repository caches and the audit log;
+    /// drift and pushes wake Applications through `trigger`.
+    fn new(
+        client: Client,
+        config: Config,
+        controller: &str,
+        triggers: Arc<Triggers>,
+        metrics: Arc<Metrics>,
+        trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<Application>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            home: Target::new(client.clone(), trigger, shutdown),
+            remotes: Mutex::new(HashMap::new()),
+            sources: Sources::new(config.data_dir.join("repositories")),
+            audit: AuditLog::open(config.audit_path())?,
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: controller.into(),
+                    instance: None,
+                },
+            ),
+            renders: Mutex::new(HashMap::new()),
+            triggers,
+            metrics,
+            verifier: Arc::default(),
+            git_slots: tokio::sync::Semaphore::new(GIT_THREADS),
+            config,
+        })
+    }
+}
+
 /// Watches of managed objects, one per kind in use.
 struct DriftWatches {
     client: Client,
@@ -419,15 +471,11 @@ impl Context {
             .map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
         let client =
             Client::try_from(config).map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
-        let target = Arc::new(Target {
-            kinds: Kinds::new(client.clone()),
-            drift: DriftWatches {
-                client,
-                watching: Mutex::new(HashSet::new()),
-                trigger: self.home.drift.trigger.clone(),
-                shutdown: self.home.drift.shutdown.clone(),
-            },
-        });
+        let target = Target::new(
+            client,
+            self.home.drift.trigger.clone(),
+            self.home.drift.shutdown.clone(),
+        );
         self.remotes.lock().insert(digest, target.clone());
         Ok(target)
     }
@@ -528,33 +576,15 @@ pub async fn preview(
     cache_dir: &std::path::Path,
 ) -> anyhow::Result<Preview> {
     let (trigger, _triggers) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = Context {
-        home: Arc::new(Target {
-            kinds: Kinds::new(client.clone()),
-            drift: DriftWatches {
-                client: client.clone(),
-                watching: Mutex::new(HashSet::new()),
-                trigger,
-                shutdown: CancellationToken::new(),
-            },
-        }),
-        remotes: Mutex::new(HashMap::new()),
-        sources: Sources::new(cache_dir),
-        audit: AuditLog::open(cache_dir.join("preview-audit.log"))?,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "kelson-cli".into(),
-                instance: None,
-            },
-        ),
-        config: Config::new(cache_dir),
-        renders: Mutex::new(HashMap::new()),
-        triggers: Triggers::new(tokio::sync::mpsc::unbounded_channel().0),
-        metrics: Arc::new(Metrics::new()),
-        verifier: Arc::default(),
-        git_slots: tokio::sync::Semaphore::new(GIT_THREADS),
-    };
+    let ctx = Context::new(
+        client,
+        Config::new(cache_dir),
+        "kelson-cli",
+        Triggers::new(trigger.clone()),
+        Arc::new(Metrics::new()),
+        trigger,
+        CancellationToken::new(),
+    )?;
     let directory = app.spec.source.directory.clone().unwrap_or_default();
     let mut preview = Preview::default();
     let manifests = match local {
@@ -794,34 +824,6 @@ async fn wait_healthy(
             return Err(message);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Ready once every CustomResourceDefinition among `crds` is Established (at most 30 s).
-async fn wait_established(kinds: &Kinds, names: &[String]) {
-    let api: Api<DynamicObject> = Api::all_with(
-        kinds.client().clone(),
-        &ApiResource::from_gvk_with_plural(
-            &kube::core::GroupVersionKind::gvk(
-                "apiextensions.k8s.io",
-                "v1",
-                "CustomResourceDefinition",
-            ),
-            "customresourcedefinitions",
-        ),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for name in names {
-        while Instant::now() < deadline {
-            let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
-                let value = serde_json::to_value(crd).unwrap_or_default();
-                health::assess(&value).health == Health::Healthy
-            });
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 }
 
@@ -1185,7 +1187,12 @@ async fn sync(
             break;
         }
         // kinds defined by this revision: wait for their definitions, then resolve again
-        wait_established(&target.kinds, &applied_crds).await;
+        crate::wait_established(
+            target.kinds.client(),
+            &applied_crds,
+            Duration::from_secs(30),
+        )
+        .await;
         let retry: Vec<Manifest> = deferred.drain(..).cloned().collect();
         let (next, still_unknown) = ctx.prepare(&target.kinds, app, &retry).await?;
         for m in still_unknown {
@@ -1665,7 +1672,6 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let audit = AuditLog::open(config.audit_path())?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new());
     let push_triggers = Triggers::new(trigger.clone());
@@ -1686,34 +1692,15 @@ pub async fn run(
         std::fs::write(&written, address.to_string())?;
         std::fs::rename(&written, config.data_dir.join("address"))?;
     }
-    let recorder = Recorder::new(
+    let ctx = Arc::new(Context::new(
         client.clone(),
-        Reporter {
-            controller: "kelson-gitops".into(),
-            instance: None,
-        },
-    );
-    let ctx = Arc::new(Context {
-        home: Arc::new(Target {
-            kinds: Kinds::new(client.clone()),
-            drift: DriftWatches {
-                client: client.clone(),
-                watching: Mutex::new(HashSet::new()),
-                trigger,
-                shutdown: shutdown.clone(),
-            },
-        }),
-        remotes: Mutex::new(HashMap::new()),
-        sources: Sources::new(config.data_dir.join("repositories")),
-        audit,
-        recorder,
-        renders: Mutex::new(HashMap::new()),
-        triggers: push_triggers,
-        metrics,
-        verifier: Arc::default(),
-        git_slots: tokio::sync::Semaphore::new(GIT_THREADS),
         config,
-    });
+        "kelson-gitops",
+        push_triggers,
+        metrics,
+        trigger,
+        shutdown.clone(),
+    )?);
     let api: Api<Application> = Api::all(client);
     let (reader, writer) = reflector::store();
     let applications = watcher(api, watcher::Config::default())

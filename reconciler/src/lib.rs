@@ -46,20 +46,39 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
         &Patch::Apply(&crd),
     )
     .await?;
-    for _ in 0..100 {
-        let established = api.get_opt(&name).await?.is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    if !wait_established(client, &[name], std::time::Duration::from_secs(10)).await {
+        anyhow::bail!("the Application definition was not established within 10 s");
     }
-    anyhow::bail!("the Application definition was not established within 10 s")
+    Ok(())
+}
+
+/// Waits until every named CustomResourceDefinition is Established; false at the deadline.
+pub async fn wait_established(
+    client: &Client,
+    names: &[String],
+    timeout: std::time::Duration,
+) -> bool {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + timeout;
+    for name in names {
+        loop {
+            let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
+                crd.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -110,6 +110,33 @@ impl GitRepo {
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago.
+///
+/// # Panics
+/// When no port can be bound.
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+///
+/// # Panics
+/// When `what` does not listen within 10 s.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `git daemon` serving every repository under a directory over git://; killed on drop.
 pub struct GitDaemon {
     child: Child,
@@ -121,10 +148,7 @@ impl GitDaemon {
     /// When it does not start listening within 10 s.
     #[must_use]
     pub fn start(base: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let child = Command::new("git")
             .args([
                 "daemon",
@@ -139,11 +163,7 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("git daemon starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "git daemon");
         Self { child, port }
     }
 
