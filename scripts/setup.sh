@@ -16,6 +16,8 @@ packages=(
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
   iptables
   busybox-static       # the local busybox image the examples and tests run
+  prometheus           # the metrics tests scrape our exporters with a real Prometheus
+  prometheus-node-exporter  # the peer our node exporter is compared with (never started as a service)
   gcc                  # builds the static pause binary
   libc6-dev
 )
@@ -28,7 +30,7 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # packages must not start services (openssh-server would listen on port 22)
+  # packages must not start services (openssh-server would listen on port 22, prometheus on 9090)
   policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod app;
+mod node_exporter;
 
 /// Kelson: a Kubernetes distribution whose desired state comes from Git.
 #[derive(Parser)]
@@ -43,6 +44,9 @@ enum Command {
     /// Look at and steer GitOps Applications: list, get, diff, sync, history, verify-history,
     /// rollback, suspend, resume.
     App(app::AppArgs),
+    /// Serve this machine's metrics as Prometheus' node_exporter does (same metric names and
+    /// flags); `kelson server` and `kelson agent` already serve them on :9100.
+    NodeExporter(node_exporter::NodeExporterArgs),
 }
 
 #[derive(clap::Args)]
@@ -124,6 +128,13 @@ struct NodeArgs {
     /// containerd's CRI socket.
     #[arg(long, default_value = kelson_kubelet::cri::DEFAULT_SOCKET)]
     container_runtime_endpoint: PathBuf,
+    /// Address of the node exporter (node_exporter's metrics at /metrics); port 0 picks one
+    /// (written to the agent directory's node-exporter/address).
+    #[arg(long, default_value = "0.0.0.0:9100")]
+    node_exporter_listen: SocketAddr,
+    /// Do not serve node metrics (run `kelson node-exporter` with its own flags instead).
+    #[arg(long)]
+    disable_node_exporter: bool,
 }
 
 impl NodeArgs {
@@ -150,10 +161,33 @@ impl NodeArgs {
 
     /// The ports the agent will listen on (for preflight).
     fn ports(&self) -> Vec<SocketAddr> {
-        (self.kubelet_port != 0)
+        let mut ports: Vec<SocketAddr> = (self.kubelet_port != 0)
             .then(|| SocketAddr::from(([0, 0, 0, 0], self.kubelet_port)))
             .into_iter()
-            .collect()
+            .collect();
+        if !self.disable_node_exporter && self.node_exporter_listen.port() != 0 {
+            ports.push(self.node_exporter_listen);
+        }
+        ports
+    }
+
+    /// Starts the node exporter beside the agent whose directory is `root_dir`.
+    async fn start_node_exporter(
+        &self,
+        root_dir: &std::path::Path,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        if self.disable_node_exporter {
+            return Ok(());
+        }
+        node_exporter::start(
+            kelson_metrics::node::Config::default(),
+            self.node_exporter_listen,
+            Some(&root_dir.join("node-exporter/address")),
+            shutdown,
+        )
+        .await
+        .context("use --node-exporter-listen to pick another address, or --disable-node-exporter")
     }
 }
 
@@ -289,6 +323,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Sim(args) => sim(args).await?,
         Command::App(args) => app::run(args).await?,
         Command::Reconciler(args) => reconciler(args).await?,
+        Command::NodeExporter(args) => {
+            let shutdown = shutdown_signal();
+            node_exporter::start(args.config, args.listen, None, shutdown.clone()).await?;
+            shutdown.cancelled().await;
+        }
     }
     Ok(())
 }
@@ -431,6 +470,9 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         );
     }
     if !args.disable_agent {
+        args.node
+            .start_node_exporter(&data_dir.join("agent"), shutdown.clone())
+            .await?;
         let mut agent = args.node.agent_config(data_dir.join("agent"));
         let (cert, key) = running
             .pki
@@ -542,6 +584,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.auth_info.token = Some(secret.to_owned().into());
     let client = kube::Client::try_from(config)?;
 
+    let shutdown = shutdown_signal();
+    args.node
+        .start_node_exporter(&args.data_dir, shutdown.clone())
+        .await?;
     let mut agent = args.node.agent_config(args.data_dir);
     let request = serde_json::json!({
         "nodeName": agent.node_name,
@@ -567,7 +613,6 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         ca,
     });
     tracing::info!(node = %agent.node_name, server = %url, "joining");
-    let shutdown = shutdown_signal();
     kelson_kubelet::agent::run(client, agent, shutdown)
         .await
         .context("node agent failed")

@@ -795,6 +795,7 @@ fn agent_joins_with_the_token() {
             .args(["agent", "--server", &server.url, "--token", token])
             .arg(format!("--node-name={node}"))
             .arg("--kubelet-port=0")
+            .arg("--node-exporter-listen=127.0.0.1:0")
             .args([
                 "--container-log-max-size=4096",
                 "--container-log-max-files=3",
@@ -816,6 +817,16 @@ fn agent_joins_with_the_token() {
 
     let _agent = AgentProcess(agent(token, "agent.log"));
     wait_node_ready(&kubectl, &node);
+    // the agent serves its machine's metrics as node_exporter does
+    let address = std::fs::read_to_string(dir.path().join("agent/node-exporter/address")).unwrap();
+    let mut stream = TcpStream::connect(address.trim()).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    stream.read_to_string(&mut metrics).unwrap();
+    assert!(
+        metrics.contains("node_cpu_seconds_total{cpu=\"0\",mode=\"idle\"}"),
+        "{metrics}"
+    );
     let pod = pod_on(
         &node,
         "joined",
@@ -927,6 +938,7 @@ fn up_runs_preflight_then_the_stack() {
             "--listen=127.0.0.1:0",
             "--gitops-listen=127.0.0.1:0",
             "--kubelet-port=0",
+            "--node-exporter-listen=127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("failed"))
@@ -946,6 +958,7 @@ fn up_runs_preflight_then_the_stack() {
                 "--listen=127.0.0.1:0",
                 "--gitops-listen=127.0.0.1:0",
                 "--kubelet-port=0",
+                "--node-exporter-listen=127.0.0.1:0",
             ])
             .arg(format!("--node-name={node}"))
             .arg("--data-dir")

@@ -207,6 +207,27 @@ pub fn http(
     stream.write_all(body).expect("body");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
+    split_response(&response)
+}
+
+/// One `GET` over HTTP/1.0, so the body comes unchunked whatever the server; the status code
+/// and body.
+///
+/// # Panics
+/// When the server cannot be reached.
+#[must_use]
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    split_response(&response)
+}
+
+fn split_response(response: &str) -> (u16, String) {
     let status = response
         .split(' ')
         .nth(1)

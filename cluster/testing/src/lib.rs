@@ -6,6 +6,39 @@
 pub mod bench;
 pub mod git;
 
+/// A child process killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// Starts `program` with `args`, its output discarded.
+    ///
+    /// # Panics
+    /// When the program is missing (set-up installs every peer the tests run) or cannot start.
+    #[must_use]
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> Self {
+        assert!(
+            Path::new(program).exists(),
+            "{program} is missing (scripts/setup.sh installs it)"
+        );
+        Self(
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{program}: {e}")),
+        )
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -185,6 +218,9 @@ impl KelsonProcess {
         }
         if !args.iter().any(|a| a.starts_with("--gitops-listen")) {
             command.arg("--gitops-listen=127.0.0.1:0");
+        }
+        if !args.iter().any(|a| a.starts_with("--node-exporter-listen")) {
+            command.arg("--node-exporter-listen=127.0.0.1:0");
         }
         // tests share one containerd: only a test that names its node runs an agent
         if !args.iter().any(|a| a.starts_with("--node-name")) {

@@ -1,0 +1,10 @@
+//! kelson-metrics: the Prometheus exporters Kelson runs, with the metric names, help, types and
+//! labels of the exporters SREs already scrape, so existing dashboards and alerts work.
+//!
+//! Start at [`node`], the node_exporter-compatible exporter every node agent serves (default
+//! `:9100/metrics`; also `kelson node-exporter` on its own). [`exposition`] writes and parses
+//! the text format 0.0.4 the exporters serve, and [`http`] serves a render function.
+
+pub mod exposition;
+pub mod http;
+pub mod node;
