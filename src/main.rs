@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 mod app;
 mod node_exporter;
+mod state_metrics;
 
 /// Kelson: a Kubernetes distribution whose desired state comes from Git.
 #[derive(Parser)]
@@ -47,6 +48,9 @@ enum Command {
     /// Serve this machine's metrics as Prometheus' node_exporter does (same metric names and
     /// flags); `kelson server` and `kelson agent` already serve them on :9100.
     NodeExporter(node_exporter::NodeExporterArgs),
+    /// Serve a cluster's state as kube-state-metrics does (same metric families), watching it
+    /// through a kubeconfig; `kelson server` already serves its own on :8080.
+    StateMetrics(state_metrics::StateMetricsArgs),
 }
 
 #[derive(clap::Args)]
@@ -269,6 +273,15 @@ struct ServerArgs {
     /// Do not run the node agent (kubelet) on this machine.
     #[arg(long)]
     disable_agent: bool,
+    /// Address of the cluster-state exporter (kube-state-metrics' families at /metrics); port
+    /// 0 picks one (written to DATA_DIR/state-metrics/address).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    state_metrics_listen: SocketAddr,
+    /// Do not serve cluster-state metrics.
+    #[arg(long)]
+    disable_state_metrics: bool,
+    #[command(flatten)]
+    state_metrics: state_metrics::Options,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -308,6 +321,9 @@ async fn main() -> anyhow::Result<()> {
             if !args.server.disable_gitops && args.server.gitops_listen.port() != 0 {
                 ports.push(args.server.gitops_listen);
             }
+            if !args.server.disable_state_metrics && args.server.state_metrics_listen.port() != 0 {
+                ports.push(args.server.state_metrics_listen);
+            }
             if !args.server.disable_agent {
                 ports.extend(args.server.node.ports());
             }
@@ -323,6 +339,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Sim(args) => sim(args).await?,
         Command::App(args) => app::run(args).await?,
         Command::Reconciler(args) => reconciler(args).await?,
+        Command::StateMetrics(args) => {
+            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let shutdown = shutdown_signal();
+            state_metrics::start(client, &args.options, args.listen, None, shutdown.clone())
+                .await?;
+            shutdown.cancelled().await;
+        }
         Command::NodeExporter(args) => {
             let shutdown = shutdown_signal();
             node_exporter::start(args.config, args.listen, None, shutdown.clone()).await?;
@@ -425,6 +448,24 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         kelson_reconciler::install_crds(&client)
             .await
             .context("failed to install the GitOps definitions")?;
+    }
+    if !args.disable_state_metrics {
+        // read-only, so every server serves it (no leader election)
+        let client = running.server.client(kelson_apiserver::auth::User::new(
+            "system:kube-state-metrics".to_owned(),
+            vec![],
+        ));
+        state_metrics::start(
+            client,
+            &args.state_metrics,
+            args.state_metrics_listen,
+            Some(&data_dir.join("state-metrics/address")),
+            shutdown.clone(),
+        )
+        .await
+        .context(
+            "use --state-metrics-listen to pick another address, or --disable-state-metrics",
+        )?;
     }
     if !args.disable_gitops {
         let mut config = kelson_reconciler::Config::new(data_dir.join("gitops"));

@@ -1,13 +1,16 @@
 //! End-to-end tests of the exporters against the real peers: `kelson node-exporter` beside
 //! Debian's prometheus-node-exporter on this machine (same families, help, types, label sets and
-//! values), and a real Prometheus scraping it and answering node-mixin rules.
+//! values), a real Prometheus scraping it and answering node-mixin rules, and the server's
+//! cluster-state exporter following a Deployment on hollow nodes, queried with
+//! kubernetes-mixin expressions.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kelson_metrics::exposition::{Kind, ParsedFamily, parse};
-use kelson_testing::ChildGuard;
 use kelson_testing::git::{free_port, get, wait_listening};
+use kelson_testing::{ChildGuard, KelsonProcess, Kubectl};
 
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
 const PEER: &str = "/usr/bin/prometheus-node-exporter";
@@ -187,10 +190,63 @@ fn number(sample: &serde_json::Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A real Prometheus scraping `targets` (job name, address) every second; its port.
+fn prometheus(dir: &Path, targets: &[(&str, &str)]) -> (ChildGuard, u16) {
+    let port = free_port();
+    let mut config =
+        String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+    for (job, address) in targets {
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['{address}']\n"
+        ));
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let process = spawn(
+        PROMETHEUS,
+        &[
+            &format!("--config.file={}", file.display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+    );
+    wait_listening(port, "prometheus");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(port, "/-/ready").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus is not ready after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (process, port)
+}
+
+/// Polls a PromQL query until `check` accepts its result.
+fn query_until(
+    port: u16,
+    promql: &str,
+    check: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = query(port, promql);
+        if check(&result) {
+            return result;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{promql} still gives {result:?} after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn prometheus_scrapes_the_node_exporter_and_answers_node_mixin_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let (our_port, prometheus_port) = (free_port(), free_port());
+    let our_port = free_port();
     let _ours = spawn(
         KELSON,
         &[
@@ -198,45 +254,14 @@ fn prometheus_scrapes_the_node_exporter_and_answers_node_mixin_rules() {
             &format!("--web.listen-address=127.0.0.1:{our_port}"),
         ],
     );
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
-             - job_name: node-exporter\n    static_configs:\n      - targets: ['127.0.0.1:{our_port}']\n"
-        ),
-    )
-    .unwrap();
-    let _prometheus = spawn(
-        PROMETHEUS,
-        &[
-            &format!("--config.file={}", config.display()),
-            &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
-        ],
-    );
-    wait_listening(prometheus_port, "prometheus");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(prometheus_port, "/-/ready").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus is not ready after 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let address = format!("127.0.0.1:{our_port}");
+    let (_prometheus, prometheus_port) = prometheus(dir.path(), &[("node-exporter", &address)]);
 
     // CPU utilisation needs two scrapes of the counters: wait until the rule has a value
     let cpu = "instance:node_cpu_utilisation:rate5m";
     let rule = "1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total{job=\"node-exporter\", mode=~\"idle|iowait|steal\"}[1m])))";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let utilisation = loop {
-        let result = query(prometheus_port, rule);
-        if let Some(sample) = result.first() {
-            break number(sample);
-        }
-        assert!(Instant::now() < deadline, "no value for {cpu} after 60 s");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let result = query_until(prometheus_port, rule, |result| !result.is_empty());
+    let utilisation = number(&result[0]);
     assert!((0.0..=1.0).contains(&utilisation), "{cpu} = {utilisation}");
 
     let up = query(prometheus_port, "up{job=\"node-exporter\"}");
@@ -270,4 +295,230 @@ fn prometheus_scrapes_the_node_exporter_and_answers_node_mixin_rules() {
         .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
         .count();
     assert_eq!(number(&cpus[0]) as usize, expected, "{cpus:?}");
+}
+
+fn scrape_state(port: u16) -> BTreeMap<String, (ParsedFamily, Series)> {
+    scrape(port)
+}
+
+fn values(
+    families: &BTreeMap<String, (ParsedFamily, Series)>,
+    name: &str,
+    filter: &[(&str, &str)],
+) -> Vec<f64> {
+    families.get(name).map_or_else(Vec::new, |(_, series)| {
+        series
+            .iter()
+            .filter(|(labels, _)| {
+                filter
+                    .iter()
+                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| *v)
+            .collect()
+    })
+}
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.35
+        resources:
+          requests: {cpu: 100m, memory: 32Mi}
+          limits: {memory: 64Mi}
+";
+
+#[test]
+fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = KelsonProcess::server(
+        Path::new(KELSON),
+        &data,
+        &["--metric-labels-allowlist=deployments=[app]"],
+    )
+    .unwrap();
+    let kubeconfig = server.kubeconfig();
+    let _nodes = ChildGuard::spawn(
+        KELSON,
+        &[
+            "sim",
+            "--nodes=2",
+            "--start-delay-ms=100",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+    );
+    let kubectl = Kubectl::new(33, &kubeconfig);
+    kubectl.ok_with(&["apply", "-f", "-"], Some(WEB));
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+
+    let address = server.state_metrics_address();
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let state = scrape_state(port);
+        if values(
+            &state,
+            "kube_deployment_status_replicas_available",
+            &[("deployment", "web")],
+        ) == [3.0]
+        {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Deployment's metrics never showed 3 available"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(values(&state, "kube_node_info", &[]).len(), 2);
+    assert_eq!(
+        values(
+            &state,
+            "kube_node_status_condition",
+            &[("condition", "Ready"), ("status", "true")]
+        ),
+        [1.0, 1.0]
+    );
+    let pods = &state["kube_pod_info"].1;
+    let web: Vec<_> = pods
+        .keys()
+        .filter(|labels| {
+            labels
+                .iter()
+                .any(|(k, v)| k == "created_by_kind" && v == "ReplicaSet")
+        })
+        .collect();
+    assert_eq!(web.len(), 3, "{pods:?}");
+    assert!(
+        web.iter().all(|labels| labels
+            .iter()
+            .any(|(k, v)| k == "node" && v.starts_with("hollow"))),
+        "{web:?}"
+    );
+    assert_eq!(
+        values(
+            &state,
+            "kube_pod_container_resource_requests",
+            &[("resource", "cpu")]
+        ),
+        [0.1, 0.1, 0.1]
+    );
+    assert_eq!(
+        values(
+            &state,
+            "kube_replicaset_owner",
+            &[("owner_kind", "Deployment"), ("owner_name", "web")]
+        ),
+        [1.0]
+    );
+    assert_eq!(
+        values(
+            &state,
+            "kube_namespace_status_phase",
+            &[("namespace", "default"), ("phase", "Active")]
+        ),
+        [1.0]
+    );
+    assert_eq!(
+        values(
+            &state,
+            "kube_deployment_labels",
+            &[("deployment", "web"), ("label_app", "web")]
+        ),
+        [1.0]
+    );
+    assert!(
+        state.contains_key("kube_lease_owner"),
+        "leases are exported"
+    );
+
+    // a real Prometheus runs kubernetes-mixin expressions over it
+    let prometheus_dir = dir.path().join("prometheus");
+    let (_prometheus, prometheus_port) =
+        prometheus(&prometheus_dir, &[("kube-state-metrics", &address)]);
+    query_until(
+        prometheus_port,
+        "kube_deployment_status_replicas_available{job=\"kube-state-metrics\",deployment=\"web\"}",
+        |result| result.len() == 1 && number(&result[0]) == 3.0,
+    );
+    // KubeDeploymentReplicasMismatch's core: nothing pending
+    let mismatch = query(
+        prometheus_port,
+        "kube_deployment_spec_replicas{job=\"kube-state-metrics\"} != kube_deployment_status_replicas_available{job=\"kube-state-metrics\"}",
+    );
+    assert!(mismatch.is_empty(), "{mismatch:?}");
+    // namespace_workload_pod:kube_pod_owner:relabel for Deployments
+    let workload = query(
+        prometheus_port,
+        "max by (namespace, workload, pod) (label_replace(label_replace(kube_pod_owner{job=\"kube-state-metrics\", owner_kind=\"ReplicaSet\"}, \"replicaset\", \"$1\", \"owner_name\", \"(.*)\") * on (replicaset, namespace) group_left(owner_name) topk by (replicaset, namespace) (1, max by (replicaset, namespace, owner_name) (kube_replicaset_owner{job=\"kube-state-metrics\"})), \"workload\", \"$1\", \"owner_name\", \"(.*)\"))",
+    );
+    assert_eq!(workload.len(), 3, "{workload:?}");
+    assert!(workload.iter().all(|w| w["metric"]["workload"] == "web"));
+    // namespace_cpu:kube_pod_container_resource_requests:sum
+    let cpu = query(
+        prometheus_port,
+        "sum by (namespace) (kube_pod_container_resource_requests{job=\"kube-state-metrics\", resource=\"cpu\"} * on (namespace, pod) group_left() max by (namespace, pod) (kube_pod_status_phase{phase=~\"Pending|Running\"} == 1))",
+    );
+    assert_eq!(cpu.len(), 1, "{cpu:?}");
+    assert!((number(&cpu[0]) - 0.3).abs() < 1e-9, "{cpu:?}");
+
+    // scaling down shows within seconds, and deleted pods leave no series
+    kubectl.ok(&["scale", "deployment/web", "--replicas=1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = scrape_state(port);
+        let web_pods = state["kube_pod_info"]
+            .1
+            .keys()
+            .filter(|labels| {
+                labels
+                    .iter()
+                    .any(|(k, v)| k == "created_by_kind" && v == "ReplicaSet")
+            })
+            .count();
+        if values(
+            &state,
+            "kube_deployment_spec_replicas",
+            &[("deployment", "web")],
+        ) == [1.0]
+            && web_pods == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scaling to 1 did not show: {web_pods} pods"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_shipped_prometheus_configuration_is_valid() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/prometheus.yml");
+    let output = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "config", config])
+        .output()
+        .expect("promtool (from the prometheus package) runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -1,5 +1,5 @@
 //! Serving an exporter: `GET /metrics` renders a scrape (on a blocking thread, since collectors
-//! read files), gzip-compressed when the scraper accepts it, as Prometheus always does.
+//! read files), gzip-compressed when enabled and the scraper accepts it (Prometheus always does).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -7,13 +7,21 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, Response, StatusCode, header};
 use axum::routing::get;
+use futures::StreamExt as _;
 
 use crate::exposition::TEXT_FORMAT;
 
-/// Renders one scrape.
-pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+/// How a scrape is rendered.
+#[derive(Clone)]
+pub enum Render {
+    /// The whole exposition at once.
+    Text(Arc<dyn Fn() -> String + Send + Sync>),
+    /// A stream of chunks (gzip is not applied to these).
+    Chunks(Arc<dyn Fn() -> tokio::sync::mpsc::Receiver<bytes::Bytes> + Send + Sync>),
+}
 
-/// Serves `render` at `/metrics` (and a short page at `/`) until `shutdown`.
+/// Serves `render` at `/metrics` (and a short page at `/`) until `shutdown`, gzip-compressed
+/// for scrapers that accept it when `gzip` is set.
 ///
 /// # Errors
 /// The listener fails.
@@ -22,13 +30,14 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
     title: &'static str,
     render: Render,
+    gzip: bool,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move |headers: HeaderMap| {
                 let render = render.clone();
-                async move { metrics(&headers, render).await }
+                async move { metrics(&headers, render, gzip).await }
             }),
         )
         .route(
@@ -49,13 +58,25 @@ pub async fn serve(
     Ok(())
 }
 
-async fn metrics(headers: &HeaderMap, render: Render) -> Response<Body> {
-    let gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| coding.split(';').next().is_some_and(|c| c.trim() == "gzip"));
+async fn metrics(headers: &HeaderMap, render: Render, allowed: bool) -> Response<Body> {
+    let render = match render {
+        Render::Text(render) => render,
+        Render::Chunks(chunks) => {
+            let stream = tokio_stream::wrappers::ReceiverStream::new(chunks())
+                .map(Ok::<_, std::convert::Infallible>);
+            return Response::builder()
+                .header(header::CONTENT_TYPE, TEXT_FORMAT)
+                .body(Body::from_stream(stream))
+                .expect("valid response");
+        }
+    };
+    let gzip = allowed
+        && headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|coding| coding.split(';').next().is_some_and(|c| c.trim() == "gzip"));
     let Ok(text) = tokio::task::spawn_blocking(move || render()).await else {
         return Response::builder()
             .status(StatusCode::INTERNAL_SERVER_ERROR)

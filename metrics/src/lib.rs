@@ -4,7 +4,10 @@
 //! Start at [`node`], the node_exporter-compatible exporter every node agent serves (default
 //! `:9100/metrics`; also `kelson node-exporter` on its own). [`exposition`] writes and parses
 //! the text format 0.0.4 the exporters serve, and [`http`] serves a render function.
+//! [`state`] is the kube-state-metrics-compatible cluster-state exporter `kelson server` serves
+//! (default `:8080/metrics`; also `kelson state-metrics --kubeconfig` against any cluster).
 
 pub mod exposition;
 pub mod http;
 pub mod node;
+pub mod state;

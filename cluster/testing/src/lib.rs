@@ -222,6 +222,9 @@ impl KelsonProcess {
         if !args.iter().any(|a| a.starts_with("--node-exporter-listen")) {
             command.arg("--node-exporter-listen=127.0.0.1:0");
         }
+        if !args.iter().any(|a| a.starts_with("--state-metrics-listen")) {
+            command.arg("--state-metrics-listen=127.0.0.1:0");
+        }
         // tests share one containerd: only a test that names its node runs an agent
         if !args.iter().any(|a| a.starts_with("--node-name")) {
             command.arg("--disable-agent");
@@ -269,7 +272,21 @@ impl KelsonProcess {
     /// When it does not listen within 30 s.
     #[must_use]
     pub fn gitops_address(&self) -> String {
-        let path = self.data_dir.join("gitops/address");
+        self.address("gitops/address", "the GitOps listener")
+    }
+
+    /// The address of its cluster-state exporter (waits until it listens).
+    ///
+    /// # Panics
+    /// When it does not start within 30 s.
+    #[must_use]
+    pub fn state_metrics_address(&self) -> String {
+        self.address("state-metrics/address", "the cluster-state exporter")
+    }
+
+    /// The address a listener wrote to `file` under the data directory.
+    fn address(&self, file: &str, what: &str) -> String {
+        let path = self.data_dir.join(file);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(address) = std::fs::read_to_string(&path)
@@ -277,10 +294,7 @@ impl KelsonProcess {
             {
                 return address;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the GitOps listener did not start"
-            );
+            assert!(Instant::now() < deadline, "{what} did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

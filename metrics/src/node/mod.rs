@@ -297,7 +297,8 @@ pub async fn serve(
         listener,
         shutdown,
         "Node Exporter",
-        Arc::new(move || exporter.scrape()),
+        crate::http::Render::Text(Arc::new(move || exporter.scrape())),
+        true,
     )
     .await
 }
