@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kelson_metrics::exposition::{Kind, ParsedFamily, parse};
 use kelson_testing::git::{free_port, get, wait_listening};
-use kelson_testing::{ChildGuard, KelsonProcess, Kubectl};
+use kelson_testing::{ChildGuard, KelsonProcess, Kubectl, RuntimeCleanup};
 
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
 const PEER: &str = "/usr/bin/prometheus-node-exporter";
@@ -520,5 +520,126 @@ fn the_shipped_prometheus_configuration_is_valid() {
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Polls `kubectl` until it succeeds; its output.
+fn kubectl_until(kubectl: &Kubectl, args: &[&str], seconds: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let output = kubectl.run(args, None);
+        if output.status.success() {
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl {args:?} still fails after {seconds} s: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Millicores from kubectl top's CPU column (`250m`, `1`).
+fn millicores(text: &str) -> f64 {
+    match text.strip_suffix('m') {
+        Some(milli) => milli.parse().unwrap(),
+        None => text.parse::<f64>().unwrap() * 1000.0,
+    }
+}
+
+#[test]
+fn kubectl_top_shows_what_nodes_and_pods_use() {
+    let node = format!("e2e-top-{}", std::process::id());
+    let _cleanup = RuntimeCleanup::new(&node);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let node_arg = format!("--node-name={node}");
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[&node_arg]).unwrap();
+    let kubectl = Kubectl::new(33, &server.kubeconfig());
+    for (name, script) in [("busy", "while :; do :; done"), ("idle", "exec sleep 3600")] {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": "busybox:1.35", "command": ["sh", "-c", script]}]},
+        });
+        kubectl.ok_with(&["apply", "-f", "-"], Some(&pod.to_string()));
+    }
+    kubectl_until(
+        &kubectl,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/busy",
+            "pod/idle",
+            "--timeout=5s",
+        ],
+        60,
+    );
+
+    // two samples of the kubelet's Summary are needed for a rate
+    let nodes = kubectl_until(&kubectl, &["top", "node", &node, "--no-headers"], 90);
+    let columns: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!(columns[0], node, "{nodes}");
+    assert!(millicores(columns[1]) > 0.0, "{nodes}");
+    assert!(columns[3].ends_with("Mi"), "{nodes}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (busy, idle) = loop {
+        let pods = kubectl_until(&kubectl, &["top", "pod", "--no-headers"], 60);
+        let cpu = |name: &str| {
+            pods.lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .map(|l| millicores(l.split_whitespace().nth(1).unwrap()))
+        };
+        if let (Some(busy), Some(idle)) = (cpu("busy"), cpu("idle")) {
+            break (busy, idle);
+        }
+        assert!(Instant::now() < deadline, "both pods never showed: {pods}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    println!("kubectl top node: {nodes}busy pod {busy}m, idle pod {idle}m");
+    // a spinning shell uses most of a core, a sleeping one next to nothing
+    assert!(busy >= 200.0, "busy pod at {busy}m");
+    assert!(idle < 20.0, "idle pod at {idle}m");
+
+    // label selectors, one pod, containers, and the oldest kubectl's v1beta1 client
+    let selected = kubectl.ok(&[
+        "top",
+        "pod",
+        "-l",
+        "app=idle",
+        "--no-headers",
+        "--containers",
+    ]);
+    assert!(
+        selected.starts_with("idle") && selected.contains("main"),
+        "{selected}"
+    );
+    assert_eq!(selected.lines().count(), 1, "{selected}");
+    let old = Kubectl::new(27, &server.kubeconfig());
+    let one = old.ok(&["top", "pod", "busy", "--no-headers"]);
+    assert!(one.starts_with("busy"), "{one}");
+    let raw = kubectl.ok(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/busy",
+    ]);
+    let metrics: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(metrics["kind"], "PodMetrics");
+    assert_eq!(metrics["containers"][0]["name"], "main");
+    let missing = kubectl.run(
+        &[
+            "get",
+            "--raw",
+            "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/nope",
+        ],
+        None,
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
+        "{missing:?}"
     );
 }

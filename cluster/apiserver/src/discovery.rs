@@ -92,7 +92,12 @@ type GroupVersions = Vec<(String, Vec<Arc<ResourceType>>)>;
 /// Groups and their versions in serving order.
 fn group_versions(server: &ApiServer) -> BTreeMap<String, GroupVersions> {
     let mut groups: BTreeMap<String, GroupVersions> = BTreeMap::new();
-    for rt in server.registry.all() {
+    for rt in server
+        .registry
+        .all()
+        .into_iter()
+        .chain(crate::resource_metrics::types())
+    {
         let versions = groups.entry(rt.group.clone()).or_default();
         match versions.iter_mut().find(|(v, _)| *v == rt.version) {
             Some((_, types)) => types.push(rt),
@@ -241,6 +246,7 @@ pub fn resource_list(server: &ApiServer, group: &str, version: &str) -> ApiResul
         .registry
         .all()
         .into_iter()
+        .chain(crate::resource_metrics::types())
         .filter(|t| t.group == group && t.version == version)
         .collect();
     if types.is_empty() {

@@ -23,6 +23,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod proxy;
 pub mod registry;
+pub mod resource_metrics;
 pub mod rest;
 pub mod schema;
 pub mod selectors;
@@ -124,6 +125,8 @@ pub struct ApiServer {
     pub pki: RwLock<Option<Arc<pki::Pki>>>,
     /// Signs and verifies service-account tokens (set when serving).
     pub token_issuer: RwLock<Option<Arc<serviceaccount::TokenIssuer>>>,
+    /// Node and pod usage sampled from kubelets, for `metrics.k8s.io`.
+    pub resource_metrics: resource_metrics::ResourceMetrics,
 }
 
 impl ApiServer {
@@ -140,6 +143,7 @@ impl ApiServer {
             kubelet_client: RwLock::new(None),
             pki: RwLock::new(None),
             token_issuer: RwLock::new(None),
+            resource_metrics: resource_metrics::ResourceMetrics::default(),
         })
     }
 
@@ -394,6 +398,7 @@ pub async fn run_with_storage(
             node_token,
         });
     }
+    tokio::spawn(resource_metrics::sample(server.clone(), shutdown.clone()));
     tokio::spawn(compact_periodically(
         storage,
         config.compaction_interval,

@@ -267,6 +267,22 @@ async fn route(
             crate::openapi::v3_document(server, &rest.join("/"), &req)
         }
         ["api", version, rest @ ..] => return resource(server, "", version, rest, req).await,
+        [
+            "apis",
+            crate::resource_metrics::GROUP,
+            crate::resource_metrics::VERSION,
+            rest @ ..,
+        ] => {
+            let resource = rest
+                .iter()
+                .rev()
+                .find(|p| matches!(**p, "nodes" | "pods"))
+                .map_or_else(String::new, |r| (*r).to_owned());
+            let verb = if rest.len() % 2 == 1 { "list" } else { "get" };
+            let response =
+                crate::resource_metrics::handle(server, rest, &req.method, &req.query).await;
+            return (verb.to_owned(), resource, response);
+        }
         ["apis", group, version, rest @ ..] => {
             return resource(server, group, version, rest, req).await;
         }
