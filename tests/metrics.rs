@@ -548,16 +548,39 @@ fn millicores(text: &str) -> f64 {
     }
 }
 
+/// `kelson server` with a node agent on this machine's containerd.
+struct RealNode {
+    node: String,
+    kubectl: Kubectl,
+    server: KelsonProcess,
+    _cleanup: RuntimeCleanup,
+    _dir: tempfile::TempDir,
+}
+
+impl RealNode {
+    fn start(prefix: &str) -> Self {
+        let node = format!("e2e-{prefix}-{}", std::process::id());
+        let cleanup = RuntimeCleanup::new(&node);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("server");
+        std::fs::create_dir_all(&data).unwrap();
+        let node_arg = format!("--node-name={node}");
+        let server = KelsonProcess::server(Path::new(KELSON), &data, &[&node_arg]).unwrap();
+        let kubectl = Kubectl::new(33, &server.kubeconfig());
+        Self {
+            node,
+            kubectl,
+            server,
+            _cleanup: cleanup,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn kubectl_top_shows_what_nodes_and_pods_use() {
-    let node = format!("e2e-top-{}", std::process::id());
-    let _cleanup = RuntimeCleanup::new(&node);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).unwrap();
-    let node_arg = format!("--node-name={node}");
-    let server = KelsonProcess::server(Path::new(KELSON), &data, &[&node_arg]).unwrap();
-    let kubectl = Kubectl::new(33, &server.kubeconfig());
+    let cluster = RealNode::start("top");
+    let (node, kubectl) = (cluster.node.as_str(), &cluster.kubectl);
     for (name, script) in [("busy", "while :; do :; done"), ("idle", "exec sleep 3600")] {
         let pod = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
@@ -567,7 +590,7 @@ fn kubectl_top_shows_what_nodes_and_pods_use() {
         kubectl.ok_with(&["apply", "-f", "-"], Some(&pod.to_string()));
     }
     kubectl_until(
-        &kubectl,
+        kubectl,
         &[
             "wait",
             "--for=condition=Ready",
@@ -579,7 +602,7 @@ fn kubectl_top_shows_what_nodes_and_pods_use() {
     );
 
     // two samples of the kubelet's Summary are needed for a rate
-    let nodes = kubectl_until(&kubectl, &["top", "node", &node, "--no-headers"], 90);
+    let nodes = kubectl_until(kubectl, &["top", "node", node, "--no-headers"], 90);
     let columns: Vec<&str> = nodes.split_whitespace().collect();
     assert_eq!(columns[0], node, "{nodes}");
     assert!(millicores(columns[1]) > 0.0, "{nodes}");
@@ -587,7 +610,7 @@ fn kubectl_top_shows_what_nodes_and_pods_use() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let (busy, idle) = loop {
-        let pods = kubectl_until(&kubectl, &["top", "pod", "--no-headers"], 60);
+        let pods = kubectl_until(kubectl, &["top", "pod", "--no-headers"], 60);
         let cpu = |name: &str| {
             pods.lines()
                 .find(|l| l.starts_with(&format!("{name} ")))
@@ -618,7 +641,7 @@ fn kubectl_top_shows_what_nodes_and_pods_use() {
         "{selected}"
     );
     assert_eq!(selected.lines().count(), 1, "{selected}");
-    let old = Kubectl::new(27, &server.kubeconfig());
+    let old = Kubectl::new(27, &cluster.server.kubeconfig());
     let one = old.ok(&["top", "pod", "busy", "--no-headers"]);
     assert!(one.starts_with("busy"), "{one}");
     let raw = kubectl.ok(&[
@@ -642,4 +665,115 @@ fn kubectl_top_shows_what_nodes_and_pods_use() {
         String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
         "{missing:?}"
     );
+}
+
+const BURN: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: burn
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: burn}
+  template:
+    metadata:
+      labels: {app: burn}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox:1.35
+        command: [sh, -c, 'while :; do :; done']
+        resources:
+          requests: {cpu: 100m}
+          limits: {cpu: 200m}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: burn
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: burn}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource:
+      name: cpu
+      target: {type: Utilization, averageUtilization: 50}
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 0
+";
+
+#[test]
+fn an_autoscaler_scales_a_busy_deployment_up_and_back_down() {
+    let cluster = RealNode::start("hpa");
+    let (node, kubectl) = (cluster.node.as_str(), &cluster.kubectl);
+    kubectl_until(kubectl, &["get", "node", node], 30);
+    kubectl.ok_with(&["apply", "-f", "-"], Some(BURN));
+    let field = |kind: &str, path: &str| {
+        kubectl.ok(&["get", kind, "burn", "-o", &format!("jsonpath={{{path}}}")])
+    };
+    let wait = |what: &str, seconds: u64, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {seconds} s; autoscaler: {}",
+                kubectl.ok(&["get", "hpa", "burn", "-o", "json"])
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    // a pod spinning at its 200m limit uses 200% of its 100m request: 4x the 50% target
+    wait("scaled up to the maximum of 3", 150, &|| {
+        field("deployment", ".spec.replicas") == "3"
+    });
+    assert_eq!(field("hpa", ".status.desiredReplicas"), "3");
+    let utilization: i64 = field(
+        "hpa",
+        ".status.currentMetrics[0].resource.current.averageUtilization",
+    )
+    .parse()
+    .unwrap();
+    assert!(utilization > 100, "utilization {utilization}%");
+    let table = kubectl.ok(&["get", "hpa", "burn", "--no-headers"]);
+    let columns: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(columns[1], "Deployment/burn", "{table}");
+    assert_eq!(columns[2], "cpu:", "{table}");
+    assert!(columns[3].ends_with("%/50%"), "{table}");
+    assert_eq!(&columns[4..7], ["1", "3", "3"], "{table}");
+    let limited = kubectl.ok(&[
+        "get",
+        "hpa",
+        "burn",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"ScalingLimited\")].reason}",
+    ]);
+    assert_eq!(limited, "TooManyReplicas");
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=SuccessfulRescale",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains(
+            "New size: 3; reason: cpu resource utilization (percentage of request) above target"
+        ),
+        "{events}"
+    );
+
+    // the same pods at rest: back down to the minimum
+    kubectl.ok(&[
+        "patch", "deployment", "burn", "--type=json", "-p",
+        r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["sleep", "3600"]}]"#,
+    ]);
+    wait("scaled back down to 1", 180, &|| {
+        field("deployment", ".spec.replicas") == "1"
+    });
+    assert_eq!(field("hpa", ".status.desiredReplicas"), "1");
 }

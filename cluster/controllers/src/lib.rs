@@ -8,6 +8,7 @@ pub mod context;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -237,6 +239,20 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
             }),
         )
         .for_each(log_results);
+    let mut autoscalers = Informer::<HorizontalPodAutoscaler>::new();
+    let autoscaler_controller =
+        Controller::for_shared_stream(autoscalers.subscribe(), autoscalers.store.clone())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                hpa::reconcile,
+                error_policy,
+                Arc::new(hpa::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                    recommendations: parking_lot::Mutex::default(),
+                }),
+            )
+            .for_each(log_results);
     let mut services = Informer::<Service>::new();
     let services_store = services.store.clone();
     // any pod change may change the endpoints of the Services in its namespace
@@ -300,6 +316,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     replicasets.start(Api::all(client.clone()), &shutdown);
     deployments.start(Api::all(client.clone()), &shutdown);
     jobs.start(Api::all(client.clone()), &shutdown);
+    autoscalers.start(Api::all(client.clone()), &shutdown);
     services.start(Api::all(client.clone()), &shutdown);
     nodes.start(Api::all(client.clone()), &shutdown);
     leases.start(
@@ -311,6 +328,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         replicaset_controller,
         deployment_controller,
         job_controller,
+        autoscaler_controller,
         namespace_controller,
         collector,
         node_lifecycle,

@@ -178,6 +178,15 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Selector", "string", 1),
         ],
         ("", "Namespace") => vec![NAME, col("Status", "string", 0), AGE],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            NAME,
+            col("Reference", "string", 0),
+            col("Targets", "string", 0),
+            col("MinPods", "string", 0),
+            col("MaxPods", "integer", 0),
+            col("Replicas", "integer", 0),
+            AGE,
+        ],
         ("coordination.k8s.io", "Lease") => vec![NAME, col("Holder", "string", 0), AGE],
         ("", "Event") => vec![
             col("Last Seen", "string", 0),
@@ -522,6 +531,24 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
             ]
         }
         ("batch", "Job") => job_cells(object),
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(object, "/spec/scaleTargetRef/kind"),
+                s(object, "/spec/scaleTargetRef/name")
+            )),
+            json!(autoscaler_targets(object)),
+            json!(
+                object
+                    .pointer("/spec/minReplicas")
+                    .and_then(Value::as_i64)
+                    .map_or_else(|| "<unset>".to_owned(), |m| m.to_string())
+            ),
+            json!(int(object, "/spec/maxReplicas")),
+            json!(int(object, "/status/currentReplicas")),
+            json!(created(object)),
+        ],
         ("batch", "CronJob") => {
             let (containers, images) =
                 containers_and_images(object.pointer("/spec/jobTemplate/spec/template/spec"));
@@ -877,6 +904,53 @@ fn pod_cells(pod: &Value) -> Vec<Value> {
         json!(or_none(s(pod, "/status/nominatedNodeName").to_owned())),
         json!(gates_text),
     ]
+}
+
+/// An autoscaler's metrics as kubectl prints them: `cpu: 200%/50%`, current `<unknown>` until
+/// measured.
+fn autoscaler_targets(hpa: &Value) -> String {
+    let specs = hpa
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let current = hpa
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let parts: Vec<String> = specs
+        .iter()
+        .filter(|m| s(m, "/type") == "Resource")
+        .map(|metric| {
+            let resource = s(metric, "/resource/name");
+            let now = current
+                .iter()
+                .find(|c| s(c, "/resource/name") == resource)
+                .map(|c| c["resource"]["current"].clone());
+            match metric.pointer("/resource/target/averageUtilization") {
+                Some(target) => format!(
+                    "{resource}: {}/{target}%",
+                    now.as_ref()
+                        .and_then(|c| c.get("averageUtilization"))
+                        .map_or_else(|| "<unknown>".to_owned(), |u| format!("{u}%"))
+                ),
+                None => format!(
+                    "{resource}: {}/{}",
+                    now.as_ref()
+                        .and_then(|c| c.get("averageValue"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("<unknown>"),
+                    s(metric, "/resource/target/averageValue")
+                ),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "<none>".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn job_cells(job: &Value) -> Vec<Value> {
