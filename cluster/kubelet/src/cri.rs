@@ -132,6 +132,22 @@ impl Cri {
         Ok(Ok(()))
     }
 
+    /// The image the runtime runs pod sandboxes from (containerd's `sandboxImage`), from its
+    /// verbose status; empty when the runtime does not say.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn sandbox_image(&self) -> Result<String> {
+        let request = cri::StatusRequest { verbose: true };
+        let response = self.runtime.clone().status(request).await;
+        let info = response.map_err(call_error("Status"))?.into_inner().info;
+        Ok(info
+            .get("config")
+            .and_then(|config| serde_json::from_str::<serde_json::Value>(config).ok())
+            .and_then(|config| config["sandboxImage"].as_str().map(str::to_owned))
+            .unwrap_or_default())
+    }
+
     /// Starts a pod sandbox and returns its id.
     ///
     /// # Errors

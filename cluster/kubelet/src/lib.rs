@@ -5,6 +5,7 @@
 //! reality cannot drift apart. Start with [`agent::run`].
 
 pub mod agent;
+pub mod cadvisor;
 pub mod cri;
 pub mod eviction;
 pub mod hollow;

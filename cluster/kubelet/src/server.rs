@@ -86,6 +86,8 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
     let node_cpu = Arc::new(crate::stats::NodeCpu::default());
     let summary_ctx = ctx.clone();
     let metrics_ctx = ctx.clone();
+    let cadvisor_ctx = ctx.clone();
+    let cgroups = Arc::new(crate::cadvisor::Cgroups::default());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -102,6 +104,25 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
                         ctx.metrics.render(),
                     )
                         .into_response()
+                }
+            }),
+        )
+        .route(
+            "/metrics/cadvisor",
+            get(move || {
+                let (ctx, cgroups) = (cadvisor_ctx.clone(), cgroups.clone());
+                async move {
+                    match crate::cadvisor::render(&ctx, &cgroups).await {
+                        Ok(text) => (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                kelson_metrics::exposition::TEXT_FORMAT,
+                            )],
+                            text,
+                        )
+                            .into_response(),
+                        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                    }
                 }
             }),
         )

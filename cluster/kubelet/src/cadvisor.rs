@@ -1,0 +1,754 @@
+//! Container metrics as the kubelet serves them from its embedded cAdvisor, at
+//! `/metrics/cadvisor` (cAdvisor's family names and the labels `container`, `id`, `image`,
+//! `name`, `namespace`, `pod`), and the resource metrics of `/metrics/resource` that
+//! metrics-server reads. Usage comes from the runtime's statistics (CRI), the rest — user and
+//! system time, CFS throttling, cache, swap, limits, OOM kills — from the cgroup files, on
+//! cgroup v1, v2 and the hybrid layout.
+//!
+//! Rows: one per running container (`container` and `image` set, `id` its cgroup), one per
+//! pod cgroup (`container=""`, `image=""`) and one per pod sandbox holding its network
+//! counters (`container=""`, the pause image), as the kubelet's cAdvisor reports them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use kelson_metrics::exposition::Families;
+
+use crate::pods::PodContext;
+use crate::pods::spec::{
+    CONTAINER_NAME_LABEL, NODE_LABEL, POD_NAME_LABEL, POD_NAMESPACE_LABEL, POD_UID_LABEL,
+};
+
+/// USER_HZ: cpuacct.stat counts in these ticks.
+const USER_HZ: f64 = 100.0;
+
+/// Where the cgroup controllers are mounted.
+#[derive(Clone, Debug)]
+pub struct Cgroups {
+    root: PathBuf,
+    v2: bool,
+}
+
+impl Default for Cgroups {
+    fn default() -> Self {
+        Self::at(Path::new("/sys/fs/cgroup"))
+    }
+}
+
+impl Cgroups {
+    /// The hierarchy mounted at `root`: v1 when it has per-controller directories.
+    #[must_use]
+    pub fn at(root: &Path) -> Self {
+        let v2 = !root.join("memory").is_dir() && root.join("cgroup.controllers").exists();
+        Self {
+            root: root.to_owned(),
+            v2,
+        }
+    }
+
+    fn file(&self, controller: &str, cgroup: &str, name: &str) -> PathBuf {
+        let relative = cgroup.trim_start_matches('/');
+        if self.v2 {
+            self.root.join(relative).join(name)
+        } else {
+            self.root.join(controller).join(relative).join(name)
+        }
+    }
+
+    fn read(&self, controller: &str, cgroup: &str, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(controller, cgroup, name)).ok()
+    }
+
+    fn number(&self, controller: &str, cgroup: &str, name: &str) -> Option<f64> {
+        self.read(controller, cgroup, name)?.trim().parse().ok()
+    }
+
+    /// Whether the cgroup exists.
+    #[must_use]
+    pub fn exists(&self, cgroup: &str) -> bool {
+        self.file("memory", cgroup, "").is_dir()
+    }
+
+    /// Cumulative CPU nanoseconds and memory (usage, working set) of a cgroup, for rows the
+    /// runtime has no statistics for (the root).
+    #[must_use]
+    pub fn usage(&self, cgroup: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
+        let inactive = |text: Option<String>, key: &str| {
+            text.unwrap_or_default().lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse::<f64>().ok())?
+            })
+        };
+        if self.v2 {
+            let cpu = self.read("", cgroup, "cpu.stat").and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
+            });
+            let usage = self.number("", cgroup, "memory.current");
+            let file = inactive(self.read("", cgroup, "memory.stat"), "inactive_file");
+            let working = usage.map(|u| (u - file.unwrap_or(0.0)).max(0.0));
+            (cpu.map(|c| c * 1000.0), usage, working)
+        } else {
+            let cpu = self.number("cpuacct", cgroup, "cpuacct.usage");
+            let usage = self.number("memory", cgroup, "memory.usage_in_bytes");
+            let file = inactive(
+                self.read("memory", cgroup, "memory.stat"),
+                "total_inactive_file",
+            );
+            let working = usage.map(|u| (u - file.unwrap_or(0.0)).max(0.0));
+            (cpu, usage, working)
+        }
+    }
+
+    /// The readings of one cgroup that the runtime's statistics lack.
+    #[must_use]
+    pub fn readings(&self, cgroup: &str) -> Readings {
+        let mut readings = Readings::default();
+        let stat = |text: Option<String>| -> HashMap<String, f64> {
+            text.unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    Some((k.to_owned(), v.trim().parse().ok()?))
+                })
+                .collect()
+        };
+        if self.v2 {
+            let cpu = stat(self.read("", cgroup, "cpu.stat"));
+            readings.user_seconds = cpu.get("user_usec").map(|v| v / 1e6);
+            readings.system_seconds = cpu.get("system_usec").map(|v| v / 1e6);
+            readings.periods = cpu.get("nr_periods").copied();
+            readings.throttled_periods = cpu.get("nr_throttled").copied();
+            readings.throttled_seconds = cpu.get("throttled_usec").map(|v| v / 1e6);
+            let memory = stat(self.read("", cgroup, "memory.stat"));
+            readings.cache = memory.get("file").copied();
+            readings.rss = memory.get("anon").copied();
+            readings.mapped_file = memory.get("file_mapped").copied();
+            readings.swap = self.number("", cgroup, "memory.swap.current");
+            readings.max_usage = self.number("", cgroup, "memory.peak");
+            let events = stat(self.read("", cgroup, "memory.events"));
+            readings.oom_kills = events.get("oom_kill").copied();
+            readings.memory_limit = self
+                .read("", cgroup, "memory.max")
+                .map(|t| t.trim().parse().unwrap_or(0.0));
+            if let Some(max) = self.read("", cgroup, "cpu.max") {
+                let mut fields = max.split_whitespace();
+                readings.quota = fields.next().map(|q| q.parse().unwrap_or(0.0));
+                readings.period = fields.next().and_then(|p| p.parse().ok());
+            }
+            // cpu.weight 1..10000 maps back to shares 2..262144 as the kubelet converts them
+            readings.shares = self
+                .number("", cgroup, "cpu.weight")
+                .map(|w| (((w - 1.0) * 262_142.0) / 9999.0 + 2.0).round());
+        } else {
+            let cpuacct = stat(self.read("cpuacct", cgroup, "cpuacct.stat"));
+            readings.user_seconds = cpuacct.get("user").map(|t| t / USER_HZ);
+            readings.system_seconds = cpuacct.get("system").map(|t| t / USER_HZ);
+            let cpu = stat(self.read("cpu", cgroup, "cpu.stat"));
+            readings.periods = cpu.get("nr_periods").copied();
+            readings.throttled_periods = cpu.get("nr_throttled").copied();
+            readings.throttled_seconds = cpu.get("throttled_time").map(|v| v / 1e9);
+            let memory = stat(self.read("memory", cgroup, "memory.stat"));
+            readings.cache = memory.get("total_cache").copied();
+            readings.rss = memory.get("total_rss").copied();
+            readings.mapped_file = memory.get("total_mapped_file").copied();
+            readings.swap = memory.get("total_swap").copied();
+            readings.max_usage = self.number("memory", cgroup, "memory.max_usage_in_bytes");
+            readings.failcnt = self.number("memory", cgroup, "memory.failcnt");
+            let oom = stat(self.read("memory", cgroup, "memory.oom_control"));
+            readings.oom_kills = oom.get("oom_kill").copied();
+            readings.memory_limit = self.number("memory", cgroup, "memory.limit_in_bytes");
+            readings.quota = self.number("cpu", cgroup, "cpu.cfs_quota_us");
+            readings.period = self.number("cpu", cgroup, "cpu.cfs_period_us");
+            readings.shares = self.number("cpu", cgroup, "cpu.shares");
+        }
+        readings
+    }
+}
+
+/// What the cgroup files say about one cgroup (`None` where a file is missing).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Readings {
+    /// User CPU seconds.
+    pub user_seconds: Option<f64>,
+    /// System CPU seconds.
+    pub system_seconds: Option<f64>,
+    /// CFS enforcement periods elapsed.
+    pub periods: Option<f64>,
+    /// Periods in which the cgroup was throttled.
+    pub throttled_periods: Option<f64>,
+    /// Time throttled.
+    pub throttled_seconds: Option<f64>,
+    /// Page cache bytes.
+    pub cache: Option<f64>,
+    /// Anonymous (RSS) bytes.
+    pub rss: Option<f64>,
+    /// Mapped file bytes.
+    pub mapped_file: Option<f64>,
+    /// Swap bytes.
+    pub swap: Option<f64>,
+    /// Peak usage.
+    pub max_usage: Option<f64>,
+    /// Times the limit was hit (v1).
+    pub failcnt: Option<f64>,
+    /// OOM kills.
+    pub oom_kills: Option<f64>,
+    /// Memory limit (0 when unlimited on v2; v1 reports its huge "unlimited" number).
+    pub memory_limit: Option<f64>,
+    /// CFS quota in microseconds (-1 when unlimited on v1, 0 on v2's `max`).
+    pub quota: Option<f64>,
+    /// CFS period in microseconds.
+    pub period: Option<f64>,
+    /// CPU shares.
+    pub shares: Option<f64>,
+}
+
+/// The labels of one row, in cAdvisor's order (sorted by name).
+struct Row<'a> {
+    container: &'a str,
+    id: &'a str,
+    image: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+}
+
+impl Row<'_> {
+    fn labels(&self) -> [(&str, &str); 6] {
+        [
+            ("container", self.container),
+            ("id", self.id),
+            ("image", self.image),
+            ("name", self.name),
+            ("namespace", self.namespace),
+            ("pod", self.pod),
+        ]
+    }
+
+    fn with<'b>(&'b self, extra: (&'b str, &'b str)) -> Vec<(&'b str, &'b str)> {
+        let mut labels = self.labels().to_vec();
+        let at = labels
+            .iter()
+            .position(|(k, _)| *k > extra.0)
+            .unwrap_or(labels.len());
+        labels.insert(at, extra);
+        labels
+    }
+}
+
+fn u64_value(v: Option<&cri::UInt64Value>) -> Option<f64> {
+    v.map(|v| v.value as f64)
+}
+
+/// Adds the CPU and memory families of one row from runtime statistics and cgroup readings.
+fn usage_rows(
+    out: &mut Families,
+    row: &Row,
+    cpu: Option<&cri::CpuUsage>,
+    memory: Option<&cri::MemoryUsage>,
+    readings: &Readings,
+) {
+    let labels = row.labels();
+    if let Some(total) = cpu.and_then(|c| u64_value(c.usage_core_nano_seconds.as_ref())) {
+        out.counter(
+            "container_cpu_usage_seconds_total",
+            "Cumulative cpu time consumed in seconds.",
+            &row.with(("cpu", "total")),
+            total / 1e9,
+        );
+    }
+    // throttling is only reported for cgroups with a CFS quota
+    let limited = readings.quota.is_some_and(|q| q > 0.0);
+    let throttling = |value: Option<f64>| value.filter(|_| limited);
+    let counters = [
+        (
+            "container_cpu_user_seconds_total",
+            "Cumulative user cpu time consumed in seconds.",
+            readings.user_seconds,
+        ),
+        (
+            "container_cpu_system_seconds_total",
+            "Cumulative system cpu time consumed in seconds.",
+            readings.system_seconds,
+        ),
+        (
+            "container_cpu_cfs_periods_total",
+            "Number of elapsed enforcement period intervals.",
+            throttling(readings.periods),
+        ),
+        (
+            "container_cpu_cfs_throttled_periods_total",
+            "Number of throttled period intervals.",
+            throttling(readings.throttled_periods),
+        ),
+        (
+            "container_cpu_cfs_throttled_seconds_total",
+            "Total time duration the container has been throttled.",
+            throttling(readings.throttled_seconds),
+        ),
+        (
+            "container_oom_events_total",
+            "Count of out of memory events observed for the container",
+            readings.oom_kills,
+        ),
+    ];
+    for (name, help, value) in counters {
+        if let Some(value) = value {
+            out.counter(name, help, &labels, value);
+        }
+    }
+    let memory_gauges = [
+        (
+            "container_memory_usage_bytes",
+            "Current memory usage in bytes, including all memory regardless of when it was accessed",
+            memory.and_then(|m| u64_value(m.usage_bytes.as_ref())),
+        ),
+        (
+            "container_memory_working_set_bytes",
+            "Current working set in bytes.",
+            memory.and_then(|m| u64_value(m.working_set_bytes.as_ref())),
+        ),
+        (
+            "container_memory_rss",
+            "Size of RSS in bytes.",
+            memory
+                .and_then(|m| u64_value(m.rss_bytes.as_ref()))
+                .or(readings.rss),
+        ),
+        (
+            "container_memory_cache",
+            "Number of bytes of page cache memory.",
+            readings.cache,
+        ),
+        (
+            "container_memory_swap",
+            "Container swap usage in bytes.",
+            readings.swap,
+        ),
+        (
+            "container_memory_mapped_file",
+            "Size of memory mapped files in bytes.",
+            readings.mapped_file,
+        ),
+        (
+            "container_memory_max_usage_bytes",
+            "Maximum memory usage recorded in bytes",
+            readings.max_usage,
+        ),
+    ];
+    for (name, help, value) in memory_gauges {
+        if let Some(value) = value {
+            out.gauge(name, help, &labels, value);
+        }
+    }
+    if let Some(failures) = readings.failcnt {
+        out.counter(
+            "container_memory_failcnt",
+            "Number of memory usage hits limits",
+            &labels,
+            failures,
+        );
+    }
+}
+
+/// The `container_spec_*` families of one container.
+fn spec_rows(out: &mut Families, row: &Row, readings: &Readings) {
+    let labels = row.labels();
+    // cAdvisor reports "no limit" as 0
+    let limit = readings
+        .memory_limit
+        .map(|l| if l >= 9.2e18 { 0.0 } else { l });
+    let quota = readings.quota.filter(|q| *q > 0.0);
+    for (name, help, value) in [
+        (
+            "container_spec_cpu_period",
+            "CPU period of the container.",
+            readings.period,
+        ),
+        (
+            "container_spec_cpu_quota",
+            "CPU quota of the container.",
+            quota,
+        ),
+        (
+            "container_spec_cpu_shares",
+            "CPU share of the container.",
+            readings.shares,
+        ),
+        (
+            "container_spec_memory_limit_bytes",
+            "Memory limit for the container.",
+            limit,
+        ),
+    ] {
+        if let Some(value) = value {
+            out.gauge(name, help, &labels, value);
+        }
+    }
+}
+
+/// The pod's cgroup, `/kubepods[/burstable|/besteffort]/pod<uid>`, whichever exists.
+fn pod_cgroup(cgroups: &Cgroups, uid: &str) -> Option<String> {
+    ["", "burstable/", "besteffort/"]
+        .iter()
+        .map(|qos| format!("/kubepods/{qos}pod{uid}"))
+        .find(|path| cgroups.exists(path))
+}
+
+/// One scrape of `/metrics/cadvisor`.
+///
+/// # Errors
+/// When the runtime cannot be asked.
+pub async fn render(ctx: &PodContext, cgroups: &Cgroups) -> crate::cri::Result<String> {
+    let node = [(NODE_LABEL, ctx.node.name.as_str())];
+    let containers = ctx.cri.list_containers(&node).await?;
+    let sandboxes = ctx.cri.list_pod_sandboxes(&node).await?;
+    let stats = ctx.cri.list_pod_sandbox_stats(&node).await?;
+    let sandbox_image = ctx.cri.sandbox_image().await.unwrap_or_default();
+    let now = jiff::Timestamp::now().as_second() as f64;
+    let mut out = Families::new();
+    let cores = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let (boot_id, machine_id, system_uuid) = (
+        read("/proc/sys/kernel/random/boot_id"),
+        read("/etc/machine-id"),
+        read("/sys/class/dmi/id/product_uuid"),
+    );
+    let machine = [
+        ("boot_id", boot_id.as_str()),
+        ("machine_id", machine_id.as_str()),
+        ("system_uuid", system_uuid.as_str()),
+    ];
+    out.gauge(
+        "machine_cpu_cores",
+        "Number of logical CPU cores.",
+        &machine,
+        cores as f64,
+    );
+    out.gauge(
+        "machine_memory_bytes",
+        "Amount of memory installed on the machine.",
+        &machine,
+        crate::host::memory_total() as f64,
+    );
+    // the machine as a whole, as cAdvisor's root row
+    let (cpu, usage, working) = cgroups.usage("/");
+    let root = Row {
+        container: "",
+        id: "/",
+        image: "",
+        name: "",
+        namespace: "",
+        pod: "",
+    };
+    let root_cpu = cpu.map(|c| cri::CpuUsage {
+        usage_core_nano_seconds: Some(cri::UInt64Value { value: c as u64 }),
+        ..Default::default()
+    });
+    let root_memory = cri::MemoryUsage {
+        usage_bytes: usage.map(|u| cri::UInt64Value { value: u as u64 }),
+        working_set_bytes: working.map(|w| cri::UInt64Value { value: w as u64 }),
+        ..Default::default()
+    };
+    usage_rows(
+        &mut out,
+        &root,
+        root_cpu.as_ref(),
+        Some(&root_memory),
+        &cgroups.readings("/"),
+    );
+    for stat in &stats {
+        let (Some(attributes), Some(linux)) = (stat.attributes.as_ref(), stat.linux.as_ref())
+        else {
+            continue;
+        };
+        let label = |key: &str| attributes.labels.get(key).map_or("", String::as_str);
+        let (namespace, pod, uid) = (
+            label(POD_NAMESPACE_LABEL),
+            label(POD_NAME_LABEL),
+            label(POD_UID_LABEL),
+        );
+        let Some(cgroup) = pod_cgroup(cgroups, uid) else {
+            continue;
+        };
+        // the pod's cgroup
+        let pod_row = Row {
+            container: "",
+            id: &cgroup,
+            image: "",
+            name: "",
+            namespace,
+            pod,
+        };
+        usage_rows(
+            &mut out,
+            &pod_row,
+            linux.cpu.as_ref(),
+            linux.memory.as_ref(),
+            &cgroups.readings(&cgroup),
+        );
+        // the sandbox, with the pod's network
+        let sandbox_id = attributes.id.as_str();
+        let sandbox_cgroup = format!("{cgroup}/{sandbox_id}");
+        let pause_image = if sandboxes.iter().any(|s| s.id == sandbox_id) {
+            sandbox_image.as_str()
+        } else {
+            ""
+        };
+        let sandbox_row = Row {
+            container: "",
+            id: &sandbox_cgroup,
+            image: pause_image,
+            name: sandbox_id,
+            namespace,
+            pod,
+        };
+        network_rows(&mut out, &sandbox_row, linux.network.as_ref());
+        for container_stats in &linux.containers {
+            let Some(attributes) = container_stats.attributes.as_ref() else {
+                continue;
+            };
+            let Some(container) = containers.iter().find(|c| c.id == attributes.id) else {
+                continue;
+            };
+            if container.state != cri::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            let id = format!("{cgroup}/{}", container.id);
+            let image = container
+                .image
+                .as_ref()
+                .map_or(container.image_ref.as_str(), |i| i.image.as_str());
+            let row = Row {
+                container: container
+                    .labels
+                    .get(CONTAINER_NAME_LABEL)
+                    .map_or("", String::as_str),
+                id: &id,
+                image,
+                name: &container.id,
+                namespace,
+                pod,
+            };
+            let readings = cgroups.readings(&id);
+            usage_rows(
+                &mut out,
+                &row,
+                container_stats.cpu.as_ref(),
+                container_stats.memory.as_ref(),
+                &readings,
+            );
+            spec_rows(&mut out, &row, &readings);
+            let labels = row.labels();
+            out.gauge(
+                "container_start_time_seconds",
+                "Start time of the container since unix epoch in seconds.",
+                &labels,
+                (container.created_at / 1_000_000_000) as f64,
+            );
+            out.gauge(
+                "container_last_seen",
+                "Last time a container was seen by the exporter",
+                &labels,
+                now,
+            );
+        }
+    }
+    Ok(out.render())
+}
+
+/// The network families of a sandbox row, one series per interface.
+fn network_rows(out: &mut Families, row: &Row, network: Option<&cri::NetworkUsage>) {
+    let Some(network) = network else {
+        return;
+    };
+    let mut interfaces: Vec<&cri::NetworkInterfaceUsage> = network.interfaces.iter().collect();
+    if interfaces.is_empty()
+        && let Some(default) = network.default_interface.as_ref()
+    {
+        interfaces.push(default);
+    }
+    for interface in interfaces {
+        let labels = row.with(("interface", interface.name.as_str()));
+        for (name, help, value) in [
+            (
+                "container_network_receive_bytes_total",
+                "Cumulative count of bytes received",
+                &interface.rx_bytes,
+            ),
+            (
+                "container_network_receive_errors_total",
+                "Cumulative count of errors encountered while receiving",
+                &interface.rx_errors,
+            ),
+            (
+                "container_network_transmit_bytes_total",
+                "Cumulative count of bytes transmitted",
+                &interface.tx_bytes,
+            ),
+            (
+                "container_network_transmit_errors_total",
+                "Cumulative count of errors encountered while transmitting",
+                &interface.tx_errors,
+            ),
+        ] {
+            if let Some(value) = u64_value(value.as_ref()) {
+                out.counter(name, help, &labels, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn v1_cgroup_files_give_throttling_cache_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let cgroup = "kubepods/burstable/podu1/c1";
+        std::fs::create_dir_all(root.join("memory").join(cgroup)).unwrap();
+        write(
+            root,
+            &format!("cpuacct/{cgroup}/cpuacct.stat"),
+            "user 250\nsystem 50\n",
+        );
+        write(
+            root,
+            &format!("cpu/{cgroup}/cpu.stat"),
+            "nr_periods 60\nnr_throttled 59\nthrottled_time 4500000000\n",
+        );
+        write(root, &format!("cpu/{cgroup}/cpu.cfs_quota_us"), "20000\n");
+        write(root, &format!("cpu/{cgroup}/cpu.cfs_period_us"), "100000\n");
+        write(root, &format!("cpu/{cgroup}/cpu.shares"), "102\n");
+        write(
+            root,
+            &format!("memory/{cgroup}/memory.stat"),
+            "cache 1\nrss 2\ntotal_cache 4096\ntotal_rss 8192\ntotal_mapped_file 0\ntotal_swap 0\n",
+        );
+        write(
+            root,
+            &format!("memory/{cgroup}/memory.limit_in_bytes"),
+            "67108864\n",
+        );
+        write(
+            root,
+            &format!("memory/{cgroup}/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        );
+        let cgroups = Cgroups::at(root);
+        assert!(!cgroups.v2);
+        assert!(cgroups.exists("/kubepods/burstable/podu1/c1"));
+        let readings = cgroups.readings("/kubepods/burstable/podu1/c1");
+        assert_eq!(readings.user_seconds, Some(2.5));
+        assert_eq!(readings.system_seconds, Some(0.5));
+        assert_eq!(readings.throttled_periods, Some(59.0));
+        assert_eq!(readings.throttled_seconds, Some(4.5));
+        assert_eq!(readings.cache, Some(4096.0));
+        assert_eq!(readings.rss, Some(8192.0));
+        assert_eq!(readings.oom_kills, Some(1.0));
+        assert_eq!(readings.quota, Some(20000.0));
+        assert_eq!(readings.memory_limit, Some(67_108_864.0));
+        assert_eq!(readings.shares, Some(102.0));
+        assert_eq!(
+            pod_cgroup(&cgroups, "u1").as_deref(),
+            Some("/kubepods/burstable/podu1")
+        );
+    }
+
+    #[test]
+    fn v2_cgroup_files_give_the_same_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "cgroup.controllers", "cpu memory\n");
+        let cgroup = "kubepods/podu2/c2";
+        write(
+            root,
+            &format!("{cgroup}/cpu.stat"),
+            "usage_usec 3000000\nuser_usec 2000000\nsystem_usec 1000000\nnr_periods 10\nnr_throttled 2\nthrottled_usec 300000\n",
+        );
+        write(root, &format!("{cgroup}/cpu.max"), "50000 100000\n");
+        write(root, &format!("{cgroup}/cpu.weight"), "10000\n");
+        write(
+            root,
+            &format!("{cgroup}/memory.stat"),
+            "anon 100\nfile 200\nfile_mapped 5\n",
+        );
+        write(root, &format!("{cgroup}/memory.max"), "max\n");
+        write(
+            root,
+            &format!("{cgroup}/memory.events"),
+            "low 0\nmax 3\noom 1\noom_kill 1\n",
+        );
+        let cgroups = Cgroups::at(root);
+        assert!(cgroups.v2);
+        let readings = cgroups.readings("/kubepods/podu2/c2");
+        assert_eq!(readings.user_seconds, Some(2.0));
+        assert_eq!(readings.throttled_seconds, Some(0.3));
+        assert_eq!(readings.quota, Some(50000.0));
+        assert_eq!(readings.period, Some(100_000.0));
+        assert_eq!(readings.shares, Some(262_144.0));
+        assert_eq!(readings.memory_limit, Some(0.0));
+        assert_eq!(readings.rss, Some(100.0));
+        assert_eq!(readings.cache, Some(200.0));
+        assert_eq!(readings.oom_kills, Some(1.0));
+    }
+
+    #[test]
+    fn extra_labels_keep_the_label_order() {
+        let row = Row {
+            container: "c",
+            id: "/x",
+            image: "i",
+            name: "n",
+            namespace: "ns",
+            pod: "p",
+        };
+        let labels: Vec<&str> = row.with(("cpu", "total")).iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            labels,
+            [
+                "container",
+                "cpu",
+                "id",
+                "image",
+                "name",
+                "namespace",
+                "pod"
+            ]
+        );
+        let labels: Vec<&str> = row
+            .with(("interface", "eth0"))
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "container",
+                "id",
+                "image",
+                "interface",
+                "name",
+                "namespace",
+                "pod"
+            ]
+        );
+    }
+}
