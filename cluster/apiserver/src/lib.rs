@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod prometheus_sd;
 pub mod protobuf;
 pub mod proxy;
 pub mod registry;

@@ -255,8 +255,15 @@ async fn summary(server: &Arc<ApiServer>, node: &str) -> Result<Sample, String> 
     parse_summary(&summary).ok_or_else(|| "the Summary lacks the node's CPU".to_owned())
 }
 
-/// Stored objects of a core resource, in one namespace or all.
-async fn list(server: &ApiServer, plural: &str, namespace: Option<&str>) -> ApiResult<Vec<Value>> {
+/// Stored objects of a core (v1) resource, in one namespace or all.
+///
+/// # Errors
+/// Storage errors.
+pub(crate) async fn list(
+    server: &ApiServer,
+    plural: &str,
+    namespace: Option<&str>,
+) -> ApiResult<Vec<Value>> {
     let rt = server
         .registry
         .lookup("", "v1", plural)

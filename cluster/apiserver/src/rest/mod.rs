@@ -256,6 +256,9 @@ async fn route(
             let pki = server.pki.read().clone();
             crate::join::kubelet_certificate(pki.as_ref(), req).await
         }
+        ["kelson", "v1", "prometheus-sd"] if get => {
+            crate::prometheus_sd::handle(server, &req.query).await
+        }
         ["api"] if get => Ok(crate::discovery::core_versions(server, &req)),
         ["apis"] if get => Ok(crate::discovery::groups(server, &req)),
         ["api", version] if get => crate::discovery::resource_list(server, "", version),
