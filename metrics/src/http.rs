@@ -32,7 +32,22 @@ pub async fn serve(
     render: Render,
     gzip: bool,
 ) -> anyhow::Result<()> {
-    let app = axum::Router::new()
+    serve_with(listener, shutdown, title, render, gzip, axum::Router::new()).await
+}
+
+/// [`serve`] with more routes (the node exporter adds `/probe`).
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    title: &'static str,
+    render: Render,
+    gzip: bool,
+    routes: axum::Router,
+) -> anyhow::Result<()> {
+    let app = routes
         .route(
             "/metrics",
             get(move |headers: HeaderMap| {

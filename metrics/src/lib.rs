@@ -6,8 +6,10 @@
 //! the text format 0.0.4 the exporters serve, and [`http`] serves a render function.
 //! [`state`] is the kube-state-metrics-compatible cluster-state exporter `kelson server` serves
 //! (default `:8080/metrics`; also `kelson state-metrics --kubeconfig` against any cluster).
+//! [`probe`] answers blackbox_exporter-style `/probe` requests beside the node exporter.
 
 pub mod exposition;
 pub mod http;
 pub mod node;
+pub mod probe;
 pub mod state;

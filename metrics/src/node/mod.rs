@@ -284,7 +284,8 @@ fn max_address_space(limits: &str) -> Option<f64> {
     }
 }
 
-/// Serves the exporter's `/metrics` on `listener` until `shutdown`.
+/// Serves the exporter's `/metrics` and blackbox probes at `/probe` ([`crate::probe`]) on
+/// `listener` until `shutdown`.
 ///
 /// # Errors
 /// The listener fails.
@@ -293,12 +294,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::http::serve(
+    crate::http::serve_with(
         listener,
         shutdown,
         "Node Exporter",
         crate::http::Render::Text(Arc::new(move || exporter.scrape())),
         true,
+        axum::Router::new().route("/probe", axum::routing::get(crate::probe::handle)),
     )
     .await
 }

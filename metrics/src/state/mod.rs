@@ -7,12 +7,16 @@
 //! (also when it has no samples, as long as its kind has objects). A kind is one module with
 //! its family list and a `render` function ([`Object`]).
 //!
+//! Kelson's GitOps Applications are exported too (`kelson_application_*`: source, sync status,
+//! health, conditions, last sync).
+//!
 //! `*_labels` and `*_annotations` families carry series only for the keys allowed per kind
 //! ([`Allow`]), as kube-state-metrics' `--metric-labels-allowlist` does.
 
 mod apps;
 mod batch;
 mod core;
+mod gitops;
 mod other;
 
 use std::collections::{BTreeMap, HashMap};
@@ -599,6 +603,7 @@ impl StateMetrics {
             core::v1::Secret,
             core::v1::Service,
             policy::v1::PodDisruptionBudget,
+            gitops::Application,
         );
         shutdown.cancelled().await;
         tasks.abort_all();
