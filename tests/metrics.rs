@@ -192,14 +192,20 @@ fn number(sample: &serde_json::Value) -> f64 {
 
 /// A real Prometheus scraping `targets` (job name, address) every second; its port.
 fn prometheus(dir: &Path, targets: &[(&str, &str)]) -> (ChildGuard, u16) {
+    let jobs: String = targets
+        .iter()
+        .map(|(job, address)| {
+            format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{address}']\n")
+        })
+        .collect();
+    prometheus_with(dir, &jobs)
+}
+
+/// A real Prometheus with these scrape jobs (YAML list items), scraping every second.
+fn prometheus_with(dir: &Path, jobs: &str) -> (ChildGuard, u16) {
     let port = free_port();
-    let mut config =
-        String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
-    for (job, address) in targets {
-        config.push_str(&format!(
-            "  - job_name: {job}\n    static_configs:\n      - targets: ['{address}']\n"
-        ));
-    }
+    let config =
+        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}");
     std::fs::create_dir_all(dir).unwrap();
     let file = dir.join("prometheus.yml");
     std::fs::write(&file, config).unwrap();
@@ -255,7 +261,17 @@ fn prometheus_scrapes_the_node_exporter_and_answers_node_mixin_rules() {
         ],
     );
     let address = format!("127.0.0.1:{our_port}");
-    let (_prometheus, prometheus_port) = prometheus(dir.path(), &[("node-exporter", &address)]);
+    // blackbox-style probes through the node exporter's /probe: one answering target, one not
+    let closed = free_port();
+    let jobs = format!(
+        "  - job_name: node-exporter\n    static_configs:\n      - targets: ['{address}']\n\
+         \x20 - job_name: blackbox\n    metrics_path: /probe\n    params: {{module: [http_2xx]}}\n    \
+         static_configs:\n      - targets: ['http://{address}/metrics', 'http://127.0.0.1:{closed}/']\n    \
+         relabel_configs:\n      - {{source_labels: [__address__], target_label: __param_target}}\n      \
+         - {{source_labels: [__param_target], target_label: instance}}\n      \
+         - {{target_label: __address__, replacement: '{address}'}}\n"
+    );
+    let (_prometheus, prometheus_port) = prometheus_with(dir.path(), &jobs);
 
     // CPU utilisation needs two scrapes of the counters: wait until the rule has a value
     let cpu = "instance:node_cpu_utilisation:rate5m";
@@ -272,6 +288,29 @@ fn prometheus_scrapes_the_node_exporter_and_answers_node_mixin_rules() {
         "scrape_samples_scraped{job=\"node-exporter\"}",
     );
     assert!(number(&samples[0]) > 300.0, "{samples:?}");
+
+    let probes = query_until(
+        prometheus_port,
+        "probe_success{job=\"blackbox\"}",
+        |result| result.len() == 2,
+    );
+    for probe in &probes {
+        let expected = if probe["metric"]["instance"]
+            .as_str()
+            .unwrap()
+            .ends_with("/metrics")
+        {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(number(probe), expected, "{probes:?}");
+    }
+    let status = query(
+        prometheus_port,
+        "probe_http_status_code{job=\"blackbox\"} == 200",
+    );
+    assert_eq!(status.len(), 1, "{status:?}");
 
     // node-mixin's memory and filesystem rules
     let memory = query(
@@ -446,6 +485,44 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
         state.contains_key("kube_lease_owner"),
         "leases are exported"
     );
+    // Kelson's Applications too, whatever their state
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: gitops.kelson.dev/v1alpha1\nkind: Application\nmetadata:\n  name: demo\n\
+             spec:\n  source:\n    repoURL: file:///nonexistent/repo.git\n    path: apps\n\
+             \x20 destination:\n    namespace: default\n",
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = scrape_state(port);
+        let info = values(
+            &state,
+            "kelson_application_info",
+            &[
+                ("application", "demo"),
+                ("repo", "file:///nonexistent/repo.git"),
+            ],
+        );
+        let ready = values(
+            &state,
+            "kelson_application_status_condition",
+            &[
+                ("application", "demo"),
+                ("condition", "Ready"),
+                ("status", "false"),
+            ],
+        );
+        if info == [1.0] && ready == [1.0] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Application metrics: {info:?} {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // a real Prometheus runs kubernetes-mixin expressions over it
     let prometheus_dir = dir.path().join("prometheus");
@@ -510,9 +587,25 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
 
 #[test]
 fn the_shipped_prometheus_configuration_is_valid() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/prometheus.yml");
+    // promtool reads the certificates the configuration names: point it at a real server's
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let _server = KelsonProcess::server(Path::new(KELSON), &data, &[]).unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/prometheus.yml"
+    ))
+    .unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        shipped.replace("/var/lib/kelson", data.to_str().unwrap()),
+    )
+    .unwrap();
     let output = std::process::Command::new("/usr/bin/promtool")
-        .args(["check", "config", config])
+        .args(["check", "config"])
+        .arg(&config)
         .output()
         .expect("promtool (from the prometheus package) runs");
     assert!(
@@ -558,6 +651,10 @@ struct RealNode {
 }
 
 impl RealNode {
+    fn data(&self) -> std::path::PathBuf {
+        self._dir.path().join("server")
+    }
+
     fn start(prefix: &str) -> Self {
         let node = format!("e2e-{prefix}-{}", std::process::id());
         let cleanup = RuntimeCleanup::new(&node);
@@ -776,4 +873,239 @@ fn an_autoscaler_scales_a_busy_deployment_up_and_back_down() {
         field("deployment", ".spec.replicas") == "1"
     });
     assert_eq!(field("hpa", ".status.desiredReplicas"), "1");
+}
+
+#[test]
+fn container_metrics_match_what_runs_and_feed_kubernetes_mixin_rules() {
+    let cluster = RealNode::start("cadvisor");
+    let (node, kubectl) = (cluster.node.as_str(), &cluster.kubectl);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "burn"},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "busybox:1.35",
+                "command": ["sh", "-c", "while :; do :; done"],
+                "resources": {"requests": {"cpu": "100m", "memory": "16Mi"},
+                              "limits": {"cpu": "200m", "memory": "64Mi"}}}]},
+    });
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&pod.to_string()));
+    kubectl_until(
+        kubectl,
+        &["wait", "--for=condition=Ready", "pod/burn", "--timeout=5s"],
+        60,
+    );
+    // through the API server's node proxy, as kubectl reaches the kubelet
+    let path = format!("/api/v1/nodes/{node}/proxy/metrics/cadvisor");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let families = loop {
+        let families = parse(&kubectl.ok(&["get", "--raw", &path])).expect("the exposition parses");
+        let throttled = families.iter().any(|f| {
+            f.name == "container_cpu_cfs_throttled_periods_total"
+                && f.samples.iter().any(|s| s.value > 0.0)
+        });
+        if throttled {
+            break families;
+        }
+        assert!(Instant::now() < deadline, "no throttling reported");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let sample = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        let family = families.iter().find(|f| f.name == name)?;
+        family
+            .samples
+            .iter()
+            .find(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.value)
+    };
+    let main = [
+        ("container", "main"),
+        ("pod", "burn"),
+        ("namespace", "default"),
+    ];
+    let cpu = sample(
+        "container_cpu_usage_seconds_total",
+        &[main[0], main[1], main[2], ("cpu", "total")],
+    )
+    .expect("cpu usage of the container");
+    assert!(cpu > 0.0);
+    assert!(sample("container_memory_working_set_bytes", &main).unwrap() > 0.0);
+    assert_eq!(sample("container_spec_cpu_quota", &main), Some(20000.0));
+    assert_eq!(sample("container_spec_cpu_period", &main), Some(100_000.0));
+    assert_eq!(
+        sample("container_spec_memory_limit_bytes", &main),
+        Some(67_108_864.0)
+    );
+    let info = families
+        .iter()
+        .find(|f| f.name == "container_cpu_usage_seconds_total")
+        .unwrap();
+    let labels: Vec<&str> = info.samples[0]
+        .labels
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "container",
+            "cpu",
+            "id",
+            "image",
+            "name",
+            "namespace",
+            "pod"
+        ]
+    );
+    let container = info
+        .samples
+        .iter()
+        .find(|s| {
+            s.labels
+                .iter()
+                .any(|(k, v)| k == "container" && v == "main")
+        })
+        .unwrap();
+    let id = &container.labels[2].1;
+    assert!(id.starts_with("/kubepods/burstable/pod"), "{id}");
+    assert!(
+        container.labels[3].1.contains("busybox"),
+        "{:?}",
+        container.labels
+    );
+    // the pod's own cgroup, and its network on the sandbox row
+    assert!(
+        sample(
+            "container_memory_working_set_bytes",
+            &[("container", ""), ("image", ""), ("pod", "burn")]
+        )
+        .is_some()
+    );
+    assert!(
+        sample(
+            "container_network_receive_bytes_total",
+            &[("pod", "burn"), ("interface", "eth0")]
+        )
+        .is_some()
+    );
+    assert!(sample("container_memory_working_set_bytes", &[("id", "/")]).unwrap() > 0.0);
+
+    // a real Prometheus scrapes it through the API server (job "cadvisor", as the mixin names it)
+    let token = std::fs::read_to_string(cluster.data().join("tokens.csv")).unwrap();
+    let token = token.split(',').next().unwrap();
+    let address = cluster.server.url.trim_start_matches("https://").to_owned();
+    let jobs = format!(
+        "  - job_name: cadvisor\n    scheme: https\n    metrics_path: {path}\n    \
+         authorization: {{credentials: {token}}}\n    tls_config: {{ca_file: {ca}}}\n    \
+         static_configs:\n      - targets: ['{address}']\n",
+        ca = cluster.data().join("tls/ca.crt").display()
+    );
+    let (_prometheus, port) = prometheus_with(&cluster.data().join("prometheus"), &jobs);
+    // node_namespace_pod_container:container_cpu_usage_seconds_total:sum_irate's expression
+    let rate = query_until(
+        port,
+        "sum by (namespace, pod, container) (irate(container_cpu_usage_seconds_total{job=\"cadvisor\", image!=\"\"}[1m]))",
+        |result| result.iter().any(|r| r["metric"]["pod"] == "burn"),
+    );
+    let burn = rate.iter().find(|r| r["metric"]["pod"] == "burn").unwrap();
+    let cores = number(burn);
+    assert!(
+        (0.05..=0.3).contains(&cores),
+        "burn at {cores} cores: {rate:?}"
+    );
+    // CPUThrottlingHigh: most periods throttled
+    let throttling = query_until(
+        port,
+        "sum by (container, pod, namespace) (increase(container_cpu_cfs_throttled_periods_total{container!=\"\"}[1m])) / sum by (container, pod, namespace) (increase(container_cpu_cfs_periods_total[1m]))",
+        |result| result.iter().any(|r| r["metric"]["pod"] == "burn"),
+    );
+    let burn = throttling
+        .iter()
+        .find(|r| r["metric"]["pod"] == "burn")
+        .unwrap();
+    assert!(number(burn) > 0.25, "{throttling:?}");
+}
+
+#[test]
+fn prometheus_discovers_and_scrapes_every_endpoint() {
+    let cluster = RealNode::start("sd");
+    let (node, kubectl) = (cluster.node.as_str(), &cluster.kubectl);
+    kubectl_until(kubectl, &["get", "node", node], 30);
+    let data = cluster.data();
+    let token = std::fs::read_to_string(data.join("tokens.csv")).unwrap();
+    let token = token.split(',').next().unwrap().to_owned();
+    let api = cluster.server.url.trim_start_matches("https://").to_owned();
+    let tls = data.join("tls");
+    let read = |file: &str| {
+        std::fs::read_to_string(data.join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (state, gitops, node_exporter) = (
+        read("state-metrics/address"),
+        read("gitops/address"),
+        read("agent/node-exporter/address"),
+    );
+    // the service discovery answers with Prometheus' Kubernetes labels
+    let sd = kubectl.ok(&["get", "--raw", "/kelson/v1/prometheus-sd?role=node"]);
+    let sd: serde_json::Value = serde_json::from_str(&sd).unwrap();
+    assert_eq!(sd[0]["labels"]["__meta_kubernetes_node_name"], node, "{sd}");
+    let bad = kubectl.run(
+        &["get", "--raw", "/kelson/v1/prometheus-sd?role=ingress"],
+        None,
+    );
+    assert!(!bad.status.success());
+
+    let kubelet_tls = format!(
+        "tls_config: {{ca_file: {ca}, cert_file: {cert}, key_file: {key}}}",
+        ca = tls.join("ca.crt").display(),
+        cert = tls.join("kubelet-client.crt").display(),
+        key = tls.join("kubelet-client.key").display(),
+    );
+    // Prometheus 2.42 sends http_sd credentials without the Bearer scheme unless told
+    let sd_config = format!(
+        "http_sd_configs:\n      - url: https://{api}/kelson/v1/prometheus-sd?role=node\n        \
+         authorization: {{type: Bearer, credentials: {token}}}\n        tls_config: {{ca_file: {ca}}}",
+        ca = tls.join("ca.crt").display()
+    );
+    let jobs = format!(
+        "  - job_name: kubelet\n    scheme: https\n    {kubelet_tls}\n    {sd_config}\n\
+         \x20   relabel_configs:\n      - {{source_labels: [__meta_kubernetes_node_name], target_label: node}}\n\
+         \x20 - job_name: cadvisor\n    scheme: https\n    metrics_path: /metrics/cadvisor\n    {kubelet_tls}\n    {sd_config}\n\
+         \x20 - job_name: apiserver\n    scheme: https\n    authorization: {{credentials: {token}}}\n    \
+         tls_config: {{ca_file: {ca}}}\n    static_configs:\n      - targets: ['{api}']\n\
+         \x20 - job_name: node-exporter\n    static_configs:\n      - targets: ['{node_exporter}']\n\
+         \x20 - job_name: kube-state-metrics\n    static_configs:\n      - targets: ['{state}']\n\
+         \x20 - job_name: kelson-gitops\n    static_configs:\n      - targets: ['{gitops}']\n",
+        ca = tls.join("ca.crt").display()
+    );
+    let (_prometheus, port) = prometheus_with(&data.join("prometheus"), &jobs);
+    let jobs = [
+        "kubelet",
+        "cadvisor",
+        "apiserver",
+        "node-exporter",
+        "kube-state-metrics",
+        "kelson-gitops",
+    ];
+    let up = query_until(port, "up", |result| {
+        jobs.iter().all(|job| {
+            result
+                .iter()
+                .any(|r| r["metric"]["job"] == *job && number(r) == 1.0)
+        })
+    });
+    assert_eq!(up.len(), jobs.len(), "{up:?}");
+    // the relabelled node label joins kubelet series to the node, as kubernetes-mixin does
+    let named = query(port, "kubelet_node_name{job=\"kubelet\"}");
+    assert_eq!(named[0]["metric"]["node"], node, "{named:?}");
+    // the API server's SLO histogram has the buckets the mixin selects
+    let buckets = query(
+        port,
+        "count by (le) (apiserver_request_sli_duration_seconds_bucket{job=\"apiserver\",le=~\"1|5|30\"})",
+    );
+    assert_eq!(buckets.len(), 3, "{buckets:?}");
 }
