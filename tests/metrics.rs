@@ -377,6 +377,17 @@ spec:
         resources:
           requests: {cpu: 100m, memory: 32Mi}
           limits: {memory: 64Mi}
+        ports:
+        - {name: http, containerPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
 ";
 
 #[test]
@@ -485,6 +496,33 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
         state.contains_key("kube_lease_owner"),
         "leases are exported"
     );
+    // the Service's endpoints, as Endpoints and as EndpointSlices
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = scrape_state(port);
+        let addresses = values(
+            &state,
+            "kube_endpoint_address",
+            &[
+                ("endpoint", "web"),
+                ("port_number", "8080"),
+                ("ready", "true"),
+            ],
+        );
+        let slices = values(
+            &state,
+            "kube_endpointslice_endpoints",
+            &[("ready", "true"), ("targetref_kind", "Pod")],
+        );
+        if addresses.len() == 3 && slices.len() >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "endpoints not exported: {addresses:?} {slices:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Kelson's Applications too, whatever their state
     kubectl.ok_with(
         &["apply", "-f", "-"],
@@ -1108,4 +1146,12 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
         "count by (le) (apiserver_request_sli_duration_seconds_bucket{job=\"apiserver\",le=~\"1|5|30\"})",
     );
     assert_eq!(buckets.len(), 3, "{buckets:?}");
+    // every component reports its process
+    let processes = query(port, "count by (job) (process_resident_memory_bytes)");
+    for job in ["kubelet", "apiserver", "node-exporter", "kelson-gitops"] {
+        assert!(
+            processes.iter().any(|p| p["metric"]["job"] == job),
+            "no process metrics from {job}: {processes:?}"
+        );
+    }
 }

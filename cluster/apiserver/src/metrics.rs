@@ -28,6 +28,12 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Self {
         let registry = Registry::new();
+        // process_* (CPU, memory, file descriptors, start time), as every Kubernetes component
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once");
         let requests = IntCounterVec::new(
             Opts::new("apiserver_request_total", "Counter of apiserver requests broken out for each verb, group, version, resource and HTTP response code."),
             &["verb", "resource", "code"],

@@ -44,6 +44,12 @@ impl KubeletMetrics {
     #[must_use]
     pub fn new(node: &str) -> Self {
         let registry = Registry::new();
+        // process_* (CPU, memory, file descriptors, start time), as every Kubernetes component
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once");
         let node_name = IntGaugeVec::new(
             Opts::new(
                 "kubelet_node_name",

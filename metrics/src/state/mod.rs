@@ -583,7 +583,7 @@ impl StateMetrics {
                 tasks.spawn(async move { this.watch(api, kind_allow).await });
             )*};
         }
-        use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, policy};
+        use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy};
         watch!(
             apps::v1::DaemonSet,
             apps::v1::Deployment,
@@ -594,6 +594,7 @@ impl StateMetrics {
             batch::v1::Job,
             coordination::v1::Lease,
             core::v1::ConfigMap,
+            core::v1::Endpoints,
             core::v1::Namespace,
             core::v1::Node,
             core::v1::PersistentVolume,
@@ -602,6 +603,7 @@ impl StateMetrics {
             core::v1::ResourceQuota,
             core::v1::Secret,
             core::v1::Service,
+            discovery::v1::EndpointSlice,
             policy::v1::PodDisruptionBudget,
             gitops::Application,
         );

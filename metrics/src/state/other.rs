@@ -455,3 +455,188 @@ impl Object for Secret {
         out.owners("kube_secret_owner", &labels, self.owner_references());
     }
 }
+
+impl Object for k8s_openapi::api::core::v1::Endpoints {
+    const RESOURCE: &'static str = "endpoints";
+    const FAMILIES: &'static [Family] = &[
+        gauge("kube_endpoint_info", "[STABLE] Information about endpoint."),
+        created!("kube_endpoint_created"),
+        gauge("kube_endpoint_annotations", ANNOTATIONS),
+        gauge("kube_endpoint_labels", LABELS),
+        gauge(
+            "kube_endpoint_address",
+            "[STABLE] Information about Endpoint available and non available addresses.",
+        ),
+        gauge(
+            "kube_endpoint_ports",
+            "[STABLE] (Deprecated since v2.14.0) Information about the Endpoint ports.",
+        ),
+    ];
+
+    fn render(&self, out: &mut Lines, allow: &Allow) {
+        let (namespace, name) = (self.namespace().unwrap_or_default(), self.name_any());
+        let labels = [
+            ("namespace", namespace.as_str()),
+            ("endpoint", name.as_str()),
+        ];
+        out.identify(&labels);
+        out.metadata("kube_endpoint", &labels, &self.metadata, allow);
+        out.add("kube_endpoint_info", &labels, 1.0);
+        for subset in self.subsets.iter().flatten() {
+            for port in subset.ports.iter().flatten() {
+                let number = port.port.to_string();
+                let protocol = port.protocol.as_deref().unwrap_or("TCP");
+                let port_name = port.name.as_deref().unwrap_or("");
+                out.add(
+                    "kube_endpoint_ports",
+                    &[
+                        labels[0],
+                        labels[1],
+                        ("port_name", port_name),
+                        ("port_protocol", protocol),
+                        ("port_number", &number),
+                    ],
+                    1.0,
+                );
+                for (addresses, ready) in [
+                    (&subset.addresses, "true"),
+                    (&subset.not_ready_addresses, "false"),
+                ] {
+                    for address in addresses.iter().flatten() {
+                        out.add(
+                            "kube_endpoint_address",
+                            &[
+                                labels[0],
+                                labels[1],
+                                ("port_protocol", protocol),
+                                ("port_number", &number),
+                                ("port_name", port_name),
+                                ("ip", &address.ip),
+                                ("ready", ready),
+                            ],
+                            1.0,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Object for k8s_openapi::api::discovery::v1::EndpointSlice {
+    const RESOURCE: &'static str = "endpointslices";
+    const FAMILIES: &'static [Family] = &[
+        gauge(
+            "kube_endpointslice_info",
+            "Information about endpointslice.",
+        ),
+        gauge("kube_endpointslice_created", "Unix creation timestamp"),
+        gauge(
+            "kube_endpointslice_endpoints_hints",
+            "Topology routing hints attached to endpoints",
+        ),
+        gauge(
+            "kube_endpointslice_endpoints",
+            "Endpoints attached to the endpointslice.",
+        ),
+        gauge(
+            "kube_endpointslice_ports",
+            "Ports attached to the endpointslice.",
+        ),
+        gauge("kube_endpointslice_annotations", ANNOTATIONS),
+        gauge(
+            "kube_endpointslice_labels",
+            "Kubernetes labels converted to Prometheus labels.",
+        ),
+    ];
+
+    fn render(&self, out: &mut Lines, allow: &Allow) {
+        let (namespace, name) = (self.namespace().unwrap_or_default(), self.name_any());
+        // kube-state-metrics puts the slice's name before its namespace
+        let labels = [
+            ("endpointslice", name.as_str()),
+            ("namespace", namespace.as_str()),
+        ];
+        out.identify(&labels);
+        out.metadata("kube_endpointslice", &labels, &self.metadata, allow);
+        out.add(
+            "kube_endpointslice_info",
+            &[labels[0], labels[1], ("addresstype", &self.address_type)],
+            1.0,
+        );
+        let flag = |value: Option<bool>| match value {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "",
+        };
+        for endpoint in &self.endpoints {
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            let target = endpoint.target_ref.as_ref();
+            for address in &endpoint.addresses {
+                out.add(
+                    "kube_endpointslice_endpoints",
+                    &[
+                        labels[0],
+                        labels[1],
+                        ("ready", flag(conditions.ready)),
+                        ("serving", flag(conditions.serving)),
+                        ("hostname", endpoint.hostname.as_deref().unwrap_or("")),
+                        ("terminating", flag(conditions.terminating)),
+                        (
+                            "targetref_kind",
+                            target.and_then(|t| t.kind.as_deref()).unwrap_or(""),
+                        ),
+                        (
+                            "targetref_name",
+                            target.and_then(|t| t.name.as_deref()).unwrap_or(""),
+                        ),
+                        (
+                            "targetref_namespace",
+                            target.and_then(|t| t.namespace.as_deref()).unwrap_or(""),
+                        ),
+                        (
+                            "endpoint_nodename",
+                            endpoint.node_name.as_deref().unwrap_or(""),
+                        ),
+                        ("endpoint_zone", endpoint.zone.as_deref().unwrap_or("")),
+                        ("address", address),
+                    ],
+                    1.0,
+                );
+            }
+            let zones = endpoint
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.clone())
+                .unwrap_or_default();
+            if let Some(first) = endpoint.addresses.first() {
+                for zone in &zones {
+                    out.add(
+                        "kube_endpointslice_endpoints_hints",
+                        &[
+                            labels[0],
+                            labels[1],
+                            ("address", first),
+                            ("for_zone", &zone.name),
+                        ],
+                        1.0,
+                    );
+                }
+            }
+        }
+        for port in self.ports.iter().flatten() {
+            let number = port.port.map(|p| p.to_string()).unwrap_or_default();
+            out.add(
+                "kube_endpointslice_ports",
+                &[
+                    labels[0],
+                    labels[1],
+                    ("port_name", port.name.as_deref().unwrap_or("")),
+                    ("port_protocol", port.protocol.as_deref().unwrap_or("")),
+                    ("port_number", &number),
+                ],
+                1.0,
+            );
+        }
+    }
+}
