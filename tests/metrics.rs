@@ -779,6 +779,35 @@ fn kubectl_top_shows_what_nodes_and_pods_use() {
     let old = Kubectl::new(27, &cluster.server.kubeconfig());
     let one = old.ok(&["top", "pod", "busy", "--no-headers"]);
     assert!(one.starts_with("busy"), "{one}");
+    // the kubelet's resource metrics, as metrics-server reads them
+    let resource = kubectl.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/metrics/resource"),
+    ]);
+    let families = parse(&resource).expect("the resource metrics parse");
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {resource}"))
+    };
+    let busy_cpu = family("container_cpu_usage_seconds_total")
+        .samples
+        .iter()
+        .find(|s| s.labels.contains(&("pod".into(), "busy".into())))
+        .expect("the busy container's CPU");
+    assert_eq!(busy_cpu.labels[0], ("container".into(), "main".into()));
+    assert!(busy_cpu.value > 0.0);
+    assert!(resource.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"busy\"} "));
+    assert!(family("node_memory_working_set_bytes").samples[0].value > 0.0);
+    // samples carry the time they were read: value then a millisecond timestamp
+    let line = resource
+        .lines()
+        .find(|l| l.starts_with("node_cpu_usage_seconds_total "))
+        .unwrap();
+    let stamp: i64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(stamp > 1_700_000_000_000, "{line}");
     let raw = kubectl.ok(&[
         "get",
         "--raw",

@@ -86,6 +86,27 @@ impl Families {
         write_sample(&mut family.body, name, labels, value);
     }
 
+    /// A sample with an explicit timestamp (milliseconds since the epoch), for values read
+    /// at another time than the scrape (the kubelet's resource metrics).
+    pub fn add_at(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        value: f64,
+        timestamp_ms: i64,
+    ) {
+        self.add(name, help, kind, labels, value);
+        if let Some(family) = self.families.get_mut(name) {
+            // the sample just written ends in "\n": put the timestamp before it
+            family.body.pop();
+            family.body.push(' ');
+            let _ = write!(family.body, "{timestamp_ms}");
+            family.body.push('\n');
+        }
+    }
+
     /// A gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         self.add(name, help, Kind::Gauge, labels, value);
@@ -447,6 +468,33 @@ mod tests {
              b_total{device=\"a\\\"b\\\\c\\nd\"} 100000000000000000000\n\
              # HELP c C.\n# TYPE c untyped\nc +Inf\n"
         );
+    }
+
+    #[test]
+    fn timestamps_follow_the_value() {
+        let mut families = Families::new();
+        families.add_at(
+            "x_total",
+            "X.",
+            Kind::Counter,
+            &[("a", "1")],
+            2.5,
+            1_700_000_000_123,
+        );
+        families.add_at(
+            "x_total",
+            "X.",
+            Kind::Counter,
+            &[("a", "2")],
+            3.0,
+            1_700_000_000_456,
+        );
+        let text = families.render();
+        assert!(
+            text.contains("x_total{a=\"1\"} 2.5 1700000000123\nx_total{a=\"2\"} 3 1700000000456\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap()[0].samples.len(), 2);
     }
 
     #[test]

@@ -566,6 +566,134 @@ pub async fn render(ctx: &PodContext, cgroups: &Cgroups) -> crate::cri::Result<S
     Ok(out.render())
 }
 
+/// Nanoseconds since the epoch to milliseconds.
+fn millis(nanos: i64) -> i64 {
+    nanos / 1_000_000
+}
+
+/// One scrape of `/metrics/resource`: the node's, pods' and containers' cumulative CPU time and
+/// working set, each sample stamped with the time it was read — what metrics-server reads.
+///
+/// # Errors
+/// When the runtime cannot be asked.
+pub async fn resource(ctx: &PodContext, cgroups: &Cgroups) -> crate::cri::Result<String> {
+    use kelson_metrics::exposition::Kind;
+    let node = [(NODE_LABEL, ctx.node.name.as_str())];
+    let stats = ctx.cri.list_pod_sandbox_stats(&node).await?;
+    let containers = ctx.cri.list_containers(&node).await?;
+    let mut out = Families::new();
+    let now = millis(i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0));
+    let (cpu, _, working) = cgroups.usage("/");
+    if let Some(cpu) = cpu {
+        out.add_at(
+            "node_cpu_usage_seconds_total",
+            "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+            Kind::Counter,
+            &[],
+            cpu / 1e9,
+            now,
+        );
+    }
+    if let Some(working) = working {
+        out.add_at(
+            "node_memory_working_set_bytes",
+            "[STABLE] Current working set of the node in bytes",
+            Kind::Gauge,
+            &[],
+            working,
+            now,
+        );
+    }
+    for stat in &stats {
+        let (Some(attributes), Some(linux)) = (stat.attributes.as_ref(), stat.linux.as_ref())
+        else {
+            continue;
+        };
+        let label = |key: &str| attributes.labels.get(key).map_or("", String::as_str);
+        let pod = [
+            ("namespace", label(POD_NAMESPACE_LABEL)),
+            ("pod", label(POD_NAME_LABEL)),
+        ];
+        if let Some(cpu) = linux.cpu.as_ref()
+            && let Some(total) = u64_value(cpu.usage_core_nano_seconds.as_ref())
+        {
+            out.add_at(
+                "pod_cpu_usage_seconds_total",
+                "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+                Kind::Counter,
+                &pod,
+                total / 1e9,
+                millis(cpu.timestamp),
+            );
+        }
+        if let Some(memory) = linux.memory.as_ref()
+            && let Some(working) = u64_value(memory.working_set_bytes.as_ref())
+        {
+            out.add_at(
+                "pod_memory_working_set_bytes",
+                "[STABLE] Current working set of the pod in bytes",
+                Kind::Gauge,
+                &pod,
+                working,
+                millis(memory.timestamp),
+            );
+        }
+        for container_stats in &linux.containers {
+            let Some(container) = container_stats
+                .attributes
+                .as_ref()
+                .and_then(|a| containers.iter().find(|c| c.id == a.id))
+            else {
+                continue;
+            };
+            let name = container
+                .labels
+                .get(CONTAINER_NAME_LABEL)
+                .map_or("", String::as_str);
+            let labels = [("container", name), pod[0], pod[1]];
+            if let Some(cpu) = container_stats.cpu.as_ref()
+                && let Some(total) = u64_value(cpu.usage_core_nano_seconds.as_ref())
+            {
+                out.add_at(
+                    "container_cpu_usage_seconds_total",
+                    "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+                    Kind::Counter,
+                    &labels,
+                    total / 1e9,
+                    millis(cpu.timestamp),
+                );
+            }
+            if let Some(memory) = container_stats.memory.as_ref()
+                && let Some(working) = u64_value(memory.working_set_bytes.as_ref())
+            {
+                out.add_at(
+                    "container_memory_working_set_bytes",
+                    "[STABLE] Current working set of the container in bytes",
+                    Kind::Gauge,
+                    &labels,
+                    working,
+                    millis(memory.timestamp),
+                );
+            }
+            out.add_at(
+                "container_start_time_seconds",
+                "[STABLE] Start time of the container since unix epoch in seconds",
+                Kind::Gauge,
+                &labels,
+                (container.created_at / 1_000_000_000) as f64,
+                millis(container.created_at),
+            );
+        }
+    }
+    out.gauge(
+        "resource_scrape_error",
+        "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
+        &[],
+        0.0,
+    );
+    Ok(out.render())
+}
+
 /// The network families of a sandbox row, one series per interface.
 fn network_rows(out: &mut Families, row: &Row, network: Option<&cri::NetworkUsage>) {
     let Some(network) = network else {

@@ -87,7 +87,9 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
     let summary_ctx = ctx.clone();
     let metrics_ctx = ctx.clone();
     let cadvisor_ctx = ctx.clone();
+    let resource_ctx = ctx.clone();
     let cgroups = Arc::new(crate::cadvisor::Cgroups::default());
+    let resource_cgroups = cgroups.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -111,19 +113,14 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
             "/metrics/cadvisor",
             get(move || {
                 let (ctx, cgroups) = (cadvisor_ctx.clone(), cgroups.clone());
-                async move {
-                    match crate::cadvisor::render(&ctx, &cgroups).await {
-                        Ok(text) => (
-                            [(
-                                axum::http::header::CONTENT_TYPE,
-                                kelson_metrics::exposition::TEXT_FORMAT,
-                            )],
-                            text,
-                        )
-                            .into_response(),
-                        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-                    }
-                }
+                async move { exposition(crate::cadvisor::render(&ctx, &cgroups).await) }
+            }),
+        )
+        .route(
+            "/metrics/resource",
+            get(move || {
+                let (ctx, cgroups) = (resource_ctx.clone(), resource_cgroups.clone());
+                async move { exposition(crate::cadvisor::resource(&ctx, &cgroups).await) }
             }),
         )
         .route(
@@ -147,6 +144,21 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
         .route("/attach/{namespace}/{pod}/{container}", any(attach))
         .route("/portForward/{namespace}/{pod}", any(port_forward))
         .with_state(ctx)
+}
+
+/// A metrics page, or the runtime's error as a 500.
+fn exposition(rendered: crate::cri::Result<String>) -> Response {
+    match rendered {
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                kelson_metrics::exposition::TEXT_FORMAT,
+            )],
+            body,
+        )
+            .into_response(),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
 }
 
 /// Sets the running pod and container gauges from the runtime.
