@@ -829,6 +829,18 @@ async fn wait_healthy(
 
 /// One reconcile of one Application.
 async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The watch cache can lag behind this controller's own last status write. Deciding from a
+    // stale status would take a drift correction for a new revision and write back an older
+    // history, so decide from the stored object.
+    let api: Api<Application> = Api::namespaced(
+        ctx.home.kinds.client().clone(),
+        &app.namespace().unwrap_or_default(),
+    );
+    let app = match api.get(&app.name_any()).await {
+        Ok(stored) => Arc::new(stored),
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Action::await_change()),
+        Err(_) => app,
+    };
     let started = Instant::now();
     let started_at = now();
     let interval = app
