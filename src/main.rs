@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -260,6 +261,10 @@ struct ServerArgs {
     /// Do not run the scheduler.
     #[arg(long)]
     disable_scheduler: bool,
+    /// Address of the scheduler's Prometheus metrics (kube-scheduler's scheduler_* families;
+    /// port 0 picks one: DATA_DIR/scheduler/address).
+    #[arg(long, default_value = "127.0.0.1:10251")]
+    scheduler_metrics_listen: SocketAddr,
     /// Do not run the controllers.
     #[arg(long)]
     disable_controller_manager: bool,
@@ -323,6 +328,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if !args.server.disable_state_metrics && args.server.state_metrics_listen.port() != 0 {
                 ports.push(args.server.state_metrics_listen);
+            }
+            if !args.server.disable_scheduler && args.server.scheduler_metrics_listen.port() != 0 {
+                ports.push(args.server.scheduler_metrics_listen);
             }
             if !args.server.disable_agent {
                 ports.extend(args.server.node.ports());
@@ -412,14 +420,35 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             ));
         };
     if !args.disable_scheduler {
+        let metrics = Arc::new(kelson_scheduler::metrics::SchedulerMetrics::new());
+        let listener = node_exporter::bind(
+            args.scheduler_metrics_listen,
+            Some(&data_dir.join("scheduler/address")),
+            "the scheduler's metrics",
+        )
+        .await
+        .context("use --scheduler-metrics-listen to pick another address")?;
+        let render = metrics.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let render = kelson_metrics::http::Render::Text(Arc::new(move || render.render()));
+            if let Err(error) =
+                kelson_metrics::http::serve(listener, stop, "kube-scheduler", render, true).await
+            {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "the scheduler's metrics stopped"
+                );
+            }
+        });
+        let config = kelson_scheduler::Config {
+            metrics: Some(metrics),
+            ..Default::default()
+        };
         lead(
             "kube-scheduler",
-            Box::new(|client, leading| {
-                Box::pin(kelson_scheduler::run(
-                    client,
-                    kelson_scheduler::Config::default(),
-                    leading,
-                ))
+            Box::new(move |client, leading| {
+                Box::pin(kelson_scheduler::run(client, config.clone(), leading))
             }),
         );
     }

@@ -940,6 +940,7 @@ fn up_runs_preflight_then_the_stack() {
             "--kubelet-port=0",
             "--node-exporter-listen=127.0.0.1:0",
             "--state-metrics-listen=127.0.0.1:0",
+            "--scheduler-metrics-listen=127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("failed"))
@@ -961,6 +962,7 @@ fn up_runs_preflight_then_the_stack() {
                 "--kubelet-port=0",
                 "--node-exporter-listen=127.0.0.1:0",
                 "--state-metrics-listen=127.0.0.1:0",
+                "--scheduler-metrics-listen=127.0.0.1:0",
             ])
             .arg(format!("--node-name={node}"))
             .arg("--data-dir")

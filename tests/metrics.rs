@@ -416,6 +416,29 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
     kubectl.ok_with(&["apply", "-f", "-"], Some(WEB));
     kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
 
+    // the scheduler counted the pods it placed, as kube-scheduler does
+    let scheduler: u16 = std::fs::read_to_string(data.join("scheduler/address"))
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, text) = get(scheduler, "/metrics");
+    assert_eq!(status, 200);
+    let scheduled = parse(&text)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "scheduler_schedule_attempts_total")
+        .and_then(|f| {
+            f.samples
+                .into_iter()
+                .find(|s| s.labels.contains(&("result".into(), "scheduled".into())))
+        })
+        .map_or(0.0, |s| s.value);
+    assert!(scheduled >= 3.0, "{text}");
+    assert!(text.contains("scheduler_pod_scheduling_sli_duration_seconds_bucket"));
+
     let address = server.state_metrics_address();
     let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1111,10 +1134,11 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
             .trim()
             .to_owned()
     };
-    let (state, gitops, node_exporter) = (
+    let (state, gitops, node_exporter, scheduler) = (
         read("state-metrics/address"),
         read("gitops/address"),
         read("agent/node-exporter/address"),
+        read("scheduler/address"),
     );
     // the service discovery answers with Prometheus' Kubernetes labels
     let sd = kubectl.ok(&["get", "--raw", "/kelson/v1/prometheus-sd?role=node"]);
@@ -1146,7 +1170,8 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
          tls_config: {{ca_file: {ca}}}\n    static_configs:\n      - targets: ['{api}']\n\
          \x20 - job_name: node-exporter\n    static_configs:\n      - targets: ['{node_exporter}']\n\
          \x20 - job_name: kube-state-metrics\n    static_configs:\n      - targets: ['{state}']\n\
-         \x20 - job_name: kelson-gitops\n    static_configs:\n      - targets: ['{gitops}']\n",
+         \x20 - job_name: kelson-gitops\n    static_configs:\n      - targets: ['{gitops}']\n\
+         \x20 - job_name: kube-scheduler\n    static_configs:\n      - targets: ['{scheduler}']\n",
         ca = tls.join("ca.crt").display()
     );
     let (_prometheus, port) = prometheus_with(&data.join("prometheus"), &jobs);
@@ -1157,6 +1182,7 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
         "node-exporter",
         "kube-state-metrics",
         "kelson-gitops",
+        "kube-scheduler",
     ];
     let up = query_until(port, "up", |result| {
         jobs.iter().all(|job| {
@@ -1175,6 +1201,10 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
         "count by (le) (apiserver_request_sli_duration_seconds_bucket{job=\"apiserver\",le=~\"1|5|30\"})",
     );
     assert_eq!(buckets.len(), 3, "{buckets:?}");
+    // the scheduler counted the node's pods it placed (the test's own pods: none here, so the
+    // families exist with their queues)
+    let pending = query(port, "scheduler_pending_pods{job=\"kube-scheduler\"}");
+    assert_eq!(pending.len(), 4, "{pending:?}");
     // every component reports its process
     let processes = query(port, "count by (job) (process_resident_memory_bytes)");
     for job in ["kubelet", "apiserver", "node-exporter", "kelson-gitops"] {

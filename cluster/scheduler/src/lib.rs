@@ -2,9 +2,11 @@
 //!
 //! [`plan`] holds the decision as pure, tested functions (filters with kube-scheduler's reasons,
 //! scores, selection); [`scheduler`] is the loop around it (watch, queue, assume, bind, report
-//! unschedulable pods). It is an ordinary API client and runs inside `kelson server` under
+//! unschedulable pods); [`metrics`] counts what it does as kube-scheduler does. It is an
+//! ordinary API client and runs inside `kelson server` under
 //! leader election.
 
+pub mod metrics;
 pub mod plan;
 pub mod scheduler;
 

@@ -36,6 +36,8 @@ pub struct Config {
     pub initial_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Where to count attempts, latencies and pending pods.
+    pub metrics: Option<Arc<crate::metrics::SchedulerMetrics>>,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             max_concurrent_binds: 64,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
+            metrics: None,
         }
     }
 }
@@ -56,6 +59,8 @@ struct Waiting {
     not_before: Option<Instant>,
     /// The last unschedulable message written to its status.
     reported: Option<String>,
+    /// When the scheduler first saw it.
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -160,6 +165,7 @@ impl State {
                                 attempts: 0,
                                 not_before: None,
                                 reported: None,
+                                since: Instant::now(),
                             },
                         );
                         self.enqueue(&key);
@@ -280,6 +286,7 @@ async fn schedule_loop(
 ) {
     let binds = Arc::new(Semaphore::new(config.max_concurrent_binds));
     let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut last_pending = Instant::now() - Duration::from_secs(1);
     loop {
         let next = {
             let mut state = state.lock();
@@ -307,6 +314,8 @@ async fn schedule_loop(
                     continue;
                 }
                 let pod = waiting.pod.clone();
+                let (attempts, since) = (waiting.attempts, waiting.since);
+                let attempt_started = Instant::now();
                 let request = PodRequest::of(&pod);
                 // start where the previous search stopped, so every node gets its turn
                 let names: Vec<&String> = state.nodes.keys().collect();
@@ -328,12 +337,27 @@ async fn schedule_loop(
                     state.assumed.insert(key.clone());
                     state.place(&key, node, request.placed.clone());
                 }
-                decision = Some((key, pod, result));
+                decision = Some((key, pod, result, attempts, since, attempt_started));
                 break;
             }
             decision
         };
-        let Some((key, pod, result)) = next else {
+        if let Some(metrics) = &config.metrics
+            && last_pending.elapsed() >= Duration::from_millis(500)
+        {
+            last_pending = Instant::now();
+            let state = state.lock();
+            let (mut active, mut backoff, mut unschedulable) = (0, 0, 0);
+            for waiting in state.waiting.values() {
+                match (&waiting.not_before, &waiting.reported) {
+                    (None, _) => active += 1,
+                    (Some(_), None) => backoff += 1,
+                    (Some(_), Some(_)) => unschedulable += 1,
+                }
+            }
+            metrics.pending(active, backoff, unschedulable);
+        }
+        let Some((key, pod, result, attempts, since, attempt_started)) = next else {
             let earliest = state
                 .lock()
                 .waiting
@@ -361,6 +385,15 @@ async fn schedule_loop(
                 tokio::spawn(async move {
                     let bound = bind(&client, &pod, &node).await;
                     drop(permit);
+                    if let Some(metrics) = &config.metrics {
+                        let outcome = if bound.is_ok() {
+                            metrics.scheduled(attempts + 1, since.elapsed());
+                            crate::metrics::Outcome::Scheduled
+                        } else {
+                            crate::metrics::Outcome::Error
+                        };
+                        metrics.attempt(outcome, attempt_started.elapsed());
+                    }
                     match bound {
                         Ok(()) => {
                             debug!(pod = %key, %node, "bound pod");
@@ -393,6 +426,12 @@ async fn schedule_loop(
                 });
             }
             Err(unschedulable) => {
+                if let Some(metrics) = &config.metrics {
+                    metrics.attempt(
+                        crate::metrics::Outcome::Unschedulable,
+                        attempt_started.elapsed(),
+                    );
+                }
                 let message = unschedulable.to_string();
                 let report = {
                     let mut state = state.lock();

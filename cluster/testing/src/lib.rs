@@ -225,6 +225,12 @@ impl KelsonProcess {
         if !args.iter().any(|a| a.starts_with("--state-metrics-listen")) {
             command.arg("--state-metrics-listen=127.0.0.1:0");
         }
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--scheduler-metrics-listen"))
+        {
+            command.arg("--scheduler-metrics-listen=127.0.0.1:0");
+        }
         // tests share one containerd: only a test that names its node runs an agent
         if !args.iter().any(|a| a.starts_with("--node-name")) {
             command.arg("--disable-agent");
