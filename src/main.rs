@@ -28,8 +28,8 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API server over embedded storage or etcd, with
     /// the scheduler, the controllers and the GitOps reconciler (each under leader election),
-    /// and a node agent that
-    /// runs pods on this machine's containerd (unless --disable-agent).
+    /// the cluster-state exporter (:8080), and a node agent that runs pods on this machine's
+    /// containerd and serves its node metrics (:9100) (unless --disable-agent).
     Server(ServerArgs),
     /// Start the whole stack on this machine after preflight checks: the control plane and this
     /// machine's node agent (as `kelson server`), then print how to use it.
