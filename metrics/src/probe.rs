@@ -153,12 +153,15 @@ async fn probe_http(target: &str, out: &mut Families) -> Result<(), String> {
         _ => 1.1,
     };
     let transferring = Instant::now();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer of {target}: {e}"))?
-        .to_bytes();
+    // count the answer's bytes without keeping them: a huge or endless answer costs nothing
+    let mut body = response.into_body();
+    let mut length = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer of {target}: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            length += data.len();
+        }
+    }
     let transferred = transferring.elapsed();
     for (phase, duration) in [
         ("connect", connected),
@@ -184,7 +187,7 @@ async fn probe_http(target: &str, out: &mut Families) -> Result<(), String> {
         "probe_http_content_length",
         "Length of http content response",
         &[],
-        body.len() as f64,
+        length as f64,
     );
     out.gauge(
         "probe_http_version",
@@ -262,8 +265,10 @@ pub async fn handle(Query(query): Query<ProbeQuery>, headers: HeaderMap) -> Resp
         .get("x-prometheus-scrape-timeout-seconds")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite())
         .map_or(Duration::from_secs(5), |s| {
-            Duration::from_secs_f64((s - 0.5).max(0.1))
+            // at most a minute, whatever the header says
+            Duration::from_secs_f64((s - 0.5).clamp(0.1, 60.0))
         });
     let text = probe(module, &target, timeout).await;
     ([(http::header::CONTENT_TYPE, TEXT_FORMAT)], text).into_response()

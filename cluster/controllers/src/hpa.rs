@@ -133,8 +133,9 @@ pub fn propose(current: i32, pods: &[PodReading], target: Target) -> Option<Prop
         count += 1;
         request += pod.request;
         if !scaling_up {
+            // as Kubernetes does: at the target, or at the full request when that is more
             usage += match target {
-                Target::Utilization(percent) => pod.request * i64::from(percent) / 100,
+                Target::Utilization(percent) => pod.request * i64::from(percent.max(100)) / 100,
                 Target::AverageValue(value) => value,
             };
         }
@@ -174,7 +175,7 @@ pub fn stabilize(
     let in_window = |window: i64| {
         history
             .iter()
-            .filter(move |(at, _)| now - at <= window)
+            .filter(move |(at, _)| now - at < window)
             .map(|(_, r)| *r)
             .chain(std::iter::once(recommended))
     };
@@ -291,6 +292,32 @@ fn carry_transitions(conditions: &mut [Value], previous: &[HorizontalPodAutoscal
         {
             condition["lastTransitionTime"] = json!(time);
         }
+    }
+}
+
+/// How long after a pod starts its CPU usage may be discounted while it is not ready
+/// (kube-controller-manager's `--horizontal-pod-autoscaler-cpu-initialization-period`).
+const CPU_INITIALIZATION: i64 = 300;
+
+/// Whether a pod's CPU usage counts (Kubernetes' rule): ready pods count; a pod that is not
+/// ready counts once it has been running longer than the initialization period and has been
+/// ready before. Pods that were never ready, or that are still starting, do not.
+fn counts_as_ready(pod: &Pod, now: &Time) -> bool {
+    if pod::is_ready(pod) {
+        return true;
+    }
+    let status = pod.status.as_ref();
+    let started = status.and_then(|s| s.start_time.as_ref());
+    let was_ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .is_some();
+    match started {
+        Some(started) => {
+            now.0.as_second() - started.0.as_second() > CPU_INITIALIZATION && was_ready
+        }
+        None => false,
     }
 }
 
@@ -520,7 +547,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, shared: Arc<Shared>) -
             .map(|p| PodReading {
                 usage: usage_of(&p.name_any(), resource),
                 request: container_requests(p, resource),
-                ready: pod::is_ready(p),
+                ready: resource != "cpu" || counts_as_ready(p, &now),
             })
             .collect();
         if matches!(target, Target::Utilization(_)) && readings.iter().any(|r| r.request == 0) {
@@ -578,6 +605,12 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, shared: Arc<Shared>) -
         return Ok(Action::requeue(SYNC_PERIOD));
     };
 
+    // Kubernetes never scales down on the metrics that work while another one fails
+    let recommended = if problem.is_some() {
+        recommended.max(current)
+    } else {
+        recommended
+    };
     let behavior = spec.behavior.clone().unwrap_or_default();
     let (up, down) = (
         behavior.scale_up.unwrap_or_default(),
@@ -587,7 +620,9 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, shared: Arc<Shared>) -
     let uid = hpa.uid().unwrap_or_default();
     let (desired, limit) = {
         let mut all = shared.recommendations.lock();
-        let history = all.entry(uid).or_default();
+        // a restarted controller starts the scale-down window from the current size, so it
+        // does not shrink a workload the moment it starts
+        let history = all.entry(uid).or_insert_with(|| vec![(seconds, current)]);
         let decision = stabilize(
             current,
             recommended,
@@ -746,11 +781,22 @@ mod tests {
             propose(2, &pods, Target::Utilization(50)).unwrap().replicas,
             6
         );
-        // scaling down: a pod without metrics counts as at the target
+        // scaling down: a pod without metrics counts as using its whole request (at least the
+        // target), so one idle pod and one unmeasured pod stay two, as in Kubernetes
         let pods = readings(&[(Some(0), 100, true), (None, 100, true)]);
         assert_eq!(
             propose(2, &pods, Target::Utilization(50)).unwrap().replicas,
-            1
+            2
+        );
+        let pods = readings(&[
+            (Some(0), 100, true),
+            (Some(0), 100, true),
+            (Some(0), 100, true),
+            (None, 100, true),
+        ]);
+        assert_eq!(
+            propose(4, &pods, Target::Utilization(50)).unwrap().replicas,
+            2
         );
         // no metrics at all: no proposal
         assert!(propose(2, &readings(&[(None, 100, true)]), Target::Utilization(50)).is_none());

@@ -16,9 +16,13 @@ use super::{Allow, Family, Lines, Object, created, gauge};
 #[must_use]
 pub fn quantity(value: &Quantity) -> Option<f64> {
     let text = value.0.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(text.len());
+    // `E` and `Ei` are suffixes (exa); an `e`/`E` followed by digits is an exponent
+    let split = if text.ends_with('E') || text.ends_with("Ei") {
+        text.rfind('E').unwrap_or(text.len())
+    } else {
+        text.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+            .unwrap_or(text.len())
+    };
     let (number, suffix) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match suffix {
@@ -1329,6 +1333,8 @@ mod tests {
         ] {
             assert_eq!(quantity(&Quantity(text.into())), Some(value), "{text}");
         }
+        assert_eq!(quantity(&Quantity("2E".into())), Some(2e18));
+        assert_eq!(quantity(&Quantity("1Ei".into())), Some(1024f64.powi(6)));
         assert_eq!(quantity(&Quantity("12Q".into())), None);
     }
 

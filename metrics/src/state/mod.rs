@@ -151,6 +151,24 @@ pub fn label_name(prefix: &str, key: &str) -> String {
 /// the same for every line of the family and the object): the scrape writes them back.
 const SHORT: char = '\u{1}';
 
+/// Keys that sanitise to the same label name (`app-name`, `app_name`) would repeat a label,
+/// which fails the whole scrape: as kube-state-metrics does, each such name gets a
+/// `_conflictN` suffix, in key order.
+fn resolve_conflicts(labels: &mut [(String, &str)]) {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, _) in labels.iter() {
+        *counts.entry(name.clone()).or_default() += 1;
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, _) in labels.iter_mut() {
+        if counts.get(name.as_str()).copied().unwrap_or(0) > 1 {
+            let n = seen.entry(name.clone()).or_default();
+            *n += 1;
+            *name = format!("{name}_conflict{n}");
+        }
+    }
+}
+
 /// One object's rendered samples, one string per family of its kind.
 #[derive(Debug)]
 pub struct Lines {
@@ -189,6 +207,11 @@ impl Lines {
                 .collect(),
             inner,
         ));
+    }
+
+    /// Whether the kind declares family `name`.
+    fn declares(&self, name: &str) -> bool {
+        self.families.iter().any(|f| f.name == name)
     }
 
     /// Adds a sample to family `name` (which the kind must declare).
@@ -273,11 +296,10 @@ impl Lines {
             labels,
             meta.creation_timestamp.as_ref(),
         );
-        self.time(
-            &format!("{prefix}_deletion_timestamp"),
-            labels,
-            meta.deletion_timestamp.as_ref(),
-        );
+        let deletion = format!("{prefix}_deletion_timestamp");
+        if self.declares(&deletion) {
+            self.time(&deletion, labels, meta.deletion_timestamp.as_ref());
+        }
         for (lists, source, family, label_prefix) in [
             (&allow.labels, &meta.labels, "labels", "label"),
             (
@@ -293,11 +315,12 @@ impl Lines {
             let empty = BTreeMap::new();
             let source = source.as_ref().unwrap_or(&empty);
             let all = keys.first().is_some_and(|k| k == "*");
-            let chosen: Vec<(String, &str)> = source
+            let mut chosen: Vec<(String, &str)> = source
                 .iter()
                 .filter(|(k, _)| all || keys.contains(k))
                 .map(|(k, v)| (label_name(label_prefix, k), v.as_str()))
                 .collect();
+            resolve_conflicts(&mut chosen);
             let mut series = labels.to_vec();
             series.extend(chosen.iter().map(|(k, v)| (k.as_str(), *v)));
             self.add(&format!("{prefix}_{family}"), &series, 1.0);

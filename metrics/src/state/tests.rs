@@ -299,3 +299,49 @@ async fn streamed_scrapes_equal_whole_ones() {
     assert!(count > 1, "one chunk for {} bytes", whole.len());
     assert_eq!(String::from_utf8(streamed).unwrap(), whole);
 }
+
+#[test]
+fn keys_that_sanitise_alike_get_conflict_suffixes() {
+    let mut pod = pod();
+    pod.metadata.labels = Some(
+        [("app-name", "a"), ("app_name", "b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    let state = StateMetrics::default();
+    let allow = Allow {
+        labels: Allow::parse_list("pods=[*]").unwrap(),
+        annotations: BTreeMap::new(),
+    };
+    state.replace(&[pod], &allow);
+    let families = parse(&state.scrape()).unwrap();
+    let labels = &series(&families, "kube_pod_labels")[0].0;
+    assert!(
+        labels.contains(&("label_app_name_conflict1".into(), "a".into())),
+        "{labels:?}"
+    );
+    assert!(
+        labels.contains(&("label_app_name_conflict2".into(), "b".into())),
+        "{labels:?}"
+    );
+}
+
+#[test]
+fn terminating_objects_of_kinds_without_a_deletion_family_render() {
+    let namespace: k8s_openapi::api::core::v1::Namespace = object(json!({
+        "metadata": {"name": "going", "deletionTimestamp": "2026-11-20T10:00:00Z"},
+        "status": {"phase": "Terminating"}
+    }));
+    let state = StateMetrics::default();
+    state.replace(&[namespace], &Allow::default());
+    let families = parse(&state.scrape()).unwrap();
+    assert_eq!(
+        series(&families, "kube_namespace_status_phase")
+            .iter()
+            .find(|(l, _)| l.contains(&("phase".into(), "Terminating".into())))
+            .unwrap()
+            .1,
+        1.0
+    );
+}
