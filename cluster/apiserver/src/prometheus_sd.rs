@@ -95,6 +95,8 @@ pub fn node_targets(nodes: &[Value]) -> Vec<Value> {
                 "__meta_kubernetes_node_name".into(),
                 json!(text(node, "/metadata/name")),
             );
+            // as Prometheus' node role does: the node's name is the instance
+            labels.insert("instance".into(), json!(text(node, "/metadata/name")));
             labels.insert(
                 "__meta_kubernetes_node_provider_id".into(),
                 json!(text(node, "/spec/providerID")),
@@ -228,6 +230,45 @@ pub fn pod_targets(pods: &[Value]) -> Vec<Value> {
         }
     }
     targets
+}
+
+/// The `__meta_kubernetes_pod_container_*` labels of the container port an endpoint port
+/// points at, as Prometheus' endpoints role adds them.
+fn container_port_labels(labels: &mut Map<String, Value>, pod: &Value, port: i64) {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for container in containers {
+        let ports = container
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for candidate in ports {
+            if candidate.get("containerPort").and_then(Value::as_i64) != Some(port) {
+                continue;
+            }
+            for (name, value) in [
+                ("container_name", text(container, "/name")),
+                ("container_image", text(container, "/image")),
+                ("container_port_name", text(candidate, "/name")),
+                ("container_port_number", port.to_string()),
+                (
+                    "container_port_protocol",
+                    candidate
+                        .get("protocol")
+                        .and_then(Value::as_str)
+                        .unwrap_or("TCP")
+                        .to_owned(),
+                ),
+            ] {
+                labels.insert(format!("__meta_kubernetes_pod_{name}"), json!(value));
+            }
+            return;
+        }
+    }
 }
 
 /// The labels of a Service.
@@ -394,6 +435,7 @@ pub fn endpoints_targets(endpoints: &[Value], services: &[Value], pods: &[Value]
                                 for (key, value) in pod_labels(pod) {
                                     labels.entry(key).or_insert(value);
                                 }
+                                container_port_labels(&mut labels, pod, number);
                             }
                         }
                         targets.push(json!({
@@ -450,6 +492,7 @@ mod tests {
         assert_eq!(targets[0]["targets"][0], "192.0.2.7:10250");
         let labels = &targets[0]["labels"];
         assert_eq!(labels["__meta_kubernetes_node_name"], "n1");
+        assert_eq!(labels["instance"], "n1");
         assert_eq!(
             labels["__meta_kubernetes_node_label_kubernetes_io_hostname"],
             "n1"
@@ -494,7 +537,8 @@ mod tests {
     fn endpoints_carry_service_and_pod_labels() {
         let service = json!({"metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
                              "spec": {"ports": [{"name": "http", "port": 80}]}});
-        let pod = json!({"metadata": {"name": "web-1", "namespace": "shop"}, "status": {"podIP": "10.42.0.7"}});
+        let pod = json!({"metadata": {"name": "web-1", "namespace": "shop"}, "status": {"podIP": "10.42.0.7"},
+                         "spec": {"containers": [{"name": "app", "image": "busybox", "ports": [{"name": "http", "containerPort": 8080}]}]}});
         let endpoints = json!({"metadata": {"name": "web", "namespace": "shop"}, "subsets": [{
             "addresses": [{"ip": "10.42.0.7", "nodeName": "n1", "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "shop"}}],
             "notReadyAddresses": [{"ip": "10.42.0.8"}],
@@ -506,6 +550,8 @@ mod tests {
         assert_eq!(labels["__meta_kubernetes_service_label_app"], "web");
         assert_eq!(labels["__meta_kubernetes_pod_name"], "web-1");
         assert_eq!(labels["__meta_kubernetes_endpoint_ready"], "true");
+        assert_eq!(labels["__meta_kubernetes_pod_container_name"], "app");
+        assert_eq!(labels["__meta_kubernetes_pod_container_port_name"], "http");
         assert_eq!(
             targets[1]["labels"]["__meta_kubernetes_endpoint_ready"],
             "false"
