@@ -421,7 +421,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         };
     if !args.disable_scheduler {
         let metrics = Arc::new(kelson_scheduler::metrics::SchedulerMetrics::new());
-        let listener = node_exporter::bind(
+        let listener = kelson_metrics::http::bind(
             args.scheduler_metrics_listen,
             Some(&data_dir.join("scheduler/address")),
             "the scheduler's metrics",

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use kelson_metrics::node::{self, Config, NodeExporter};
 use regex::Regex;
@@ -196,36 +195,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let exporter = Arc::new(NodeExporter::new(config)?);
-    let listener = bind(listen, address_file, "the node exporter").await?;
+    let listener = kelson_metrics::http::bind(listen, address_file, "the node exporter").await?;
     tokio::spawn(async move {
         if let Err(error) = node::serve(exporter, listener, shutdown).await {
             tracing::error!(error = format!("{error:#}"), "the node exporter stopped");
         }
     });
     Ok(())
-}
-
-/// Binds an exporter's listener, writing the bound address to `address_file` when given (so
-/// port 0 can be found).
-///
-/// # Errors
-/// The address cannot be bound or the file written.
-pub async fn bind(
-    listen: SocketAddr,
-    address_file: Option<&Path>,
-    what: &str,
-) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("{what} cannot listen on {listen}"))?;
-    let address = listener.local_addr()?;
-    if let Some(file) = address_file {
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(file, address.to_string())
-            .with_context(|| format!("failed to write {}", file.display()))?;
-    }
-    tracing::info!(%address, "{what} serves /metrics");
-    Ok(listener)
 }

@@ -63,7 +63,7 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let allow = options.allow()?;
     let listener =
-        crate::node_exporter::bind(listen, address_file, "the cluster-state exporter").await?;
+        kelson_metrics::http::bind(listen, address_file, "the cluster-state exporter").await?;
     let metrics = StateMetrics::default();
     let watching = metrics.clone();
     let stop = shutdown.clone();

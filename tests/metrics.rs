@@ -336,10 +336,6 @@ fn prometheus_scrapes_the_node_exporter_and_answers_node_mixin_rules() {
     assert_eq!(number(&cpus[0]) as usize, expected, "{cpus:?}");
 }
 
-fn scrape_state(port: u16) -> BTreeMap<String, (ParsedFamily, Series)> {
-    scrape(port)
-}
-
 fn values(
     families: &BTreeMap<String, (ParsedFamily, Series)>,
     name: &str,
@@ -443,7 +439,7 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
     let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let state = loop {
-        let state = scrape_state(port);
+        let state = scrape(port);
         if values(
             &state,
             "kube_deployment_status_replicas_available",
@@ -522,7 +518,7 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
     // the Service's endpoints, as Endpoints and as EndpointSlices
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state = scrape_state(port);
+        let state = scrape(port);
         let addresses = values(
             &state,
             "kube_endpoint_address",
@@ -557,7 +553,7 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state = scrape_state(port);
+        let state = scrape(port);
         let info = values(
             &state,
             "kelson_application_info",
@@ -619,7 +615,7 @@ fn cluster_state_metrics_follow_the_cluster_and_answer_kubernetes_mixin_rules() 
     kubectl.ok(&["scale", "deployment/web", "--replicas=1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state = scrape_state(port);
+        let state = scrape(port);
         let web_pods = state["kube_pod_info"]
             .1
             .keys()
@@ -1000,15 +996,7 @@ fn container_metrics_match_what_runs_and_feed_kubernetes_mixin_rules() {
     };
     let sample = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         let family = families.iter().find(|f| f.name == name)?;
-        family
-            .samples
-            .iter()
-            .find(|s| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|s| s.value)
+        family.sample(labels).map(|s| s.value)
     };
     let main = [
         ("container", "main"),

@@ -228,6 +228,18 @@ pub struct ParsedFamily {
     pub samples: Vec<Sample>,
 }
 
+impl ParsedFamily {
+    /// The first sample whose labels include every pair of `labels`.
+    #[must_use]
+    pub fn sample(&self, labels: &[(&str, &str)]) -> Option<&Sample> {
+        self.samples.iter().find(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+    }
+}
+
 /// A parse error, naming the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {

@@ -20,6 +20,32 @@ pub enum Render {
     Chunks(Arc<dyn Fn() -> tokio::sync::mpsc::Receiver<bytes::Bytes> + Send + Sync>),
 }
 
+/// Binds an exporter's listener, writing the bound address to `address_file` when given (so a
+/// caller that asked for port 0 can be found).
+///
+/// # Errors
+/// The address cannot be bound or the file written.
+pub async fn bind(
+    listen: std::net::SocketAddr,
+    address_file: Option<&std::path::Path>,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("{what} cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    if let Some(file) = address_file {
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(file, address.to_string())
+            .with_context(|| format!("failed to write {}", file.display()))?;
+    }
+    tracing::info!(%address, "{what} serves /metrics");
+    Ok(listener)
+}
+
 /// Serves `render` at `/metrics` (and a short page at `/`) until `shutdown`, gzip-compressed
 /// for scrapers that accept it when `gzip` is set.
 ///

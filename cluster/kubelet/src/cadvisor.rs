@@ -400,12 +400,20 @@ fn pod_cgroup(cgroups: &Cgroups, uid: &str) -> Option<String> {
 ///
 /// # Errors
 /// When the runtime cannot be asked.
-pub async fn render(ctx: &PodContext, cgroups: &Cgroups) -> crate::cri::Result<String> {
+pub async fn render(
+    ctx: &PodContext,
+    cgroups: &Cgroups,
+    sandbox_image: &tokio::sync::OnceCell<String>,
+) -> crate::cri::Result<String> {
     let node = [(NODE_LABEL, ctx.node.name.as_str())];
     let containers = ctx.cri.list_containers(&node).await?;
     let sandboxes = ctx.cri.list_pod_sandboxes(&node).await?;
     let stats = ctx.cri.list_pod_sandbox_stats(&node).await?;
-    let sandbox_image = ctx.cri.sandbox_image().await.unwrap_or_default();
+    // the runtime's configuration: asked until it answers, then kept
+    let sandbox_image = sandbox_image
+        .get_or_try_init(|| ctx.cri.sandbox_image())
+        .await
+        .map_or("", String::as_str);
     let now = jiff::Timestamp::now().as_second() as f64;
     let mut out = Families::new();
     let cores = std::fs::read_to_string("/proc/stat")
@@ -500,7 +508,7 @@ pub async fn render(ctx: &PodContext, cgroups: &Cgroups) -> crate::cri::Result<S
         let sandbox_id = attributes.id.as_str();
         let sandbox_cgroup = format!("{cgroup}/{sandbox_id}");
         let pause_image = if sandboxes.iter().any(|s| s.id == sandbox_id) {
-            sandbox_image.as_str()
+            sandbox_image
         } else {
             ""
         };

@@ -90,6 +90,7 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
     let resource_ctx = ctx.clone();
     let cgroups = Arc::new(crate::cadvisor::Cgroups::default());
     let resource_cgroups = cgroups.clone();
+    let sandbox_image = Arc::new(tokio::sync::OnceCell::new());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -113,7 +114,10 @@ pub fn router(ctx: Arc<PodContext>) -> Router {
             "/metrics/cadvisor",
             get(move || {
                 let (ctx, cgroups) = (cadvisor_ctx.clone(), cgroups.clone());
-                async move { exposition(crate::cadvisor::render(&ctx, &cgroups).await) }
+                let sandbox_image = sandbox_image.clone();
+                async move {
+                    exposition(crate::cadvisor::render(&ctx, &cgroups, &sandbox_image).await)
+                }
             }),
         )
         .route(

@@ -21,13 +21,7 @@ fn family<'a>(families: &'a [ParsedFamily], name: &str) -> &'a ParsedFamily {
 fn value(families: &[ParsedFamily], name: &str, labels: &[(&str, &str)]) -> f64 {
     let family = family(families, name);
     family
-        .samples
-        .iter()
-        .find(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
+        .sample(labels)
         .unwrap_or_else(|| panic!("no sample {name}{labels:?} in {:?}", family.samples))
         .value
 }

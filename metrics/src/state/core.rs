@@ -15,36 +15,7 @@ use super::{Allow, Family, Lines, Object, created, gauge};
 /// A quantity as a number (`250m` → 0.25, `1Gi` → 1073741824, `1e3` → 1000).
 #[must_use]
 pub fn quantity(value: &Quantity) -> Option<f64> {
-    let text = value.0.trim();
-    // `E` and `Ei` are suffixes (exa); an `e`/`E` followed by digits is an exponent
-    let split = if text.ends_with('E') || text.ends_with("Ei") {
-        text.rfind('E').unwrap_or(text.len())
-    } else {
-        text.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-            .unwrap_or(text.len())
-    };
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    };
-    Some(number * factor)
+    kelson_common::quantity::parse_millis(&value.0).map(|millis| millis as f64 / 1000.0)
 }
 
 /// The `resource` and `unit` labels kube-state-metrics gives a resource name; `None` for the
