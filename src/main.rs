@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod app;
+mod logs;
 mod node_exporter;
 mod state_metrics;
 
@@ -52,6 +53,12 @@ enum Command {
     /// Serve a cluster's state as kube-state-metrics does (same metric families), watching it
     /// through a kubeconfig; `kelson server` already serves its own on :8080.
     StateMetrics(state_metrics::StateMetricsArgs),
+    /// Run a log pipeline from a configuration file (sources, tag routing, the tantivy index
+    /// and its query API); `kelson server` and `kelson agent` already run one for their node.
+    Logpipe(logs::LogpipeArgs),
+    /// Search and follow the logs indexed on a node: `kelson logs search QUERY`, `kelson logs
+    /// tail`.
+    Logs(logs::LogsArgs),
 }
 
 #[derive(clap::Args)]
@@ -140,6 +147,8 @@ struct NodeArgs {
     /// Do not serve node metrics (run `kelson node-exporter` with its own flags instead).
     #[arg(long)]
     disable_node_exporter: bool,
+    #[command(flatten)]
+    logs: logs::NodeLogArgs,
 }
 
 impl NodeArgs {
@@ -173,6 +182,7 @@ impl NodeArgs {
         if !self.disable_node_exporter && self.node_exporter_listen.port() != 0 {
             ports.push(self.node_exporter_listen);
         }
+        ports.extend(self.logs.ports());
         ports
     }
 
@@ -359,6 +369,8 @@ async fn main() -> anyhow::Result<()> {
             node_exporter::start(args.config, args.listen, None, shutdown.clone()).await?;
             shutdown.cancelled().await;
         }
+        Command::Logpipe(args) => logs::run_pipeline(args, shutdown_signal()).await?,
+        Command::Logs(args) => logs::run_logs(args).await?,
     }
     Ok(())
 }
@@ -562,6 +574,15 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             format!("system:node:{}", agent.node_name),
             vec!["system:nodes".into()],
         ));
+        args.node
+            .logs
+            .start(
+                &data_dir.join("agent"),
+                &agent.node_name,
+                client.clone(),
+                shutdown.clone(),
+            )
+            .await?;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             if let Err(error) = kelson_kubelet::agent::run(client, agent, shutdown).await {
@@ -574,7 +595,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
 
 /// A client from the kubeconfig at `path`, or from the environment ($KUBECONFIG,
 /// ~/.kube/config, in-cluster) without one.
-async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
     let config = match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -611,7 +632,7 @@ async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "kelson".into())
@@ -682,6 +703,15 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         key: field("key")?,
         ca,
     });
+    args.node
+        .logs
+        .start(
+            &agent.root_dir,
+            &agent.node_name,
+            client.clone(),
+            shutdown.clone(),
+        )
+        .await?;
     tracing::info!(node = %agent.node_name, server = %url, "joining");
     kelson_kubelet::agent::run(client, agent, shutdown)
         .await

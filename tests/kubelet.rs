@@ -796,6 +796,7 @@ fn agent_joins_with_the_token() {
             .arg(format!("--node-name={node}"))
             .arg("--kubelet-port=0")
             .arg("--node-exporter-listen=127.0.0.1:0")
+            .arg("--logs-listen=127.0.0.1:0")
             .args([
                 "--container-log-max-size=4096",
                 "--container-log-max-files=3",
@@ -939,6 +940,7 @@ fn up_runs_preflight_then_the_stack() {
             "--gitops-listen=127.0.0.1:0",
             "--kubelet-port=0",
             "--node-exporter-listen=127.0.0.1:0",
+            "--logs-listen=127.0.0.1:0",
             "--state-metrics-listen=127.0.0.1:0",
             "--scheduler-metrics-listen=127.0.0.1:0",
         ])
@@ -961,6 +963,7 @@ fn up_runs_preflight_then_the_stack() {
                 "--gitops-listen=127.0.0.1:0",
                 "--kubelet-port=0",
                 "--node-exporter-listen=127.0.0.1:0",
+                "--logs-listen=127.0.0.1:0",
                 "--state-metrics-listen=127.0.0.1:0",
                 "--scheduler-metrics-listen=127.0.0.1:0",
             ])

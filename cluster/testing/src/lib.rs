@@ -225,6 +225,9 @@ impl KelsonProcess {
         if !args.iter().any(|a| a.starts_with("--state-metrics-listen")) {
             command.arg("--state-metrics-listen=127.0.0.1:0");
         }
+        if !args.iter().any(|a| a.starts_with("--logs-listen")) {
+            command.arg("--logs-listen=127.0.0.1:0");
+        }
         if !args
             .iter()
             .any(|a| a.starts_with("--scheduler-metrics-listen"))
@@ -288,6 +291,15 @@ impl KelsonProcess {
     #[must_use]
     pub fn state_metrics_address(&self) -> String {
         self.address("state-metrics/address", "the cluster-state exporter")
+    }
+
+    /// The address of its node's log query API (waits until it listens; needs the agent).
+    ///
+    /// # Panics
+    /// When it does not start within 30 s.
+    #[must_use]
+    pub fn logs_address(&self) -> String {
+        self.address("agent/logs/address", "the log query API")
     }
 
     /// The address a listener wrote to `file` under the data directory.

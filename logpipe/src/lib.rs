@@ -1,0 +1,196 @@
+//! Kelson's log pipeline, fluentd-like: sources read records (the `tail` source follows
+//! container logs under /var/log/pods), a router hands each record to the sinks whose tag
+//! pattern matches, and the `index` sink makes them searchable with tantivy a second later.
+//! Start reading at [`start`], which wires a [`config::PipelineConfig`] into threads and
+//! channels; [`index`] holds the index and its queries, [`api`] the HTTP query API.
+//!
+//! Delivery: sources resume from the offsets the index committed together with the records
+//! (tantivy's commit payload), so a crash or `kill -9` loses nothing read and indexes nothing
+//! twice; every channel is bounded, so a slow or failing sink holds the sources back.
+
+pub mod api;
+pub mod config;
+pub mod format;
+pub mod index;
+pub mod kubernetes;
+pub mod metrics;
+pub mod record;
+pub mod sinks;
+pub mod sources;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{PipelineConfig, TagPattern};
+use crate::index::LogIndex;
+use crate::metrics::Metrics;
+use crate::record::{Batch, Checkpoint};
+use crate::sinks::SinkConfig;
+
+/// Batches buffered in front of each sink (and between the sources and the router).
+const CHANNEL_BATCHES: usize = 16;
+
+/// Where the pipeline runs.
+#[derive(Clone, Default)]
+pub struct Environment {
+    /// Directory for the index (used when the configuration gives none).
+    pub data_dir: PathBuf,
+    /// This node's name, added to records.
+    pub node: String,
+    /// A client of the cluster, to add pod labels (none: path metadata only).
+    pub client: Option<kube::Client>,
+    /// Watch only this node's pods (none: every pod).
+    pub watch_node: Option<String>,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    /// The index, when the configuration has an index sink.
+    pub index: Option<Arc<LogIndex>>,
+    /// The pipeline's metrics.
+    pub metrics: Metrics,
+    done: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Waits until every sink has drained (after shutdown).
+    pub async fn wait(self) {
+        for task in self.done {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts `config`; it runs until `shutdown`, then drains.
+///
+/// # Errors
+/// When the index cannot be opened or a thread cannot start.
+pub async fn start(
+    config: PipelineConfig,
+    environment: Environment,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Pipeline> {
+    let metrics = Metrics::new();
+    let data_dir = config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| environment.data_dir.clone());
+    let mut index = None;
+    let mut checkpoint = Checkpoint::new();
+    let mut routes: Vec<(TagPattern, mpsc::Sender<Batch>)> = Vec::new();
+    let mut done = Vec::new();
+    for (id, sink) in &config.sinks {
+        let pattern = TagPattern::parse(sink.pattern()).map_err(anyhow::Error::msg)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        routes.push((pattern, tx));
+        let component = metrics.component(id, sink.kind());
+        match sink {
+            SinkConfig::Index(sink_config) => {
+                let path = sink_config
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("index"));
+                let opened = tokio::task::spawn_blocking(move || LogIndex::open(&path)).await??;
+                let (log_index, committed) = opened;
+                checkpoint.clone_from(&committed);
+                index = Some(log_index.clone());
+                let sink_config = sink_config.clone();
+                let cx = index::writer::SinkContext {
+                    id: id.clone(),
+                    component,
+                    metrics: metrics.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                let (finished_tx, finished_rx) = tokio::sync::oneshot::channel::<()>();
+                std::thread::Builder::new()
+                    .name(format!("logpipe-{id}"))
+                    .spawn(move || {
+                        index::writer::run(&log_index, &sink_config, committed, rx, &cx);
+                        let _ = finished_tx.send(());
+                    })?;
+                done.push(tokio::spawn(async move {
+                    let _ = finished_rx.await;
+                }));
+            }
+            SinkConfig::Stdout(_) => done.push(tokio::spawn(sinks::run_stdout(rx, component))),
+        }
+    }
+    let checkpoint = Arc::new(checkpoint);
+    let pods = environment.client.clone().map(|client| {
+        let cache = kubernetes::PodCache::default();
+        tokio::spawn(kubernetes::watch_pods(
+            client,
+            environment.watch_node.clone(),
+            cache.clone(),
+            shutdown.clone(),
+        ));
+        cache
+    });
+    let (source_tx, source_rx) = mpsc::channel(CHANNEL_BATCHES);
+    let node: Arc<str> = environment.node.as_str().into();
+    for (id, source) in &config.sources {
+        let cx = sources::SourceContext {
+            out: source_tx.clone(),
+            checkpoint: checkpoint.clone(),
+            shutdown: shutdown.clone(),
+            metrics: metrics.component(id, source.kind()),
+            node: node.clone(),
+            pods: pods.clone(),
+        };
+        sources::spawn(id, source, cx)?;
+    }
+    drop(source_tx);
+    tokio::spawn(route(source_rx, routes));
+    Ok(Pipeline {
+        index,
+        metrics,
+        done,
+    })
+}
+
+/// Hands each record to every sink whose pattern matches its tag; ends when every source
+/// has ended, which ends the sinks.
+async fn route(mut input: mpsc::Receiver<Batch>, routes: Vec<(TagPattern, mpsc::Sender<Batch>)>) {
+    let mut decisions: HashMap<Arc<str>, Vec<bool>> = HashMap::new();
+    while let Some(batch) = input.recv().await {
+        let mut per_sink: Vec<Batch> = routes
+            .iter()
+            .map(|_| Batch {
+                records: Vec::new(),
+                forgotten: batch.forgotten.clone(),
+                reset: batch.reset.clone(),
+                bytes: 0,
+            })
+            .collect();
+        for record in batch.records {
+            let wanted = decisions.entry(record.tag.clone()).or_insert_with(|| {
+                routes
+                    .iter()
+                    .map(|(pattern, _)| pattern.matches(&record.tag))
+                    .collect()
+            });
+            let targets: Vec<usize> = (0..routes.len()).filter(|i| wanted[*i]).collect();
+            if let Some((last, rest)) = targets.split_last() {
+                for i in rest {
+                    per_sink[*i].records.push(record.clone());
+                }
+                per_sink[*last].records.push(record);
+            }
+        }
+        if decisions.len() > 100_000 {
+            decisions.clear();
+        }
+        for ((_, sink), batch) in routes.iter().zip(per_sink) {
+            if sink.send(batch).await.is_err() {
+                tracing::warn!("a sink stopped; its records are dropped");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

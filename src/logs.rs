@@ -1,0 +1,373 @@
+//! The log pipeline in the binary: `kelson server` and `kelson agent` run it on their node
+//! (container logs under /var/log/pods into the node's index, the query API on
+//! `--logs-listen`); `kelson logpipe` runs one from a configuration file; `kelson logs search`
+//! and `kelson logs tail` query it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use kelson_logpipe::config::PipelineConfig;
+use tokio_util::sync::CancellationToken;
+
+/// The node's log pipeline flags, shared by `server`, `up` and `agent`.
+#[derive(clap::Args, Clone)]
+pub struct NodeLogArgs {
+    /// Address of the log query API (search, histogram and the pipeline's metrics; see
+    /// `kelson logs`); port 0 picks one (written to the agent directory's logs/address).
+    #[arg(long, default_value = "0.0.0.0:3100")]
+    pub logs_listen: SocketAddr,
+    /// The log pipeline's configuration (default: manifests/logpipe.yaml's pipeline, every
+    /// container log into the node's index under the agent directory's logs/).
+    #[arg(long)]
+    pub logpipe_config: Option<PathBuf>,
+    /// Do not collect and index container logs on this node.
+    #[arg(long)]
+    pub disable_logpipe: bool,
+}
+
+impl NodeLogArgs {
+    /// The port the pipeline will listen on (for preflight).
+    pub fn ports(&self) -> Vec<SocketAddr> {
+        (!self.disable_logpipe && self.logs_listen.port() != 0)
+            .then_some(self.logs_listen)
+            .into_iter()
+            .collect()
+    }
+
+    /// Starts the node's pipeline beside the agent whose directory is `root_dir`.
+    pub async fn start(
+        &self,
+        root_dir: &Path,
+        node: &str,
+        client: kube::Client,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        if self.disable_logpipe {
+            return Ok(());
+        }
+        let config = match &self.logpipe_config {
+            Some(path) => PipelineConfig::load(path)?,
+            None => PipelineConfig::node_default(),
+        };
+        let environment = kelson_logpipe::Environment {
+            data_dir: root_dir.join("logs"),
+            node: node.to_owned(),
+            client: Some(client),
+            watch_node: Some(node.to_owned()),
+        };
+        serve(
+            config,
+            environment,
+            self.logs_listen,
+            Some(&root_dir.join("logs/address")),
+            shutdown,
+        )
+        .await
+        .context("use --logs-listen to pick another address, or --disable-logpipe")?;
+        Ok(())
+    }
+}
+
+/// Starts `config` and its query API on `listen`.
+async fn serve(
+    config: PipelineConfig,
+    environment: kelson_logpipe::Environment,
+    listen: SocketAddr,
+    address_file: Option<&Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<kelson_logpipe::Pipeline> {
+    let listener = kelson_metrics::http::bind(listen, address_file, "the log query API").await?;
+    let pipeline = kelson_logpipe::start(config, environment, shutdown.clone())
+        .await
+        .context("failed to start the log pipeline")?;
+    let (index, metrics) = (pipeline.index.clone(), pipeline.metrics.clone());
+    tokio::spawn(async move {
+        if let Err(error) = kelson_logpipe::api::serve(listener, index, metrics, shutdown).await {
+            tracing::error!(%error, "the log query API stopped");
+        }
+    });
+    Ok(pipeline)
+}
+
+/// `kelson logpipe`: one pipeline from a configuration file.
+#[derive(clap::Args)]
+pub struct LogpipeArgs {
+    /// The pipeline's configuration (YAML; see manifests/logpipe.yaml and docs/logpipe.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Directory for the index (when the configuration names none).
+    #[arg(long, default_value = "/var/lib/kelson-logpipe")]
+    data_dir: PathBuf,
+    /// Address of the query API and metrics; port 0 picks one (written to DATA_DIR/address).
+    #[arg(long, default_value = "0.0.0.0:3100")]
+    listen: SocketAddr,
+    /// Node name added to records (default: the host name).
+    #[arg(long, env = "KELSON_NODE_NAME")]
+    node_name: Option<String>,
+    /// Kubeconfig of a cluster whose pods' labels to add (default: none).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Only check the configuration, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Runs `kelson logpipe` until SIGINT or SIGTERM, then drains.
+pub async fn run_pipeline(args: LogpipeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(&args.config)?;
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
+    let client = match &args.kubeconfig {
+        Some(path) => Some(crate::kube_client(Some(path)).await?),
+        None => None,
+    };
+    let environment = kelson_logpipe::Environment {
+        data_dir: args.data_dir.clone(),
+        node: args.node_name.unwrap_or_else(crate::hostname),
+        client,
+        watch_node: None,
+    };
+    let address_file = args.data_dir.join("address");
+    let pipeline = serve(
+        config,
+        environment,
+        args.listen,
+        Some(&address_file),
+        shutdown.clone(),
+    )
+    .await?;
+    shutdown.cancelled().await;
+    pipeline.wait().await;
+    Ok(())
+}
+
+/// `kelson logs`: search and follow the indexed logs.
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    #[command(subcommand)]
+    command: LogsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum LogsCommand {
+    /// Lines matching QUERY (tantivy syntax over the message: words, "a phrase", AND/OR/NOT,
+    /// level:error), newest first.
+    Search {
+        /// What to look for (empty: every line).
+        #[arg(default_value = "")]
+        query: String,
+        #[command(flatten)]
+        filters: Filters,
+        /// Lines to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Output: text (default) or json (one object per line).
+        #[arg(short = 'o', long, default_value = "text")]
+        output: String,
+    },
+    /// Follow new lines matching the filters (and QUERY), oldest first.
+    Tail {
+        /// What to look for (empty: every line).
+        #[arg(default_value = "")]
+        query: String,
+        #[command(flatten)]
+        filters: Filters,
+        /// Recent lines to show first.
+        #[arg(long, default_value_t = 10)]
+        lines: usize,
+        /// Output: text (default) or json.
+        #[arg(short = 'o', long, default_value = "text")]
+        output: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct Filters {
+    /// Namespace.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Pod name.
+    #[arg(long)]
+    pod: Option<String>,
+    /// Container name.
+    #[arg(short = 'c', long)]
+    container: Option<String>,
+    /// Node name.
+    #[arg(long)]
+    node: Option<String>,
+    /// Severity (error, warn, info, debug, trace, fatal).
+    #[arg(long)]
+    level: Option<String>,
+    /// Pod label selector (`app=web,tier=front`).
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    /// Only lines newer than this (`15m`, `1h`, `2d`).
+    #[arg(long)]
+    since: Option<String>,
+    /// URL of the log query API.
+    #[arg(long, env = "KELSON_LOGS_URL", default_value = "http://127.0.0.1:3100")]
+    url: String,
+}
+
+impl Filters {
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        for (name, value) in [
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("container", &self.container),
+            ("node", &self.node),
+            ("level", &self.level),
+            ("selector", &self.selector),
+            ("since", &self.since),
+        ] {
+            if let Some(value) = value {
+                params.push((name, value.clone()));
+            }
+        }
+        params
+    }
+}
+
+async fn get(
+    url: &str,
+    path: &str,
+    params: &[(&str, String)],
+) -> anyhow::Result<serde_json::Value> {
+    let config = kube::Config::new(
+        url.parse()
+            .with_context(|| format!("invalid --url {url}"))?,
+    );
+    let client = kube::Client::try_from(config)?;
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let request = http::Request::get(format!("{path}?{query}")).body(Vec::new())?;
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .with_context(|| format!("failed to reach the log query API at {url}"))?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .context("failed to read the answer")?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("the log query API answered {status} with no JSON"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .unwrap_or("the log query API refused the request")
+        );
+    }
+    Ok(value)
+}
+
+fn print_hit(hit: &serde_json::Value, output: &str) {
+    if output == "json" {
+        println!("{hit}");
+        return;
+    }
+    let text = |name: &str| hit[name].as_str().unwrap_or_default().to_owned();
+    let source = if text("pod").is_empty() {
+        text("tag")
+    } else {
+        format!(
+            "{}/{}/{}",
+            text("namespace"),
+            text("pod"),
+            text("container")
+        )
+    };
+    println!("{} {source} {}", text("timestamp"), text("message"));
+}
+
+/// Runs `kelson logs`.
+pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
+    match args.command {
+        LogsCommand::Search {
+            query,
+            filters,
+            limit,
+            output,
+        } => {
+            check_output(&output)?;
+            let mut params = filters.params();
+            params.push(("query", query));
+            params.push(("limit", limit.to_string()));
+            let found = get(&filters.url, "/api/v1/search", &params).await?;
+            for hit in found["hits"].as_array().into_iter().flatten() {
+                print_hit(hit, &output);
+            }
+            Ok(())
+        }
+        LogsCommand::Tail {
+            query,
+            filters,
+            lines,
+            output,
+        } => {
+            check_output(&output)?;
+            let mut params = filters.params();
+            params.push(("query", query));
+            let mut last: Option<(i64, usize)> = None;
+            let mut first = true;
+            loop {
+                let mut page = params.clone();
+                match last {
+                    Some((ts, _)) => page.push(("start", ts.to_string())),
+                    None => page.push(("limit", lines.max(1).to_string())),
+                }
+                if last.is_some() {
+                    page.push(("limit", "10000".into()));
+                }
+                let found = get(&filters.url, "/api/v1/search", &page).await?;
+                let mut hits: Vec<serde_json::Value> =
+                    found["hits"].as_array().cloned().unwrap_or_default();
+                hits.reverse();
+                // lines at the last timestamp were printed already
+                let skip_at = last;
+                let mut skipped = 0;
+                for hit in &hits {
+                    let ts = hit["timestamp_ns"].as_i64().unwrap_or(0);
+                    if let Some((at, count)) = skip_at
+                        && ts == at
+                        && skipped < count
+                    {
+                        skipped += 1;
+                        continue;
+                    }
+                    if first && lines == 0 {
+                        continue;
+                    }
+                    print_hit(hit, &output);
+                }
+                if let Some(newest) = hits.last() {
+                    let ts = newest["timestamp_ns"].as_i64().unwrap_or(0);
+                    let at_newest = hits
+                        .iter()
+                        .filter(|h| h["timestamp_ns"].as_i64() == Some(ts))
+                        .count();
+                    last = Some((ts, at_newest));
+                } else if last.is_none() {
+                    last = Some((found["end"].as_i64().unwrap_or(0), 0));
+                }
+                first = false;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn check_output(output: &str) -> anyhow::Result<()> {
+    match output {
+        "text" | "json" => Ok(()),
+        other => anyhow::bail!("unknown output {other:?} (text or json)"),
+    }
+}
