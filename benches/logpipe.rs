@@ -110,6 +110,10 @@ fn raw_tantivy(dir: &Path, total: usize) -> (Duration, u64) {
     let mut writer: tantivy::IndexWriter = index
         .writer_with_num_threads(threads, (64 << 20).max(threads * (16 << 20)))
         .unwrap();
+    let defaults = kelson_logpipe::index::writer::IndexSinkConfig::default();
+    let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+    policy.set_min_num_segments(defaults.merge_segments);
+    writer.set_merge_policy(Box::new(policy));
     let started = Instant::now();
     let node: std::sync::Arc<str> = "worker".into();
     let tag: std::sync::Arc<str> = "kube".into();

@@ -18,6 +18,8 @@ packages=(
   busybox-static       # the local busybox image the examples and tests run
   prometheus           # the metrics tests scrape our exporters with a real Prometheus
   prometheus-node-exporter  # the peer our node exporter is compared with (never started as a service)
+  python3-fluent-logger  # the log pipeline's forward input is tested with fluent-logger
+  bsdutils             # logger(1), the syslog client the log pipeline is tested with
   gcc                  # builds the static pause binary
   libc6-dev
 )

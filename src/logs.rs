@@ -205,6 +205,9 @@ struct Filters {
     /// Pod label selector (`app=web,tier=front`).
     #[arg(short = 'l', long)]
     selector: Option<String>,
+    /// Attributes a network source gave (`host=web-1,ident=nginx` for syslog).
+    #[arg(long)]
+    fields: Option<String>,
     /// Only lines newer than this (`15m`, `1h`, `2d`).
     #[arg(long)]
     since: Option<String>,
@@ -223,6 +226,7 @@ impl Filters {
             ("node", &self.node),
             ("level", &self.level),
             ("selector", &self.selector),
+            ("fields", &self.fields),
             ("since", &self.since),
         ] {
             if let Some(value) = value {

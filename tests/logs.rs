@@ -463,3 +463,109 @@ fn a_full_index_disk_buffers_until_space_returns() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(total(&address, &[]), 30_000);
 }
+
+#[test]
+fn fluent_logger_and_logger_deliver_over_forward_and_syslog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (forward, udp, tcp) = (
+        kelson_testing::git::free_port(),
+        kelson_testing::git::free_port(),
+        kelson_testing::git::free_port(),
+    );
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  fluent:\n    type: forward\n    listen: 127.0.0.1:{forward}\n  syslog:\n    type: syslog\n    listen: 127.0.0.1:{udp}\n  syslog-tcp:\n    type: syslog\n    mode: tcp\n    listen: 127.0.0.1:{tcp}\nsinks:\n  index:\n    type: index\n    path: {}\n    commit_interval_ms: 200\n",
+            dir.path().join("index").display()
+        ),
+    )
+    .unwrap();
+    let (_pipeline, address) = start_logpipe(dir.path(), &config);
+
+    // the Python fluent-logger (Debian's python3-fluent-logger), Message mode
+    let script = format!(
+        r#"
+import time
+from fluent import sender
+plain = sender.FluentSender('app', host='127.0.0.1', port={forward})
+assert plain.emit('web', {{'message': 'hello from fluent-logger', 'user': 'alice'}}), plain.last_error
+assert plain.emit_with_time('web', int(time.time()), {{'log': 'second line', 'level': 'error'}}), plain.last_error
+plain.close()
+precise = sender.FluentSender('app', host='127.0.0.1', port={forward}, nanosecond_precision=True)
+assert precise.emit('api', {{'msg': 'nanosecond event'}}), precise.last_error
+precise.close()
+"#
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // util-linux logger: RFC 5424 over UDP, RFC 3164 over UDP, octet-counted RFC 5424 over TCP
+    let logger = |args: &[&str]| {
+        let status = std::process::Command::new("logger")
+            .args(["--server", "127.0.0.1"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "logger {args:?}");
+    };
+    let (udp_port, tcp_port) = (udp.to_string(), tcp.to_string());
+    logger(&[
+        "--port",
+        &udp_port,
+        "--udp",
+        "--rfc5424",
+        "-t",
+        "backup",
+        "-p",
+        "local3.err",
+        "disk failing on sdb",
+    ]);
+    logger(&[
+        "--port",
+        &udp_port,
+        "--udp",
+        "--rfc3164",
+        "-t",
+        "cron",
+        "-p",
+        "cron.info",
+        "job started",
+    ]);
+    logger(&[
+        "--port",
+        &tcp_port,
+        "--tcp",
+        "--octet-count",
+        "-t",
+        "audit",
+        "-p",
+        "auth.warning",
+        "over tcp",
+    ]);
+
+    assert_eq!(wait_total(&address, &[], 6, 30), 6, "{}", metrics(&address));
+    let hit = &search(&address, &[("query", "fluent-logger")])["hits"][0];
+    assert_eq!(hit["tag"], "app.web", "{hit}");
+    assert_eq!(hit["fields"]["user"], "alice");
+    let hit = &search(&address, &[("query", "second")])["hits"][0];
+    assert_eq!(hit["level"], "error", "{hit}");
+    assert_eq!(total(&address, &[("query", "nanosecond")]), 1);
+    let hit = &search(&address, &[("query", "disk failing")])["hits"][0];
+    assert_eq!(hit["tag"], "syslog.local3.err", "{hit}");
+    assert_eq!(hit["level"], "error");
+    assert_eq!(hit["fields"]["ident"], "backup");
+    let hit = &search(&address, &[("query", "job started")])["hits"][0];
+    assert_eq!(hit["tag"], "syslog.cron.info", "{hit}");
+    assert_eq!(hit["fields"]["ident"], "cron");
+    let hit = &search(&address, &[("fields", "ident=audit")])["hits"][0];
+    assert_eq!(hit["message"], "over tcp", "{hit}");
+    assert_eq!(hit["level"], "warn");
+}

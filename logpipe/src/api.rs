@@ -1,7 +1,8 @@
 //! The query API (JSON over HTTP):
 //! - `GET /api/v1/search` — lines newest first: `query` (tantivy syntax over the message;
 //!   `level:error`-style field terms too), `namespace`, `pod`, `container`, `node`, `stream`,
-//!   `level`, `selector` (labels, `app=web,tier=front`), `since` (`15m`, `1h`), `start`/`end`
+//!   `level`, `selector` (labels, `app=web,tier=front`), `fields` (the source's other
+//!   attributes, `host=web-1,ident=nginx`), `since` (`15m`, `1h`), `start`/`end`
 //!   (RFC 3339 or ns since the epoch), `limit` (default 100), `offset`;
 //! - `GET /api/v1/histogram` — the same filters plus `interval` (`1m`): counts per interval;
 //! - `GET /metrics` — the pipeline's own metrics; `GET /healthz`.
@@ -122,17 +123,18 @@ pub fn request_from_params(params: &[(String, String)]) -> Result<SearchRequest,
                     request.filters.push((name.clone(), value.clone()));
                 }
             }
-            "selector" => {
+            "selector" | "fields" => {
                 for term in value.split(',').filter(|t| !t.trim().is_empty()) {
                     let (key, value) = term
                         .split_once("==")
                         .or_else(|| term.split_once('='))
-                        .ok_or_else(|| {
-                            format!("invalid selector term {term:?} (want key=value)")
-                        })?;
-                    request
-                        .labels
-                        .push((key.trim().to_owned(), value.trim().to_owned()));
+                        .ok_or_else(|| format!("invalid {name} term {term:?} (want key=value)"))?;
+                    let pair = (key.trim().to_owned(), value.trim().to_owned());
+                    if name == "selector" {
+                        request.labels.push(pair);
+                    } else {
+                        request.fields.push(pair);
+                    }
                 }
             }
             "since" => since = Some(parse_duration(value)?),

@@ -135,6 +135,8 @@ impl PipelineConfig {
                         globset::Glob::new(pattern).map_err(|e| format!("sources.{name}: {e}"))?;
                     }
                 }
+                SourceConfig::Forward(forward) => check_address(name, &forward.listen)?,
+                SourceConfig::Syslog(syslog) => check_address(name, &syslog.listen)?,
             }
         }
         for (name, sink) in &self.sinks {
@@ -142,6 +144,13 @@ impl PipelineConfig {
         }
         Ok(())
     }
+}
+
+fn check_address(source: &str, listen: &str) -> Result<(), String> {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("sources.{source}.listen: {listen:?} is not HOST:PORT"))
 }
 
 /// A fluentd match pattern: `*` is one tag part, `**` zero or more parts, `{a,b}` either,

@@ -112,9 +112,61 @@ fn parse_docker(line: &[u8]) -> Result<Line<'_>, FormatError> {
 /// Nanoseconds since the epoch of an RFC 3339 time.
 #[must_use]
 pub fn parse_time(text: &[u8]) -> Option<i64> {
+    if let Some(ns) = parse_utc_fast(text) {
+        return Some(ns);
+    }
     let text = std::str::from_utf8(text).ok()?;
     let timestamp: jiff::Timestamp = text.parse().ok()?;
     i64::try_from(timestamp.as_nanosecond()).ok()
+}
+
+/// The shape containerd writes, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, without a general parser.
+fn parse_utc_fast(text: &[u8]) -> Option<i64> {
+    if text.len() < 20 || text.last() != Some(&b'Z') {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        text[range].iter().try_fold(0i64, |n, b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    };
+    if text[4] != b'-'
+        || text[7] != b'-'
+        || text[10] != b'T'
+        || text[13] != b':'
+        || text[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut nanos = 0;
+    let fraction = &text[19..text.len() - 1];
+    if !fraction.is_empty() {
+        if fraction[0] != b'.' || fraction.len() < 2 || fraction.len() > 10 {
+            return None;
+        }
+        let value = digits(20..text.len() - 1)?;
+        nanos = value * 10i64.pow(u32::try_from(10 - fraction.len()).ok()?);
+    }
+    // days since the epoch of the civil date (proleptic Gregorian calendar, eras of 400 years)
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 #[cfg(test)]
@@ -147,6 +199,34 @@ mod tests {
         // invalid UTF-8 is kept, replaced
         let line = parse(Format::Cri, b"2026-11-23T05:38:27Z stdout F a\xffb").unwrap();
         assert_eq!(line.text, "a\u{fffd}b");
+    }
+
+    #[test]
+    fn the_fast_time_parser_agrees_with_jiff() {
+        for text in [
+            "2026-11-23T05:38:27.123456789Z",
+            "2026-11-23T05:38:27Z",
+            "2026-11-23T05:38:27.5Z",
+            "2000-02-29T23:59:59.000000001Z",
+            "1970-01-01T00:00:00Z",
+            "2100-03-01T00:00:00.123Z",
+            "1969-12-31T23:59:59.999Z",
+        ] {
+            let expected = text.parse::<jiff::Timestamp>().unwrap().as_nanosecond();
+            assert_eq!(
+                parse_utc_fast(text.as_bytes()).map(i128::from),
+                Some(expected),
+                "{text}"
+            );
+        }
+        for text in [
+            "2026-11-23 05:38:27Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T05:38:27.Z",
+            "2026-11-23T05:38:27+01:00",
+        ] {
+            assert_eq!(parse_utc_fast(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]

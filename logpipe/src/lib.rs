@@ -32,7 +32,7 @@ use crate::record::{Batch, Checkpoint};
 use crate::sinks::SinkConfig;
 
 /// Batches buffered in front of each sink (and between the sources and the router).
-const CHANNEL_BATCHES: usize = 16;
+const CHANNEL_BATCHES: usize = 4;
 
 /// Where the pipeline runs.
 #[derive(Clone, Default)]
@@ -53,6 +53,8 @@ pub struct Pipeline {
     pub index: Option<Arc<LogIndex>>,
     /// The pipeline's metrics.
     pub metrics: Metrics,
+    /// Where the network sources listen, by source name.
+    pub listening: std::collections::BTreeMap<String, std::net::SocketAddr>,
     done: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -132,6 +134,7 @@ pub async fn start(
     });
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_BATCHES);
     let node: Arc<str> = environment.node.as_str().into();
+    let mut listening = std::collections::BTreeMap::new();
     for (id, source) in &config.sources {
         let cx = sources::SourceContext {
             out: source_tx.clone(),
@@ -141,13 +144,16 @@ pub async fn start(
             node: node.clone(),
             pods: pods.clone(),
         };
-        sources::spawn(id, source, cx)?;
+        if let Some(address) = sources::start(id, source, cx).await? {
+            listening.insert(id.clone(), address);
+        }
     }
     drop(source_tx);
     tokio::spawn(route(source_rx, routes));
     Ok(Pipeline {
         index,
         metrics,
+        listening,
         done,
     })
 }
@@ -164,6 +170,7 @@ async fn route(mut input: mpsc::Receiver<Batch>, routes: Vec<(TagPattern, mpsc::
                 forgotten: batch.forgotten.clone(),
                 reset: batch.reset.clone(),
                 bytes: 0,
+                ack: None,
             })
             .collect();
         for record in batch.records {
@@ -183,6 +190,14 @@ async fn route(mut input: mpsc::Receiver<Batch>, routes: Vec<(TagPattern, mpsc::
         }
         if decisions.len() > 100_000 {
             decisions.clear();
+        }
+        // each sink that took records holds the acknowledgement until they are durable
+        if let Some(ack) = batch.ack {
+            for sink_batch in &mut per_sink {
+                if !sink_batch.records.is_empty() {
+                    sink_batch.ack = Some(ack.clone());
+                }
+            }
         }
         for ((_, sink), batch) in routes.iter().zip(per_sink) {
             if sink.send(batch).await.is_err() {

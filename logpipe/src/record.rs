@@ -27,6 +27,8 @@ pub struct LogRecord {
     pub level: &'static str,
     /// The pod's labels.
     pub labels: Arc<BTreeMap<String, String>>,
+    /// Other attributes the source gave (syslog's host and ident, a forwarded record's keys).
+    pub fields: Arc<BTreeMap<String, String>>,
     /// Where the record ends in its source, for resuming and deduplication.
     pub position: Option<Position>,
 }
@@ -56,6 +58,47 @@ pub struct Batch {
     pub reset: Vec<Arc<str>>,
     /// Raw bytes read for these records.
     pub bytes: u64,
+    /// Told once every sink that took these records made them durable (or failed).
+    pub ack: Option<Ack>,
+}
+
+/// An acknowledgement shared by the copies of a batch: when the last copy is released it
+/// reports `true`, unless a sink marked it failed.
+#[derive(Clone, Debug)]
+pub struct Ack(Arc<AckState>);
+
+#[derive(Debug)]
+struct AckState {
+    failed: std::sync::atomic::AtomicBool,
+    done: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<bool>>>,
+}
+
+impl Ack {
+    /// A new acknowledgement and the receiver of its outcome.
+    #[must_use]
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let state = AckState {
+            failed: std::sync::atomic::AtomicBool::new(false),
+            done: parking_lot::Mutex::new(Some(tx)),
+        };
+        (Self(Arc::new(state)), rx)
+    }
+
+    /// Marks the records as not delivered: the outcome will be `false`.
+    pub fn fail(&self) {
+        self.0
+            .failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for AckState {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.get_mut().take() {
+            let _ = done.send(!self.failed.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    }
 }
 
 /// The severity found in a line: `level=`/`"level":` fields first, then a leading keyword
@@ -63,18 +106,37 @@ pub struct Batch {
 #[must_use]
 pub fn detect_level(message: &str) -> &'static str {
     let head = &message.as_bytes()[..message.len().min(256)];
-    for key in [&b"level"[..], b"lvl", b"severity"] {
-        if let Some(found) = find(head, key) {
-            let rest = &head[found + key.len()..];
-            let rest = rest
-                .iter()
-                .position(|b| !matches!(b, b'"' | b'\'' | b':' | b'=' | b' '))
-                .map_or(&[][..], |start| &rest[start..]);
-            let level = normalize(rest);
-            if !level.is_empty() {
-                return level;
+    // one pass: a `level`, `lvl` or `severity` key followed by `=` or `:` (quotes allowed)
+    let mut i = 0;
+    while i < head.len() {
+        let lower = head[i] | 0x20;
+        if lower == b'l' || lower == b's' {
+            for key in [&b"level"[..], b"lvl", b"severity"] {
+                let end = i + key.len();
+                if end <= head.len()
+                    && head[i..end].eq_ignore_ascii_case(key)
+                    && (i == 0 || !head[i - 1].is_ascii_alphanumeric())
+                {
+                    let rest = &head[end..];
+                    let skip = rest
+                        .iter()
+                        .position(|b| !matches!(b, b'"' | b'\'' | b' '))
+                        .unwrap_or(rest.len());
+                    if matches!(rest.get(skip), Some(b'=' | b':')) {
+                        let value = &rest[skip + 1..];
+                        let start = value
+                            .iter()
+                            .position(|b| !matches!(b, b'"' | b'\'' | b' '))
+                            .unwrap_or(value.len());
+                        let level = normalize(&value[start..]);
+                        if !level.is_empty() {
+                            return level;
+                        }
+                    }
+                }
             }
         }
+        i += 1;
     }
     // klog: "E1123 05:38:27.123456 ..." and friends
     if head.len() > 5
@@ -104,10 +166,10 @@ pub fn detect_level(message: &str) -> &'static str {
     ""
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|w| w.eq_ignore_ascii_case(needle))
+/// The level a severity word names (`WARNING` → `warn`), or empty.
+#[must_use]
+pub fn normalize_level(word: &str) -> &'static str {
+    normalize(word.trim().as_bytes())
 }
 
 fn normalize(word: &[u8]) -> &'static str {
@@ -157,6 +219,10 @@ mod tests {
             "info"
         );
         assert_eq!(detect_level("hello world"), "");
+        assert_eq!(detect_level("the level of water rose"), "");
+        assert_eq!(detect_level("sublevel=error"), "");
+        assert_eq!(detect_level("msg=x severity: WARNING"), "warn");
+        assert_eq!(detect_level("level = debug"), "debug");
         assert_eq!(detect_level("an error occurred"), "");
         assert_eq!(detect_level(""), "");
     }

@@ -229,3 +229,235 @@ async fn rotation_and_truncation_lose_nothing() {
     shutdown.cancel();
     pipeline.wait().await;
 }
+
+mod network {
+    use std::io::{Read, Write};
+
+    use rmpv::Value;
+
+    use super::*;
+
+    fn event_time(seconds: u32, nanos: u32) -> Value {
+        let mut bytes = seconds.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&nanos.to_be_bytes());
+        Value::Ext(0, bytes)
+    }
+
+    fn record(message: &str) -> Value {
+        Value::Map(vec![
+            (Value::from("message"), Value::from(message)),
+            (Value::from("host"), Value::from("web-1")),
+            (Value::from("level"), Value::from("WARNING")),
+        ])
+    }
+
+    fn encode(value: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, value).unwrap();
+        out
+    }
+
+    fn option(chunk: &str, compressed: bool) -> Value {
+        let mut entries = vec![(Value::from("chunk"), Value::from(chunk))];
+        if compressed {
+            entries.push((Value::from("compressed"), Value::from("gzip")));
+        }
+        Value::Map(entries)
+    }
+
+    async fn start_network(dir: &Path) -> (Pipeline, CancellationToken) {
+        let text = format!(
+            "sources:\n  fwd:\n    type: forward\n    listen: 127.0.0.1:0\n  sysu:\n    type: syslog\n    listen: 127.0.0.1:0\n  syst:\n    type: syslog\n    mode: tcp\n    listen: 127.0.0.1:0\nsinks:\n  index:\n    type: index\n    path: {}/index\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+            dir.display()
+        );
+        let config = PipelineConfig::parse(&text, "test").unwrap();
+        let shutdown = CancellationToken::new();
+        let environment = Environment {
+            data_dir: dir.to_path_buf(),
+            node: "node-a".into(),
+            ..Environment::default()
+        };
+        (
+            start(config, environment, shutdown.clone()).await.unwrap(),
+            shutdown,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forward_modes_acks_and_broken_msgpack() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, shutdown) = start_network(dir.path()).await;
+        let address = pipeline.listening["fwd"];
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            // Message mode, EventTime, no ack
+            let message = Value::Array(vec![
+                Value::from("app.web"),
+                event_time(1_795_412_307, 5),
+                record("message mode"),
+            ]);
+            stream.write_all(&encode(&message)).unwrap();
+            // Forward mode with an ack, Fluent Bit's [time, metadata] and an integer time
+            let forward = Value::Array(vec![
+                Value::from("app.web"),
+                Value::Array(vec![
+                    Value::Array(vec![
+                        Value::Array(vec![event_time(1_795_412_308, 0), Value::Map(vec![])]),
+                        record("forward one"),
+                    ]),
+                    Value::Array(vec![Value::from(1_795_412_309), record("forward two")]),
+                ]),
+                option("Y2h1bmsx", false),
+            ]);
+            stream.write_all(&encode(&forward)).unwrap();
+            // PackedForward, entries as bin, split across writes
+            let mut entries = Vec::new();
+            for n in 0..3 {
+                entries.extend(encode(&Value::Array(vec![
+                    event_time(1_795_412_310, n),
+                    record(&format!("packed {n}")),
+                ])));
+            }
+            let packed = encode(&Value::Array(vec![
+                Value::from("app.batch"),
+                Value::Binary(entries.clone()),
+                option("Y2h1bmsy", false),
+            ]));
+            let (head, tail) = packed.split_at(packed.len() / 2);
+            stream.write_all(head).unwrap();
+            stream.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            stream.write_all(tail).unwrap();
+            // CompressedPackedForward
+            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gzip.write_all(&entries).unwrap();
+            let compressed = encode(&Value::Array(vec![
+                Value::from("app.zipped"),
+                Value::Binary(gzip.finish().unwrap()),
+                option("Y2h1bmsz", true),
+            ]));
+            stream.write_all(&compressed).unwrap();
+            // three acks, each after its records were committed
+            let mut acks = Vec::new();
+            while acks.len() < 3 {
+                let mut buffer = [0u8; 256];
+                let read = stream.read(&mut buffer).unwrap();
+                assert!(read > 0, "connection closed before the acks");
+                let mut cursor = &buffer[..read];
+                while !cursor.is_empty() {
+                    let value = rmpv::decode::read_value(&mut cursor).unwrap();
+                    acks.push(value["ack"].as_str().unwrap().to_owned());
+                }
+            }
+            acks.sort();
+            acks
+        })
+        .await
+        .unwrap();
+        assert_eq!(sent, ["Y2h1bmsx", "Y2h1bmsy", "Y2h1bmsz"]);
+        let index = pipeline.index.clone().unwrap();
+        // every record acked is searchable
+        assert_eq!(index.search(&request("")).unwrap().total, 9);
+        let hit = &index.search(&request("\"message mode\"")).unwrap().hits[0];
+        assert_eq!(hit.tag, "app.web");
+        assert_eq!(hit.timestamp_ns, 1_795_412_307_000_000_005);
+        assert_eq!(hit.level, "warn");
+        assert_eq!(hit.fields["host"], "web-1");
+        let mut by_field = request("");
+        by_field.fields = vec![("host".into(), "web-1".into())];
+        assert_eq!(index.search(&by_field).unwrap().total, 9);
+        assert_eq!(index.search(&request("packed")).unwrap().total, 6);
+        assert_eq!(
+            index.search(&request("forward")).unwrap().hits[1].timestamp_ns,
+            1_795_412_308_000_000_000
+        );
+
+        // values that are not events are counted and skipped; the connection goes on
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream.write_all(&[0x93, 0xc1, 0xc1, 0xc1]).unwrap();
+            stream.write_all(&encode(&Value::from(42))).unwrap();
+            let after = Value::Array(vec![
+                Value::from("app.web"),
+                Value::from(1_795_412_311),
+                record("after the junk"),
+            ]);
+            stream.write_all(&encode(&after)).unwrap();
+            // then a value cut short by the peer closing
+            stream
+                .write_all(&[0xdb, 0xff, 0xff, 0xff, 0xff, b'x'])
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(wait_for(&pipeline, "junk", 1).await, 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let metrics = loop {
+            let metrics = pipeline.metrics.render();
+            if metrics.contains(r#"error_type="invalid_msgpack"} 1"#)
+                || std::time::Instant::now() > deadline
+            {
+                break metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            metrics.contains(r#"error_type="invalid_msgpack"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"error_type="invalid_event"} 2"#),
+            "{metrics}"
+        );
+        shutdown.cancel();
+        pipeline.wait().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn syslog_over_udp_and_tcp() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, shutdown) = start_network(dir.path()).await;
+        let (udp, tcp) = (pipeline.listening["sysu"], pipeline.listening["syst"]);
+        tokio::task::spawn_blocking(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .send_to(
+                    b"<165>1 2026-11-23T05:38:27Z web-1 nginx 42 ID47 - upstream timed out",
+                    udp,
+                )
+                .unwrap();
+            socket.send_to(b"garbage without a priority", udp).unwrap();
+            let mut stream = std::net::TcpStream::connect(tcp).unwrap();
+            let message = "<34>Nov 23 05:38:27 mymachine su[123]: 'su root' failed";
+            stream
+                .write_all(format!("{} {message}", message.len()).as_bytes())
+                .unwrap();
+            stream
+                .write_all(b"<14>Nov 23 05:38:28 mymachine app: newline framed\n")
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(wait_for(&pipeline, "", 4).await, 4);
+        let index = pipeline.index.clone().unwrap();
+        let hit = &index.search(&request("upstream")).unwrap().hits[0];
+        assert_eq!(hit.tag, "syslog.local4.notice");
+        assert_eq!(hit.level, "info");
+        assert_eq!(hit.fields["host"], "web-1");
+        assert_eq!(hit.fields["ident"], "nginx");
+        let hit = &index.search(&request("su")).unwrap().hits[0];
+        assert_eq!(hit.tag, "syslog.auth.crit");
+        assert_eq!(hit.level, "fatal");
+        assert_eq!(hit.fields["pid"], "123");
+        assert_eq!(index.search(&request("newline")).unwrap().total, 1);
+        assert_eq!(
+            index.search(&request("garbage")).unwrap().hits[0].tag,
+            "syslog.unknown"
+        );
+        shutdown.cancel();
+        pipeline.wait().await;
+    }
+}

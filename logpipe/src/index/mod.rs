@@ -69,13 +69,15 @@ pub struct Fields {
     pub level: Field,
     /// Pod labels (JSON, exact values).
     pub labels: Field,
+    /// Other attributes from the source (JSON, exact values).
+    pub fields: Field,
 }
 
 /// The schema of a partition.
 #[must_use]
 pub fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let exact = STRING | FAST | STORED;
+    let exact = STRING | STORED;
     let fields = Fields {
         ts: builder.add_i64_field("ts", INDEXED | FAST | STORED),
         message: builder.add_text_field("message", TEXT | STORED),
@@ -86,18 +88,20 @@ pub fn schema() -> (Schema, Fields) {
         node: builder.add_text_field("node", exact.clone()),
         stream: builder.add_text_field("stream", exact.clone()),
         level: builder.add_text_field("level", exact),
-        labels: builder.add_json_field(
-            "labels",
-            JsonObjectOptions::default()
-                .set_stored()
-                .set_indexing_options(
-                    TextFieldIndexing::default()
-                        .set_tokenizer("raw")
-                        .set_index_option(IndexRecordOption::Basic),
-                ),
-        ),
+        labels: builder.add_json_field("labels", exact_json()),
+        fields: builder.add_json_field("fields", exact_json()),
     };
     (builder.build(), fields)
+}
+
+fn exact_json() -> JsonObjectOptions {
+    JsonObjectOptions::default()
+        .set_stored()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic),
+        )
 }
 
 /// The time span and checkpoint a partition's last commit recorded.
@@ -183,6 +187,11 @@ impl LogIndex {
                 continue;
             }
             let (partition, payload) = open_partition(&id, &dir)?;
+            if partition.index.schema() != schema {
+                // written by another version: left on disk, not searched or written
+                tracing::warn!(partition = %id, "index partition has another schema; skipping it");
+                continue;
+            }
             if let Some(payload) = payload {
                 checkpoint = payload.checkpoint;
             }

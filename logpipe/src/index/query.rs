@@ -26,6 +26,8 @@ pub struct SearchRequest {
     pub filters: Vec<(String, String)>,
     /// Exact label filters.
     pub labels: Vec<(String, String)>,
+    /// Exact filters on the source's other attributes.
+    pub fields: Vec<(String, String)>,
     /// Oldest line (ns since the epoch, inclusive).
     pub start: Option<i64>,
     /// Newest line (ns, exclusive; default: no limit — lines stamped ahead of this clock
@@ -81,6 +83,9 @@ pub struct Hit {
     /// Pod labels.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The source's other attributes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
     /// The line.
     pub message: String,
 }
@@ -133,8 +138,13 @@ impl LogIndex {
                 )),
             ));
         }
-        for (key, value) in &request.labels {
-            let mut term = Term::from_field_json_path(fields.labels, key, false);
+        let json_filters = request
+            .labels
+            .iter()
+            .map(|kv| (fields.labels, kv))
+            .chain(request.fields.iter().map(|kv| (fields.fields, kv)));
+        for (field, (key, value)) in json_filters {
+            let mut term = Term::from_field_json_path(field, key, false);
             term.append_type_and_str(value);
             clauses.push((
                 Occur::Must,
@@ -240,14 +250,17 @@ fn hit(doc: &TantivyDocument, fields: &super::Fields) -> Hit {
         .get_first(fields.ts)
         .and_then(|v| v.as_i64())
         .unwrap_or(0);
-    let mut labels = BTreeMap::new();
-    if let Some(object) = doc.get_first(fields.labels).and_then(|v| v.as_object()) {
-        for (key, value) in object {
-            if let Some(value) = value.as_str() {
-                labels.insert(key.to_owned(), value.to_owned());
+    let map = |field| {
+        let mut map = BTreeMap::new();
+        if let Some(object) = doc.get_first(field).and_then(|v| v.as_object()) {
+            for (key, value) in object {
+                if let Some(value) = value.as_str() {
+                    map.insert(key.to_owned(), value.to_owned());
+                }
             }
         }
-    }
+        map
+    };
     Hit {
         timestamp: jiff::Timestamp::from_nanosecond(i128::from(timestamp_ns))
             .map(|t| t.to_string())
@@ -260,7 +273,8 @@ fn hit(doc: &TantivyDocument, fields: &super::Fields) -> Hit {
         stream: text(fields.stream),
         level: text(fields.level),
         tag: text(fields.tag),
-        labels,
+        labels: map(fields.labels),
+        fields: map(fields.fields),
         message: text(fields.message),
     }
 }

@@ -37,6 +37,12 @@ pub struct IndexSinkConfig {
     /// Indexing threads (0: one per core, at most 4).
     #[serde(default)]
     pub writer_threads: usize,
+    /// Segments merged at once (more: less merging while ingesting, more segments to search).
+    #[serde(default = "default_merge_segments")]
+    pub merge_segments: usize,
+    /// Commit early once this many bytes of records wait for a commit (bounds memory).
+    #[serde(default = "default_commit_bytes")]
+    pub commit_bytes: usize,
     /// Seconds of arrivals one partition takes before a new one starts.
     #[serde(default = "default_partition_secs")]
     pub partition_secs: u64,
@@ -54,6 +60,12 @@ const fn default_commit_interval_ms() -> u64 {
 const fn default_writer_memory_mib() -> usize {
     64
 }
+const fn default_merge_segments() -> usize {
+    16
+}
+const fn default_commit_bytes() -> usize {
+    32 << 20
+}
 const fn default_partition_secs() -> u64 {
     3600
 }
@@ -69,6 +81,8 @@ impl Default for IndexSinkConfig {
             commit_interval_ms: default_commit_interval_ms(),
             writer_memory_mib: default_writer_memory_mib(),
             writer_threads: 0,
+            merge_segments: default_merge_segments(),
+            commit_bytes: default_commit_bytes(),
             partition_secs: default_partition_secs(),
             retention_secs: default_retention_secs(),
             retention_bytes: 0,
@@ -107,8 +121,10 @@ pub(crate) fn run(
         checkpoint: committed.clone(),
         committed,
         uncommitted: Vec::new(),
+        uncommitted_bytes: 0,
         span: (i64::MAX, i64::MIN),
         dirty_since: None,
+        last_batch: Instant::now(),
         component: cx.component.clone(),
         metrics: cx.metrics.clone(),
         failures: 0,
@@ -137,12 +153,13 @@ pub(crate) fn run(
                 continue;
             }
         }
-        let wait = sink
-            .dirty_since
-            .map_or(interval, |since| interval.saturating_sub(since.elapsed()));
+        let wait = sink.dirty_since.map_or(interval, |since| {
+            interval.saturating_sub(since.elapsed()).min(IDLE_COMMIT)
+        });
         let received = runtime.block_on(async { tokio::time::timeout(wait, input.recv()).await });
         match received {
             Ok(Some(batch)) => {
+                sink.last_batch = Instant::now();
                 cx.metrics
                     .buffer_events
                     .with_label_values(&[&cx.id])
@@ -156,10 +173,12 @@ pub(crate) fn run(
             }
             Err(_elapsed) => {}
         }
-        if sink
-            .dirty_since
-            .is_some_and(|since| since.elapsed() >= interval)
-        {
+        let due = sink.dirty_since.is_some_and(|since| since.elapsed() >= interval)
+            // a burst is over: make it searchable now rather than at the interval
+            || (sink.dirty_since.is_some() && input.is_empty() && sink.idle_for(IDLE_COMMIT))
+            // bound the memory held for a retry
+            || sink.uncommitted_bytes >= sink.config.commit_bytes;
+        if due {
             sink.commit();
         }
         if last_retention.elapsed() >= Duration::from_secs(30) {
@@ -185,15 +204,28 @@ struct Sink {
     committed: Checkpoint,
     /// Records added since the last commit, kept to add again if the commit fails.
     uncommitted: Vec<Batch>,
+    /// Their approximate size in memory.
+    uncommitted_bytes: usize,
     /// Span of the active partition's lines, committed or not.
     span: (i64, i64),
     dirty_since: Option<Instant>,
+    /// When the last batch arrived.
+    last_batch: Instant,
     component: ComponentMetrics,
     metrics: Metrics,
     failures: u32,
 }
 
+/// Commit this long after the last batch when nothing else arrived.
+const IDLE_COMMIT: Duration = Duration::from_millis(200);
+/// Memory a record takes besides its message, roughly.
+const RECORD_OVERHEAD: usize = 256;
+
 impl Sink {
+    fn idle_for(&self, quiet: Duration) -> bool {
+        self.last_batch.elapsed() >= quiet
+    }
+
     fn pending_records(&self) -> usize {
         self.uncommitted.iter().map(|b| b.records.len()).sum()
     }
@@ -234,6 +266,9 @@ impl Sink {
                     path: partition.dir.clone(),
                     source,
                 })?;
+            let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+            policy.set_min_num_segments(self.config.merge_segments.max(2));
+            writer.set_merge_policy(Box::new(policy));
             self.span = partition.span();
             self.active = Some(Active {
                 partition,
@@ -250,14 +285,23 @@ impl Sink {
         for key in &batch.reset {
             self.checkpoint.remove(&**key);
         }
-        // drop what an earlier run already committed (a source resuming from older offsets)
+        // drop what an earlier run already committed (a source resuming from older offsets);
+        // a batch holds runs of records from one file, so look each file up once per run
         let before = batch.records.len();
+        let mut run: Option<(Arc<str>, Option<u64>)> = None;
         batch.records.retain(|record| {
-            record.position.as_ref().is_none_or(|position| {
-                self.checkpoint
-                    .get(&*position.key)
-                    .is_none_or(|done| position.offset > *done)
-            })
+            let Some(position) = &record.position else {
+                return true;
+            };
+            let done = match &run {
+                Some((key, done)) if Arc::ptr_eq(key, &position.key) => *done,
+                _ => {
+                    let done = self.checkpoint.get(&*position.key).copied();
+                    run = Some((position.key.clone(), done));
+                    done
+                }
+            };
+            done.is_none_or(|done| position.offset > done)
         });
         let duplicates = before - batch.records.len();
         if duplicates > 0 {
@@ -266,12 +310,24 @@ impl Sink {
         if let Err(error) = self.add_documents(&batch) {
             self.fail(&error);
         }
-        for record in &batch.records {
-            if let Some(position) = &record.position {
-                self.checkpoint
-                    .insert(position.key.to_string(), position.offset);
+        // the last offset of each run
+        let mut previous: Option<&crate::record::Position> = None;
+        for position in batch.records.iter().filter_map(|r| r.position.as_ref()) {
+            if let Some(last) = previous
+                && !Arc::ptr_eq(&last.key, &position.key)
+            {
+                self.checkpoint.insert(last.key.to_string(), last.offset);
             }
+            previous = Some(position);
         }
+        if let Some(last) = previous {
+            self.checkpoint.insert(last.key.to_string(), last.offset);
+        }
+        self.uncommitted_bytes += batch
+            .records
+            .iter()
+            .map(|r| r.message.len() + RECORD_OVERHEAD)
+            .sum::<usize>();
         for key in &batch.forgotten {
             self.checkpoint.remove(&**key);
         }
@@ -326,6 +382,7 @@ impl Sink {
             .filter_map(|b| b.records.iter().map(|r| r.timestamp).max())
             .max();
         self.uncommitted.clear();
+        self.uncommitted_bytes = 0;
         self.committed = self.checkpoint.clone();
         self.dirty_since = None;
         if self.failures > 0 {
@@ -460,13 +517,17 @@ pub fn document(record: &LogRecord, fields: &super::Fields) -> TantivyDocument {
             doc.add_text(field, value);
         }
     }
-    if !record.labels.is_empty() {
-        let labels: BTreeMap<String, tantivy::schema::OwnedValue> = record
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), tantivy::schema::OwnedValue::Str(v.clone())))
-            .collect();
-        doc.add_object(fields.labels, labels);
+    for (field, map) in [
+        (fields.labels, &record.labels),
+        (fields.fields, &record.fields),
+    ] {
+        if !map.is_empty() {
+            let object: BTreeMap<String, tantivy::schema::OwnedValue> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), tantivy::schema::OwnedValue::Str(v.clone())))
+                .collect();
+            doc.add_object(field, object);
+        }
     }
     doc
 }

@@ -77,6 +77,9 @@ pub fn record_json(record: &LogRecord) -> serde_json::Value {
     if !record.labels.is_empty() {
         map.insert("labels".into(), serde_json::json!(&*record.labels));
     }
+    if !record.fields.is_empty() {
+        map.insert("fields".into(), serde_json::json!(&*record.fields));
+    }
     object
 }
 
@@ -98,6 +101,9 @@ pub(crate) async fn run_stdout(mut input: mpsc::Receiver<Batch>, metrics: Compon
             _ => {
                 metrics.error("write_failed");
                 metrics.discarded("write_failed", batch.records.len() as u64);
+                if let Some(ack) = &batch.ack {
+                    ack.fail();
+                }
             }
         }
     }

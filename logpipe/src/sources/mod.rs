@@ -2,6 +2,8 @@
 //! bounded channel (so a slow sink slows it down instead of growing memory) and resumes from
 //! the [`Checkpoint`] its sinks made durable.
 
+pub mod forward;
+pub mod syslog;
 pub mod tail;
 
 use std::sync::Arc;
@@ -20,6 +22,10 @@ use crate::record::{Batch, Checkpoint};
 pub enum SourceConfig {
     /// Follow files (container logs under /var/log/pods, or any other).
     Tail(tail::TailConfig),
+    /// A fluentd forward protocol server (fluentd, Fluent Bit, fluent-logger).
+    Forward(forward::ForwardConfig),
+    /// Syslog messages (RFC 5424 and 3164) over UDP or TCP.
+    Syslog(syslog::SyslogConfig),
 }
 
 impl SourceConfig {
@@ -28,6 +34,8 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Tail(_) => "tail",
+            SourceConfig::Forward(_) => "forward",
+            SourceConfig::Syslog(_) => "syslog",
         }
     }
 }
@@ -55,16 +63,56 @@ impl SourceContext {
     }
 }
 
-/// Starts `config` as source `id` on its own thread.
-pub(crate) fn spawn(
+/// Starts `config` as source `id`: file sources on their own thread, network sources as
+/// tasks on listeners bound here (so a busy address fails the start).
+///
+/// Returns the address a network source listens on.
+pub(crate) async fn start(
     id: &str,
     config: &SourceConfig,
     cx: SourceContext,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    use anyhow::Context;
     let (id, config) = (id.to_owned(), config.clone());
-    std::thread::Builder::new()
-        .name(format!("logpipe-{id}"))
-        .spawn(move || match &config {
-            SourceConfig::Tail(tail) => tail::run(&id, tail, cx),
-        })
+    match config {
+        SourceConfig::Tail(tail) => {
+            std::thread::Builder::new()
+                .name(format!("logpipe-{id}"))
+                .spawn(move || tail::run(&id, &tail, cx))?;
+            Ok(None)
+        }
+        SourceConfig::Forward(forward) => {
+            let listener = tokio::net::TcpListener::bind(&forward.listen)
+                .await
+                .with_context(|| format!("source {id}: failed to listen on {}", forward.listen))?;
+            let address = listener.local_addr()?;
+            tracing::info!(source = %id, %address, "forward input listening");
+            tokio::spawn(forward::run(id, forward, cx, listener));
+            Ok(Some(address))
+        }
+        SourceConfig::Syslog(syslog) => match syslog.mode {
+            syslog::Mode::Udp => {
+                let socket = tokio::net::UdpSocket::bind(&syslog.listen)
+                    .await
+                    .with_context(|| {
+                        format!("source {id}: failed to listen on {}", syslog.listen)
+                    })?;
+                let address = socket.local_addr()?;
+                tracing::info!(source = %id, %address, "syslog (udp) listening");
+                tokio::spawn(syslog::run_udp(syslog, cx, socket));
+                Ok(Some(address))
+            }
+            syslog::Mode::Tcp => {
+                let listener = tokio::net::TcpListener::bind(&syslog.listen)
+                    .await
+                    .with_context(|| {
+                        format!("source {id}: failed to listen on {}", syslog.listen)
+                    })?;
+                let address = listener.local_addr()?;
+                tracing::info!(source = %id, %address, "syslog (tcp) listening");
+                tokio::spawn(syslog::run_tcp(syslog, cx, listener));
+                Ok(Some(address))
+            }
+        },
+    }
 }

@@ -548,6 +548,7 @@ fn line_to_record(
         container: followed.meta.container.clone(),
         node: cx.node.clone(),
         labels: followed.meta.labels.clone(),
+        fields: Arc::default(),
         position: Some(Position {
             key: followed.key.clone(),
             offset,
