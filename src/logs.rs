@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 /// The node's log pipeline flags, shared by `server`, `up` and `agent`.
 #[derive(clap::Args, Clone)]
 pub struct NodeLogArgs {
-    /// Address of the log query API (search, histogram and the pipeline's metrics; see
-    /// `kelson logs`); port 0 picks one (written to the agent directory's logs/address).
-    #[arg(long, default_value = "0.0.0.0:3100")]
+    /// Address of this node's log query API (search, histogram and the pipeline's metrics),
+    /// for local use; the cluster reaches it through the kubelet API (`/logs/...`), which
+    /// `kelson logs` and the API server's `/kelson/v1/logs/...` use. Port 0 picks one (written
+    /// to the agent directory's logs/address).
+    #[arg(long, default_value = "127.0.0.1:3100")]
     pub logs_listen: SocketAddr,
     /// The log pipeline's configuration (default: manifests/logpipe.yaml's pipeline, every
     /// container log into the node's index under the agent directory's logs/).
@@ -36,16 +38,17 @@ impl NodeLogArgs {
             .collect()
     }
 
-    /// Starts the node's pipeline beside the agent whose directory is `root_dir`.
+    /// Starts the node's pipeline beside the agent whose directory is `root_dir`; returns its
+    /// query API for the kubelet to serve.
     pub async fn start(
         &self,
         root_dir: &Path,
         node: &str,
         client: kube::Client,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<axum::Router>> {
         if self.disable_logpipe {
-            return Ok(());
+            return Ok(None);
         }
         let config = match &self.logpipe_config {
             Some(path) => PipelineConfig::load(path)?,
@@ -57,7 +60,7 @@ impl NodeLogArgs {
             client: Some(client),
             watch_node: Some(node.to_owned()),
         };
-        serve(
+        let pipeline = serve(
             config,
             environment,
             self.logs_listen,
@@ -66,7 +69,10 @@ impl NodeLogArgs {
         )
         .await
         .context("use --logs-listen to pick another address, or --disable-logpipe")?;
-        Ok(())
+        Ok(Some(kelson_logpipe::api::router(
+            pipeline.index,
+            pipeline.metrics,
+        )))
     }
 }
 
@@ -211,9 +217,14 @@ struct Filters {
     /// Only lines newer than this (`15m`, `1h`, `2d`).
     #[arg(long)]
     since: Option<String>,
-    /// URL of the log query API.
-    #[arg(long, env = "KELSON_LOGS_URL", default_value = "http://127.0.0.1:3100")]
-    url: String,
+    /// Ask one node's log query API at this URL (e.g. http://127.0.0.1:3100) instead of the
+    /// whole cluster through the API server.
+    #[arg(long, env = "KELSON_LOGS_URL")]
+    url: Option<String>,
+    /// Kubeconfig of the cluster (default: $KUBECONFIG, ~/.kube/config); every node's logs
+    /// are searched through the API server.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Filters {
@@ -237,40 +248,73 @@ impl Filters {
     }
 }
 
-async fn get(
-    url: &str,
-    path: &str,
-    params: &[(&str, String)],
-) -> anyhow::Result<serde_json::Value> {
-    let config = kube::Config::new(
-        url.parse()
-            .with_context(|| format!("invalid --url {url}"))?,
-    );
-    let client = kube::Client::try_from(config)?;
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
-        .finish();
-    let request = http::Request::get(format!("{path}?{query}")).body(Vec::new())?;
-    let response = client
-        .send(request.map(kube::client::Body::from))
-        .await
-        .with_context(|| format!("failed to reach the log query API at {url}"))?;
-    let status = response.status();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .context("failed to read the answer")?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .with_context(|| format!("the log query API answered {status} with no JSON"))?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .unwrap_or("the log query API refused the request")
-        );
+/// Where `kelson logs` asks: one node's API, or every node through the API server.
+enum Target {
+    Node(kube::Client, String),
+    Cluster(kube::Client),
+}
+
+impl Target {
+    async fn of(filters: &Filters) -> anyhow::Result<Self> {
+        if let Some(url) = &filters.url {
+            let config = kube::Config::new(
+                url.parse()
+                    .with_context(|| format!("invalid --url {url}"))?,
+            );
+            return Ok(Self::Node(kube::Client::try_from(config)?, url.clone()));
+        }
+        let client = crate::kube_client(filters.kubeconfig.as_deref())
+            .await
+            .context("no cluster to ask: give --kubeconfig (or set KUBECONFIG), or --url of a node's log API")?;
+        Ok(Self::Cluster(client))
     }
-    Ok(value)
+
+    async fn get(&self, api: &str, params: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
+        let (client, path, what) = match self {
+            Self::Node(client, url) => (client, format!("/api/v1/{api}?{query}"), url.as_str()),
+            Self::Cluster(client) => (
+                client,
+                format!("/kelson/v1/logs/{api}?{query}"),
+                "the API server",
+            ),
+        };
+        let request = http::Request::get(path).body(Vec::new())?;
+        let response = client
+            .send(request.map(kube::client::Body::from))
+            .await
+            .with_context(|| format!("failed to reach {what}"))?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .context("failed to read the answer")?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "{what} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "{}",
+                value["error"]
+                    .as_str()
+                    .or(value["message"].as_str())
+                    .unwrap_or("the log query was refused")
+            );
+        }
+        for error in value["errors"].as_array().into_iter().flatten() {
+            eprintln!(
+                "warning: node {} did not answer: {}",
+                error["node"].as_str().unwrap_or("?"),
+                error["error"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(value)
+    }
 }
 
 fn print_hit(hit: &serde_json::Value, output: &str) {
@@ -305,7 +349,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
             let mut params = filters.params();
             params.push(("query", query));
             params.push(("limit", limit.to_string()));
-            let found = get(&filters.url, "/api/v1/search", &params).await?;
+            let found = Target::of(&filters).await?.get("search", &params).await?;
             for hit in found["hits"].as_array().into_iter().flatten() {
                 print_hit(hit, &output);
             }
@@ -320,6 +364,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
             check_output(&output)?;
             let mut params = filters.params();
             params.push(("query", query));
+            let target = Target::of(&filters).await?;
             let mut last: Option<(i64, usize)> = None;
             let mut first = true;
             loop {
@@ -331,7 +376,7 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
                 if last.is_some() {
                     page.push(("limit", "10000".into()));
                 }
-                let found = get(&filters.url, "/api/v1/search", &page).await?;
+                let found = target.get("search", &page).await?;
                 let mut hits: Vec<serde_json::Value> =
                     found["hits"].as_array().cloned().unwrap_or_default();
                 hits.reverse();

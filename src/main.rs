@@ -574,7 +574,8 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             format!("system:node:{}", agent.node_name),
             vec!["system:nodes".into()],
         ));
-        args.node
+        agent.logs = args
+            .node
             .logs
             .start(
                 &data_dir.join("agent"),
@@ -703,7 +704,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         key: field("key")?,
         ca,
     });
-    args.node
+    agent.logs = args
+        .node
         .logs
         .start(
             &agent.root_dir,

@@ -200,6 +200,58 @@ fn pod_logs_are_searchable_within_two_seconds_and_outlive_the_pod() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid query"));
 
+    // the whole cluster through the API server (every node's index, merged), and one node
+    // through its kubelet, as kubectl reaches them
+    let out = std::process::Command::new(KELSON)
+        .args([
+            "logs",
+            "search",
+            &format!("tick AND {marker}"),
+            "-n",
+            "default",
+            "--limit",
+            "2",
+        ])
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains(" default/chatty/talker tick ")),
+        "{text}"
+    );
+    let merged: serde_json::Value = serde_json::from_str(&kubectl.ok(&[
+        "get",
+        "--raw",
+        &format!("/kelson/v1/logs/histogram?query={marker}&level=error&interval=1m"),
+    ]))
+    .unwrap();
+    assert_eq!(merged["nodes"], serde_json::json!([node]), "{merged}");
+    assert!(
+        merged["buckets"][0]["count"].as_u64().unwrap() > 0,
+        "{merged}"
+    );
+    let one: serde_json::Value = serde_json::from_str(&kubectl.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/logs/api/v1/search?query={marker}&limit=1"),
+    ]))
+    .unwrap();
+    assert_eq!(one["hits"][0]["pod"], "chatty", "{one}");
+    let refused = kubectl.fails(
+        &["get", "--raw", "/kelson/v1/logs/search?query=AND%20("],
+        None,
+    );
+    assert!(refused.contains("invalid query"), "{refused}");
+
     // deleting the pod (and its log files) keeps its lines
     let before = total(&logs, &[("query", &marker)]);
     kubectl.ok(&["delete", "pod", "chatty", "--wait=true", "--timeout=60s"]);
@@ -568,4 +620,100 @@ precise.close()
     let hit = &search(&address, &[("fields", "ident=audit")])["hits"][0];
     assert_eq!(hit["message"], "over tcp", "{hit}");
     assert_eq!(hit["level"], "warn");
+}
+
+#[test]
+fn a_query_through_the_api_server_covers_every_node() {
+    // node A: the server's own agent, on this machine's /var/log/pods; node B: a joined agent
+    // whose pipeline tails a directory of its own (both share this machine)
+    let (node_a, node_b) = (
+        format!("e2e-logs-a-{}", std::process::id()),
+        format!("e2e-logs-b-{}", std::process::id()),
+    );
+    let _cleanup = (RuntimeCleanup::new(&node_a), RuntimeCleanup::new(&node_b));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let node_arg = format!("--node-name={node_a}");
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[&node_arg]).unwrap();
+    let kubectl = Kubectl::new(33, &server.kubeconfig());
+    let marker = format!("fan{}", std::process::id());
+    std::fs::create_dir_all(dir.path().join("b-logs")).unwrap();
+    let config = dir.path().join("b.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  app:\n    type: tail\n    include: ['{}/b-logs/*.log']\n    format: raw\n    tag: app\nsinks:\n  index:\n    type: index\n    commit_interval_ms: 200\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(data.join("node-token")).unwrap();
+    let _agent = ChildGuard(
+        std::process::Command::new(KELSON)
+            .args(["agent", "--server", &server.url, "--token", token.trim()])
+            .arg(format!("--node-name={node_b}"))
+            .args(["--kubelet-port=0", "--node-exporter-listen=127.0.0.1:0"])
+            .args(["--logs-listen=127.0.0.1:0", "--logpipe-config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("agent-b"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent-b.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(
+        dir.path().join("b-logs/app.log"),
+        format!("{marker} from node b\n{marker} again from node b\n"),
+    )
+    .unwrap();
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "speaker", "namespace": "default"},
+        "spec": {"nodeName": node_a, "terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox:1.35",
+                "command": ["sh", "-c", format!("echo '{marker} from node a'; sleep 3600")]}]},
+    });
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&pod.to_string()));
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let found = loop {
+        let out = std::process::Command::new(KELSON)
+            .args(["logs", "search", &marker, "-o", "json", "--kubeconfig"])
+            .arg(server.kubeconfig())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.lines().count() == 3 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node's lines: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let hits: Vec<serde_json::Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let nodes: std::collections::BTreeSet<&str> =
+        hits.iter().map(|h| h["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, [node_a.as_str(), node_b.as_str()].into(), "{found}");
+    // newest first across nodes
+    assert!(
+        hits.windows(2)
+            .all(|w| w[0]["timestamp_ns"].as_i64() >= w[1]["timestamp_ns"].as_i64()),
+        "{found}"
+    );
+    let merged: serde_json::Value = serde_json::from_str(&kubectl.ok(&[
+        "get",
+        "--raw",
+        &format!("/kelson/v1/logs/search?query={marker}&limit=1&offset=1"),
+    ]))
+    .unwrap();
+    assert_eq!(merged["total"], 3, "{merged}");
+    assert_eq!(merged["hits"].as_array().unwrap().len(), 1, "{merged}");
+    assert_eq!(merged["hits"][0], hits[1], "{merged}");
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fieldset;
 pub mod join;
 pub mod kinds;
+pub mod logs;
 pub mod meta;
 pub mod metrics;
 pub mod openapi;

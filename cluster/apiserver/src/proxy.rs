@@ -194,7 +194,45 @@ pub async fn forward(
         Target::Node { name, rest } => (name.clone(), format!("/{rest}")),
     };
     let node = node_object(server, &node_name).await?;
-    let address = kubelet_address(&node, &node_name)?;
+    let (stream, address) = dial(server, &node, &node_name).await?;
+    let uri = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
+    *request.uri_mut() = uri
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid kubelet path {uri}")))?;
+    if let Ok(value) = address.parse() {
+        request.headers_mut().insert(http::header::HOST, value);
+    }
+    // HTTP/2 requests carry no upgrade; the kubelet speaks HTTP/1.1
+    *request.version_mut() = http::Version::HTTP_11;
+    let response = kelson_common::proxy::forward(stream, request)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("error talking to the kubelet of node {node_name} at {address}: {e}"),
+            )
+        })?;
+    Ok(response.map(Body::new))
+}
+
+/// A TLS connection to the kubelet of `node` (named `node_name`), and its address.
+///
+/// # Errors
+/// 503 when the node has no kubelet address or it is out of reach.
+pub(crate) async fn dial(
+    server: &ApiServer,
+    node: &Value,
+    node_name: &str,
+) -> ApiResult<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+)> {
+    let address = kubelet_address(node, node_name)?;
     let Some(tls) = server.kubelet_client.read().clone() else {
         return Err(ApiError::new(
             503,
@@ -222,23 +260,7 @@ pub async fn forward(
         .connect(server_name, stream)
         .await
         .map_err(|e| unreachable(&e))?;
-    let uri = if query.is_empty() {
-        path
-    } else {
-        format!("{path}?{query}")
-    };
-    *request.uri_mut() = uri
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid kubelet path {uri}")))?;
-    if let Ok(value) = address.parse() {
-        request.headers_mut().insert(http::header::HOST, value);
-    }
-    // HTTP/2 requests carry no upgrade; the kubelet speaks HTTP/1.1
-    *request.version_mut() = http::Version::HTTP_11;
-    let response = kelson_common::proxy::forward(stream, request)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    Ok(response.map(Body::new))
+    Ok((stream, address))
 }
 
 /// The rustls client configuration the API server dials kubelets with: the kubelet client

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub container_log_max_files: usize,
     /// Directory of static pod manifests (default: `<root_dir>/manifests`).
     pub manifest_dir: Option<PathBuf>,
+    /// The node's log query API, served under `/logs` of the kubelet API (so the API server
+    /// reaches it, authenticated, for cluster-wide log queries).
+    pub logs: Option<axum::Router>,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +64,7 @@ impl Default for AgentConfig {
             container_log_max_size: 10 << 20,
             container_log_max_files: 5,
             manifest_dir: None,
+            logs: None,
         }
     }
 }
@@ -187,10 +191,14 @@ pub async fn run(
     });
     if let Some((listener, tls, port)) = api {
         info!(port, "kubelet API listening");
+        let mut router = crate::server::router(ctx.clone());
+        if let Some(logs) = &config.logs {
+            router = router.nest("/logs", logs.clone());
+        }
         tokio::spawn(crate::server::serve(
             listener,
             tls,
-            crate::server::router(ctx.clone()),
+            router,
             shutdown.clone(),
         ));
     }

@@ -38,6 +38,11 @@ impl Query {
         )
     }
 
+    /// Every pair, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The first value of `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -258,6 +263,9 @@ async fn route(
         }
         ["kelson", "v1", "prometheus-sd"] if get => {
             crate::prometheus_sd::handle(server, &req.query).await
+        }
+        ["kelson", "v1", "logs", kind] if get => {
+            crate::logs::handle(server, kind, &req.query).await
         }
         ["api"] if get => Ok(crate::discovery::core_versions(server, &req)),
         ["apis"] if get => Ok(crate::discovery::groups(server, &req)),

@@ -1,0 +1,229 @@
+//! Cluster-wide log queries: `GET /kelson/v1/logs/search` and `/kelson/v1/logs/histogram` ask
+//! every node's log pipeline (through its kubelet, `/logs/api/v1/...`, with the API server's
+//! kubelet client certificate) and merge the answers — hits newest first across nodes, totals
+//! and histogram buckets summed. A node that does not answer is listed under `errors` and the
+//! others still count, as a partial result; a query a node rejects (400) is rejected.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::response::Response;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult};
+use crate::rest::Query;
+
+/// How long one node may take to answer.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one node answered.
+enum Answer {
+    Ok(Value),
+    Rejected(String),
+    Failed(String),
+}
+
+async fn ask(server: &ApiServer, node: &Value, path: &str) -> Answer {
+    let name = node
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let attempt = async {
+        let (stream, address) = crate::proxy::dial(server, node, name)
+            .await
+            .map_err(|e| e.message)?;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, address)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = kelson_common::proxy::forward(stream, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    match tokio::time::timeout(NODE_TIMEOUT, attempt).await {
+        Err(_) => Answer::Failed(format!("no answer within {}s", NODE_TIMEOUT.as_secs())),
+        Ok(Err(error)) => Answer::Failed(error),
+        Ok(Ok((status, body))) => {
+            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let error = || {
+                value["error"].as_str().map_or_else(
+                    || String::from_utf8_lossy(&body).into_owned(),
+                    str::to_owned,
+                )
+            };
+            if status == StatusCode::BAD_REQUEST {
+                Answer::Rejected(error())
+            } else if status == StatusCode::NOT_FOUND {
+                // a kubelet without a log pipeline (--disable-logpipe)
+                Answer::Failed("no log pipeline on this node".to_owned())
+            } else if !status.is_success() {
+                Answer::Failed(format!("{status}: {}", error()))
+            } else {
+                Answer::Ok(value)
+            }
+        }
+    }
+}
+
+/// `GET /kelson/v1/logs/{search,histogram}` with the node API's parameters.
+///
+/// # Errors
+/// 400 when a node rejects the query; 404 for another path.
+pub async fn handle(server: &ApiServer, kind: &str, query: &Query) -> ApiResult<Response> {
+    if !matches!(kind, "search" | "histogram") {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("no log API {kind:?}: use search or histogram"),
+        ));
+    }
+    let limit: usize = query
+        .get("limit")
+        .map_or(Ok(100), str::parse)
+        .map_err(|_| ApiError::bad_request("invalid limit"))?;
+    let offset: usize = query
+        .get("offset")
+        .map_or(Ok(0), str::parse)
+        .map_err(|_| ApiError::bad_request("invalid offset"))?;
+    // each node returns its newest offset+limit lines; the merge pages over them
+    let forwarded = {
+        let mut serializer = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in query.pairs() {
+            if key != "limit" && key != "offset" {
+                serializer.append_pair(key, value);
+            }
+        }
+        if kind == "search" {
+            serializer.append_pair("limit", &(offset + limit).to_string());
+        }
+        serializer.finish()
+    };
+    let path = format!("/logs/api/v1/{kind}?{forwarded}");
+    let started = std::time::Instant::now();
+    let nodes = crate::resource_metrics::list(server, "nodes", None).await?;
+    let answers =
+        futures::future::join_all(nodes.iter().map(|node| ask(server, node, &path))).await;
+    let mut errors = Vec::new();
+    let mut answered = Vec::new();
+    for (node, answer) in nodes.iter().zip(answers) {
+        let name = node
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match answer {
+            Answer::Ok(value) => answered.push((name, value)),
+            Answer::Rejected(error) => return Err(ApiError::bad_request(error)),
+            Answer::Failed(error) => errors.push(json!({"node": name, "error": error})),
+        }
+    }
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let body = if kind == "search" {
+        merge_hits(answered, offset, limit, errors, took_ms)
+    } else {
+        merge_buckets(answered, errors, took_ms)
+    };
+    Ok(crate::rest::json_response(StatusCode::OK, &body))
+}
+
+fn merge_hits(
+    answered: Vec<(String, Value)>,
+    offset: usize,
+    limit: usize,
+    errors: Vec<Value>,
+    took_ms: f64,
+) -> Value {
+    let mut total = 0;
+    let mut end = i64::MIN;
+    let mut hits = Vec::new();
+    let nodes: Vec<&String> = answered.iter().map(|(name, _)| name).collect();
+    for (_, value) in &answered {
+        total += value["total"].as_u64().unwrap_or(0);
+        end = end.max(value["end"].as_i64().unwrap_or(i64::MIN));
+        hits.extend(value["hits"].as_array().cloned().unwrap_or_default());
+    }
+    hits.sort_by_key(|hit| std::cmp::Reverse(hit["timestamp_ns"].as_i64().unwrap_or(0)));
+    let hits: Vec<Value> = hits.into_iter().skip(offset).take(limit).collect();
+    json!({
+        "total": total,
+        "end": end,
+        "took_ms": took_ms,
+        "nodes": nodes,
+        "errors": errors,
+        "hits": hits,
+    })
+}
+
+fn merge_buckets(answered: Vec<(String, Value)>, errors: Vec<Value>, took_ms: f64) -> Value {
+    let mut buckets: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut interval = Value::Null;
+    let nodes: Vec<&String> = answered.iter().map(|(name, _)| name).collect();
+    for (_, value) in &answered {
+        interval = value["interval"].clone();
+        for bucket in value["buckets"].as_array().into_iter().flatten() {
+            if let (Some(start), Some(count)) = (bucket["start"].as_i64(), bucket["count"].as_u64())
+            {
+                *buckets.entry(start).or_insert(0) += count;
+            }
+        }
+    }
+    let buckets: Vec<Value> = buckets
+        .into_iter()
+        .map(|(start, count)| json!({"start": start, "count": count}))
+        .collect();
+    json!({
+        "interval": interval,
+        "took_ms": took_ms,
+        "nodes": nodes,
+        "errors": errors,
+        "buckets": buckets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_merge_newest_first_and_page() {
+        let a = json!({"total": 2, "end": 10, "hits": [{"timestamp_ns": 9, "m": "a9"}, {"timestamp_ns": 3, "m": "a3"}]});
+        let b = json!({"total": 1, "end": 8, "hits": [{"timestamp_ns": 7, "m": "b7"}]});
+        let merged = merge_hits(vec![("a".into(), a), ("b".into(), b)], 1, 5, vec![], 1.0);
+        assert_eq!(merged["total"], 3);
+        assert_eq!(merged["end"], 10);
+        let order: Vec<&str> = merged["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["m"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["b7", "a3"]);
+        let buckets = merge_buckets(
+            vec![
+                (
+                    "a".into(),
+                    json!({"interval": 60, "buckets": [{"start": 0, "count": 2}, {"start": 60, "count": 1}]}),
+                ),
+                (
+                    "b".into(),
+                    json!({"interval": 60, "buckets": [{"start": 60, "count": 4}]}),
+                ),
+            ],
+            vec![json!({"node": "c", "error": "down"})],
+            1.0,
+        );
+        assert_eq!(
+            buckets["buckets"],
+            json!([{"start": 0, "count": 2}, {"start": 60, "count": 5}])
+        );
+        assert_eq!(buckets["errors"][0]["node"], "c");
+    }
+}
