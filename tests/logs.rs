@@ -48,6 +48,21 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `kelson logs ARGS`: its output, after checking it succeeded.
+fn kelson_logs(args: &[&str]) -> String {
+    let out = std::process::Command::new(KELSON)
+        .arg("logs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kelson logs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn now_ns() -> i64 {
     i64::try_from(
         std::time::SystemTime::now()
@@ -166,26 +181,24 @@ fn pod_logs_are_searchable_within_two_seconds_and_outlive_the_pod() {
         );
     }
     // the CLI, as an SRE types it
-    let out = std::process::Command::new(KELSON)
-        .args([
-            "logs",
-            "search",
-            &format!("oops AND {marker}"),
-            "-n",
-            "default",
-            "--pod",
-            "chatty",
-        ])
-        .args(["-l", "app=chatty", "--since", "5m", "--limit", "3", "--url"])
-        .arg(format!("http://{logs}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://{logs}");
+    let oops = format!("oops AND {marker}");
+    let text = kelson_logs(&[
+        "search",
+        &oops,
+        "-n",
+        "default",
+        "--pod",
+        "chatty",
+        "-l",
+        "app=chatty",
+        "--since",
+        "5m",
+        "--limit",
+        "3",
+        "--url",
+        &url,
+    ]);
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(
         text.lines()
@@ -202,26 +215,18 @@ fn pod_logs_are_searchable_within_two_seconds_and_outlive_the_pod() {
 
     // the whole cluster through the API server (every node's index, merged), and one node
     // through its kubelet, as kubectl reaches them
-    let out = std::process::Command::new(KELSON)
-        .args([
-            "logs",
-            "search",
-            &format!("tick AND {marker}"),
-            "-n",
-            "default",
-            "--limit",
-            "2",
-        ])
-        .arg("--kubeconfig")
-        .arg(server.kubeconfig())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kubeconfig = server.kubeconfig();
+    let tick = format!("tick AND {marker}");
+    let text = kelson_logs(&[
+        "search",
+        &tick,
+        "-n",
+        "default",
+        "--limit",
+        "2",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(
         text.lines()
@@ -716,4 +721,129 @@ fn a_query_through_the_api_server_covers_every_node() {
     assert_eq!(merged["total"], 3, "{merged}");
     assert_eq!(merged["hits"].as_array().unwrap().len(), 1, "{merged}");
     assert_eq!(merged["hits"][0], hits[1], "{merged}");
+}
+
+fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn http_input_and_transforms_parse_filter_and_enrich() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = kelson_testing::git::free_port();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"sources:
+  api:
+    type: http
+    listen: 127.0.0.1:{port}
+transforms:
+  - name: json
+    type: parser
+    match: "app.**"
+    format: json
+    key: payload
+    message_key: msg
+  - name: quiet
+    type: grep
+    exclude: [{{key: message, regex_unused: 1}}]
+sinks:
+  index:
+    type: index
+    path: {}
+    commit_interval_ms: 200
+"#,
+            dir.path().join("index").display()
+        ),
+    )
+    .unwrap();
+    // an unknown key is refused with its line, before anything starts
+    let out = std::process::Command::new(KELSON)
+        .args(["logpipe", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("pipeline.yaml:") && error.contains("regex_unused"),
+        "{error}"
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "[{key: message, regex_unused: 1}]",
+            "[{key: message, pattern: 'GET /healthz'}]",
+        )
+        .replace(
+            "sinks:",
+            "  - name: env\n    type: record\n    set: {env: prod}\n    remove: [payload]\nsinks:",
+        );
+    std::fs::write(&config, text).unwrap();
+    let (_pipeline, address) = start_logpipe(dir.path(), &config);
+
+    let body = concat!(
+        r#"{"payload": "{\"msg\":\"payment failed\",\"level\":\"error\",\"order\":42}"}"#,
+        "\n",
+        r#"{"message": "GET /healthz 200"}"#,
+        "\n",
+        r#"{"message": "plain line", "time": "2026-11-23T06:00:00Z", "user": "bob"}"#,
+        "\n"
+    );
+    let (status, answer) = post(port, "/app/web", body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""accepted":3"#), "{answer}");
+    let (status, answer) = post(port, "/app/web", "{not json");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("invalid JSON"), "{answer}");
+
+    // answered only after the commit: searchable at once
+    assert_eq!(total(&address, &[]), 2, "{}", metrics(&address));
+    let hit = &search(&address, &[("query", "payment")])["hits"][0];
+    assert_eq!(hit["message"], "payment failed", "{hit}");
+    assert_eq!(hit["level"], "error");
+    assert_eq!(hit["tag"], "app.web");
+    assert_eq!(hit["fields"]["order"], "42");
+    assert_eq!(hit["fields"]["env"], "prod");
+    assert!(hit["fields"].get("payload").is_none(), "{hit}");
+    let hit = &search(&address, &[("fields", "user=bob")])["hits"][0];
+    assert_eq!(hit["timestamp"], "2026-11-23T06:00:00Z", "{hit}");
+    let metrics = metrics(&address);
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"logpipe_component_discarded_events_total{component_id="quiet",component_type="grep",reason="grep"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"logpipe_component_errors_total{component_id="api",component_type="http",error_type="invalid_json"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
 }

@@ -21,6 +21,9 @@ pub struct PipelineConfig {
     pub data_dir: Option<PathBuf>,
     /// Sources by name.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Transforms, applied in this order to the records whose tag they match.
+    #[serde(default)]
+    pub transforms: Vec<crate::transforms::TransformSpec>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkConfig>,
 }
@@ -55,6 +58,7 @@ impl PipelineConfig {
     pub fn node_default() -> Self {
         Self {
             data_dir: None,
+            transforms: Vec::new(),
             sources: BTreeMap::from([(
                 "pods".to_owned(),
                 SourceConfig::Tail(TailConfig {
@@ -137,8 +141,10 @@ impl PipelineConfig {
                 }
                 SourceConfig::Forward(forward) => check_address(name, &forward.listen)?,
                 SourceConfig::Syslog(syslog) => check_address(name, &syslog.listen)?,
+                SourceConfig::Http(http) => check_address(name, &http.listen)?,
             }
         }
+        crate::transforms::build(&self.transforms, &crate::metrics::Metrics::new())?;
         for (name, sink) in &self.sinks {
             TagPattern::parse(sink.pattern()).map_err(|e| format!("sinks.{name}.match: {e}"))?;
         }
@@ -252,6 +258,18 @@ mod tests {
         let mut expected = PipelineConfig::node_default();
         expected.data_dir = config.data_dir.clone();
         assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn examples_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/logpipe");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            count += 1;
+        }
+        assert!(count >= 2);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod record;
 pub mod sinks;
 pub mod sources;
+pub mod transforms;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -149,7 +150,8 @@ pub async fn start(
         }
     }
     drop(source_tx);
-    tokio::spawn(route(source_rx, routes));
+    let transforms = transforms::build(&config.transforms, &metrics).map_err(anyhow::Error::msg)?;
+    tokio::spawn(route(source_rx, transforms, routes));
     Ok(Pipeline {
         index,
         metrics,
@@ -160,7 +162,11 @@ pub async fn start(
 
 /// Hands each record to every sink whose pattern matches its tag; ends when every source
 /// has ended, which ends the sinks.
-async fn route(mut input: mpsc::Receiver<Batch>, routes: Vec<(TagPattern, mpsc::Sender<Batch>)>) {
+async fn route(
+    mut input: mpsc::Receiver<Batch>,
+    transforms: Vec<transforms::Transform>,
+    routes: Vec<(TagPattern, mpsc::Sender<Batch>)>,
+) {
     let mut decisions: HashMap<Arc<str>, Vec<bool>> = HashMap::new();
     while let Some(batch) = input.recv().await {
         let mut per_sink: Vec<Batch> = routes
@@ -173,7 +179,10 @@ async fn route(mut input: mpsc::Receiver<Batch>, routes: Vec<(TagPattern, mpsc::
                 ack: None,
             })
             .collect();
-        for record in batch.records {
+        for mut record in batch.records {
+            if !transforms.iter().all(|t| t.apply(&mut record)) {
+                continue;
+            }
             let wanted = decisions.entry(record.tag.clone()).or_insert_with(|| {
                 routes
                     .iter()

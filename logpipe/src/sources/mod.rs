@@ -3,6 +3,7 @@
 //! the [`Checkpoint`] its sinks made durable.
 
 pub mod forward;
+pub mod http;
 pub mod syslog;
 pub mod tail;
 
@@ -26,6 +27,8 @@ pub enum SourceConfig {
     Forward(forward::ForwardConfig),
     /// Syslog messages (RFC 5424 and 3164) over UDP or TCP.
     Syslog(syslog::SyslogConfig),
+    /// JSON records posted over HTTP (`POST /<tag>`).
+    Http(http::HttpConfig),
 }
 
 impl SourceConfig {
@@ -36,6 +39,7 @@ impl SourceConfig {
             SourceConfig::Tail(_) => "tail",
             SourceConfig::Forward(_) => "forward",
             SourceConfig::Syslog(_) => "syslog",
+            SourceConfig::Http(_) => "http",
         }
     }
 }
@@ -88,6 +92,15 @@ pub(crate) async fn start(
             let address = listener.local_addr()?;
             tracing::info!(source = %id, %address, "forward input listening");
             tokio::spawn(forward::run(id, forward, cx, listener));
+            Ok(Some(address))
+        }
+        SourceConfig::Http(http) => {
+            let listener = tokio::net::TcpListener::bind(&http.listen)
+                .await
+                .with_context(|| format!("source {id}: failed to listen on {}", http.listen))?;
+            let address = listener.local_addr()?;
+            tracing::info!(source = %id, %address, "http input listening");
+            tokio::spawn(http::run(http, cx, listener));
             Ok(Some(address))
         }
         SourceConfig::Syslog(syslog) => match syslog.mode {
