@@ -47,6 +47,11 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
   echo "setup: installing the kubernetes Python client"
   python3 -m pip install --quiet kubernetes
 fi
+# a Loki client library: the log pipeline's Loki push input is tested with it
+if ! python3 -c 'import logging_loki' 2>/dev/null; then
+  echo "setup: installing python-logging-loki"
+  python3 -m pip install --quiet python-logging-loki
+fi
 
 scripts/setup-containerd.sh
 

@@ -39,12 +39,14 @@ impl NodeLogArgs {
     }
 
     /// Starts the node's pipeline beside the agent whose directory is `root_dir`; returns its
-    /// query API for the kubelet to serve.
+    /// query API for the kubelet to serve. With `cluster_events` (the server's own node), the
+    /// default pipeline also records the cluster's Events.
     pub async fn start(
         &self,
         root_dir: &Path,
         node: &str,
         client: kube::Client,
+        cluster_events: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Option<axum::Router>> {
         if self.disable_logpipe {
@@ -52,7 +54,21 @@ impl NodeLogArgs {
         }
         let config = match &self.logpipe_config {
             Some(path) => PipelineConfig::load(path)?,
-            None => PipelineConfig::node_default(),
+            None => {
+                let mut config = PipelineConfig::node_default();
+                if cluster_events {
+                    config.sources.insert(
+                        "events".to_owned(),
+                        kelson_logpipe::sources::SourceConfig::KubernetesEvents(
+                            kelson_logpipe::sources::events::EventsConfig {
+                                tag: "kube.events".to_owned(),
+                                namespace: None,
+                            },
+                        ),
+                    );
+                }
+                config
+            }
         };
         let environment = kelson_logpipe::Environment {
             data_dir: root_dir.join("logs"),

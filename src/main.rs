@@ -581,6 +581,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
                 &data_dir.join("agent"),
                 &agent.node_name,
                 client.clone(),
+                true,
                 shutdown.clone(),
             )
             .await?;
@@ -711,6 +712,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             &agent.root_dir,
             &agent.node_name,
             client.clone(),
+            false,
             shutdown.clone(),
         )
         .await?;

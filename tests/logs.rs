@@ -257,6 +257,27 @@ fn pod_logs_are_searchable_within_two_seconds_and_outlive_the_pod() {
     );
     assert!(refused.contains("invalid query"), "{refused}");
 
+    // the cluster's Events are records too (the server's node pipeline watches them)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = search(
+            &logs,
+            &[
+                ("query", "Started"),
+                ("pod", "chatty"),
+                ("fields", "kind=Pod"),
+            ],
+        );
+        if let Some(hit) = events["hits"].as_array().and_then(|h| h.first()) {
+            assert_eq!(hit["tag"], "kube.events", "{hit}");
+            assert_eq!(hit["namespace"], "default");
+            assert_eq!(hit["fields"]["reason"], "Started", "{hit}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Started event indexed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // deleting the pod (and its log files) keeps its lines
     let before = total(&logs, &[("query", &marker)]);
     kubectl.ok(&["delete", "pod", "chatty", "--wait=true", "--timeout=60s"]);
@@ -846,4 +867,49 @@ sinks:
         1.0,
         "{metrics}"
     );
+}
+
+#[test]
+fn a_loki_client_library_pushes_to_the_loki_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = kelson_testing::git::free_port();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  loki:\n    type: loki\n    listen: 127.0.0.1:{port}\nsinks:\n  index:\n    type: index\n    path: {}\n    commit_interval_ms: 200\n",
+            dir.path().join("index").display()
+        ),
+    )
+    .unwrap();
+    let (_pipeline, address) = start_logpipe(dir.path(), &config);
+    // python-logging-loki (PyPI), as an application would use it
+    let script = format!(
+        r#"
+import logging, logging_loki
+handler = logging_loki.LokiHandler(url="http://127.0.0.1:{port}/loki/api/v1/push", tags={{"job": "checkout", "namespace": "shop"}}, version="1")
+logger = logging.getLogger("checkout")
+logger.addHandler(handler)
+logger.error("card declined for order 77", extra={{"tags": {{"pod": "checkout-1"}}}})
+logger.warning("slow payment gateway")
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(wait_total(&address, &[], 2, 30), 2, "{}", metrics(&address));
+    let hit = &search(&address, &[("query", "declined")])["hits"][0];
+    assert_eq!(hit["tag"], "loki.checkout", "{hit}");
+    assert_eq!(hit["namespace"], "shop");
+    assert_eq!(hit["pod"], "checkout-1");
+    assert_eq!(hit["level"], "error");
+    assert_eq!(hit["fields"]["logger"], "checkout");
+    let hit = &search(&address, &[("query", "gateway")])["hits"][0];
+    assert_eq!(hit["level"], "warn", "{hit}");
 }

@@ -142,6 +142,8 @@ impl PipelineConfig {
                 SourceConfig::Forward(forward) => check_address(name, &forward.listen)?,
                 SourceConfig::Syslog(syslog) => check_address(name, &syslog.listen)?,
                 SourceConfig::Http(http) => check_address(name, &http.listen)?,
+                SourceConfig::Loki(loki) => check_address(name, &loki.listen)?,
+                SourceConfig::KubernetesEvents(_) => {}
             }
         }
         crate::transforms::build(&self.transforms, &crate::metrics::Metrics::new())?;

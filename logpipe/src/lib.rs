@@ -144,6 +144,7 @@ pub async fn start(
             metrics: metrics.component(id, source.kind()),
             node: node.clone(),
             pods: pods.clone(),
+            client: environment.client.clone(),
         };
         if let Some(address) = sources::start(id, source, cx).await? {
             listening.insert(id.clone(), address);

@@ -461,3 +461,141 @@ mod network {
         pipeline.wait().await;
     }
 }
+
+mod loki_push {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn post(address: std::net::SocketAddr, content_type: &str, body: &[u8]) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "POST /loki/api/v1/push HTTP/1.0\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, response)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_and_protobuf_pushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "sources:\n  loki:\n    type: loki\n    listen: 127.0.0.1:0\nsinks:\n  index:\n    type: index\n    path: {}/index\n    commit_interval_ms: 50\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+            dir.path().display()
+        );
+        let config = PipelineConfig::parse(&text, "test").unwrap();
+        let shutdown = CancellationToken::new();
+        let environment = Environment {
+            data_dir: dir.path().to_path_buf(),
+            node: "node-a".into(),
+            ..Environment::default()
+        };
+        let pipeline = start(config, environment, shutdown.clone()).await.unwrap();
+        let address = pipeline.listening["loki"];
+        let json = serde_json::json!({"streams": [{
+            "stream": {"job": "web", "namespace": "shop", "pod": "web-1", "env": "prod"},
+            "values": [["1795412307000000001", "level=warn json push"], ["1795412307000000002", "second", {"trace_id": "t9"}]],
+        }]})
+        .to_string();
+        let request = crate::sources::loki::proto_request(
+            r#"{job="api", namespace="shop", level="error"}"#,
+            1_795_412_308,
+            "protobuf push",
+        );
+        let compressed = snap::raw::Encoder::new().compress_vec(&request).unwrap();
+        let answers = tokio::task::spawn_blocking(move || {
+            (
+                post(address, "application/json", json.as_bytes()),
+                post(address, "application/x-protobuf", &compressed),
+                post(address, "application/json", b"{\"streams\": 3}"),
+                post(address, "application/x-protobuf", b"not snappy"),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(answers.0.0, 204, "{}", answers.0.1);
+        assert_eq!(answers.1.0, 204, "{}", answers.1.1);
+        assert_eq!(answers.2.0, 400, "{}", answers.2.1);
+        assert_eq!(answers.3.0, 400, "{}", answers.3.1);
+        // 204 came after the commit
+        let index = pipeline.index.clone().unwrap();
+        assert_eq!(index.search(&request_all()).unwrap().total, 3);
+        let hit = &index.search(&super::request("json")).unwrap().hits[0];
+        assert_eq!(
+            (hit.tag.as_str(), hit.namespace.as_str(), hit.pod.as_str()),
+            ("loki.web", "shop", "web-1")
+        );
+        assert_eq!(hit.level, "warn");
+        assert_eq!(hit.fields["env"], "prod");
+        assert_eq!(hit.timestamp_ns, 1_795_412_307_000_000_001);
+        assert_eq!(
+            index.search(&super::request("second")).unwrap().hits[0].fields["trace_id"],
+            "t9"
+        );
+        let hit = &index.search(&super::request("protobuf")).unwrap().hits[0];
+        assert_eq!(
+            (hit.tag.as_str(), hit.level.as_str()),
+            ("loki.api", "error")
+        );
+        shutdown.cancel();
+        pipeline.wait().await;
+    }
+
+    fn request_all() -> SearchRequest {
+        super::request("")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_stay_consistent_while_commits_and_merges_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let text = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{}/pods/*/*/*.log']\n    poll_interval_ms: 5\nsinks:\n  index:\n    type: index\n    path: {}/index\n    commit_interval_ms: 10\n    merge_segments: 2\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let config = PipelineConfig::parse(&text, "test").unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = start(config, Environment::default(), shutdown.clone())
+        .await
+        .unwrap();
+    let index = pipeline.index.clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for round in 0..60 {
+            append(
+                &path,
+                &(0..50)
+                    .map(|n| cri(n, &format!("r{round} n{n}")))
+                    .collect::<Vec<_>>(),
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let searcher = tokio::task::spawn_blocking(move || {
+        let mut searches = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = index.search(&SearchRequest {
+                limit: 200,
+                ..SearchRequest::default()
+            });
+            let found = found.unwrap_or_else(|e| panic!("search {searches} failed: {e}"));
+            searches += 1;
+            if found.total == 3000 || std::time::Instant::now() > deadline {
+                return (found.total, searches);
+            }
+        }
+    });
+    writer.join().unwrap();
+    let (total, searches) = searcher.await.unwrap();
+    assert_eq!(total, 3000, "after {searches} searches");
+    shutdown.cancel();
+    pipeline.wait().await;
+}

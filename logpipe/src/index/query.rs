@@ -183,9 +183,13 @@ impl LogIndex {
         let mut found: Vec<(i64, usize, DocAddress)> = Vec::new();
         let mut total = 0;
         let partitions = self.candidates(request, end);
+        // one searcher per partition for the whole request: a commit or merge in between
+        // would make the addresses point elsewhere
+        let searchers: Vec<tantivy::Searcher> =
+            partitions.iter().map(|p| p.reader.searcher()).collect();
         for (number, partition) in partitions.iter().enumerate() {
             let query = self.build_query(partition, request, end)?;
-            let searcher = partition.reader.searcher();
+            let searcher = &searchers[number];
             let top = TopDocs::with_limit(wanted).order_by_fast_field::<i64>("ts", Order::Desc);
             let (top, count) = searcher.search(&query, &(top, Count))?;
             total += count as u64;
@@ -200,8 +204,7 @@ impl LogIndex {
         let fields = self.fields();
         let mut hits = Vec::new();
         for (_, number, address) in found.into_iter().skip(request.offset).take(request.limit) {
-            let searcher = partitions[number].reader.searcher();
-            let doc: TantivyDocument = searcher.doc(address)?;
+            let doc: TantivyDocument = searchers[number].doc(address)?;
             hits.push(hit(&doc, &fields));
         }
         let end = match (request.end, found_newest) {

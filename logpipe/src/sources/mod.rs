@@ -2,8 +2,10 @@
 //! bounded channel (so a slow sink slows it down instead of growing memory) and resumes from
 //! the [`Checkpoint`] its sinks made durable.
 
+pub mod events;
 pub mod forward;
 pub mod http;
+pub mod loki;
 pub mod syslog;
 pub mod tail;
 
@@ -29,6 +31,10 @@ pub enum SourceConfig {
     Syslog(syslog::SyslogConfig),
     /// JSON records posted over HTTP (`POST /<tag>`).
     Http(http::HttpConfig),
+    /// Loki's push API (promtail, Grafana Alloy, Loki clients).
+    Loki(loki::LokiConfig),
+    /// The cluster's Events.
+    KubernetesEvents(events::EventsConfig),
 }
 
 impl SourceConfig {
@@ -40,6 +46,8 @@ impl SourceConfig {
             SourceConfig::Forward(_) => "forward",
             SourceConfig::Syslog(_) => "syslog",
             SourceConfig::Http(_) => "http",
+            SourceConfig::Loki(_) => "loki",
+            SourceConfig::KubernetesEvents(_) => "kubernetes_events",
         }
     }
 }
@@ -58,6 +66,8 @@ pub(crate) struct SourceContext {
     pub node: Arc<str>,
     /// Pod labels, when watching pods.
     pub pods: Option<PodCache>,
+    /// A client of the cluster, when there is one.
+    pub client: Option<kube::Client>,
 }
 
 impl SourceContext {
@@ -102,6 +112,22 @@ pub(crate) async fn start(
             tracing::info!(source = %id, %address, "http input listening");
             tokio::spawn(http::run(http, cx, listener));
             Ok(Some(address))
+        }
+        SourceConfig::Loki(loki) => {
+            let listener = tokio::net::TcpListener::bind(&loki.listen)
+                .await
+                .with_context(|| format!("source {id}: failed to listen on {}", loki.listen))?;
+            let address = listener.local_addr()?;
+            tracing::info!(source = %id, %address, "loki push input listening");
+            tokio::spawn(loki::run(loki, cx, listener));
+            Ok(Some(address))
+        }
+        SourceConfig::KubernetesEvents(events) => {
+            let client = cx.client.clone().with_context(|| {
+                format!("source {id}: kubernetes_events needs a cluster (--kubeconfig)")
+            })?;
+            tokio::spawn(events::run(id, events, cx, client));
+            Ok(None)
         }
         SourceConfig::Syslog(syslog) => match syslog.mode {
             syslog::Mode::Udp => {
