@@ -912,4 +912,43 @@ logger.warning("slow payment gateway")
     assert_eq!(hit["fields"]["logger"], "checkout");
     let hit = &search(&address, &[("query", "gateway")])["hits"][0];
     assert_eq!(hit["level"], "warn", "{hit}");
+
+    // and read back as Grafana's Loki data source asks
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let logql = encode(r#"{namespace="shop", level=~"err.*"} |= "declined""#);
+    let (status, body) = get(
+        port,
+        &format!("/loki/api/v1/query_range?query={logql}&limit=10"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["status"], "success");
+    assert_eq!(answer["data"]["resultType"], "streams");
+    let stream = &answer["data"]["result"][0];
+    assert_eq!(stream["stream"]["pod"], "checkout-1", "{answer}");
+    assert_eq!(stream["values"][0][1], "card declined for order 77");
+    let volume = encode(r#"sum by (level) (count_over_time({namespace="shop"}[1m]))"#);
+    let (status, body) = get(
+        port,
+        &format!("/loki/api/v1/query_range?query={volume}&step=60"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["data"]["resultType"], "matrix", "{answer}");
+    assert_eq!(
+        answer["data"]["result"].as_array().unwrap().len(),
+        2,
+        "{answer}"
+    );
+    let (_, body) = get(port, "/loki/api/v1/label/pod/values");
+    assert!(body.contains("checkout-1"), "{body}");
+    let (status, body) = get(
+        port,
+        &format!(
+            "/loki/api/v1/query_range?query={}",
+            encode("{pod=\"x\"} | json")
+        ),
+    );
+    assert_eq!(status, 400);
+    assert!(body.starts_with("parse error"), "{body}");
 }

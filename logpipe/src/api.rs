@@ -5,7 +5,8 @@
 //!   attributes, `host=web-1,ident=nginx`), `since` (`15m`, `1h`), `start`/`end`
 //!   (RFC 3339 or ns since the epoch), `limit` (default 100), `offset`;
 //! - `GET /api/v1/histogram` — the same filters plus `interval` (`1m`): counts per interval;
-//! - `GET /metrics` — the pipeline's own metrics; `GET /healthz`.
+//! - `GET /metrics` — the pipeline's own metrics; `GET /healthz`;
+//! - Loki's query API (`/loki/api/v1/...`, see [`crate::loki_api`]) for Grafana.
 //!
 //! Bad parameters answer 400 with `{"error": "..."}`.
 
@@ -57,12 +58,17 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// The API's routes.
 pub fn router(index: Option<Arc<LogIndex>>, metrics: Metrics) -> axum::Router {
-    axum::Router::new()
+    let loki = index.clone().map(crate::loki_api::router);
+    let router = axum::Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/histogram", get(histogram))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(ApiState { index, metrics })
+        .with_state(ApiState { index, metrics });
+    match loki {
+        Some(loki) => router.merge(loki),
+        None => router,
+    }
 }
 
 /// Parses a duration such as `90s`, `15m`, `1h`, `2d`.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod format;
 pub mod index;
 pub mod kubernetes;
+pub mod loki_api;
 pub mod metrics;
 pub mod record;
 pub mod sinks;

@@ -1,5 +1,6 @@
 //! Behaviour of the whole pipeline on files written by the tests: tail → index → query.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -596,6 +597,72 @@ async fn searches_stay_consistent_while_commits_and_merges_run() {
     writer.join().unwrap();
     let (total, searches) = searcher.await.unwrap();
     assert_eq!(total, 3000, "after {searches} searches");
+    shutdown.cancel();
+    pipeline.wait().await;
+}
+
+#[tokio::test]
+async fn loki_queries_over_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let other = dir.path().join("pods/shop_api-1_uid-2/app/0.log");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    append(
+        &path,
+        &[
+            cri(1, "GET /cart 200 level=info"),
+            cri(2, "GET /pay 503 level=error"),
+            cri(3, "POST /pay 201 level=info"),
+        ],
+    );
+    append(&other, &[cri(4, "GET /items 200 level=info")]);
+    let (pipeline, shutdown) = run(dir.path()).await;
+    assert_eq!(wait_for(&pipeline, "", 4).await, 4);
+    let index = pipeline.index.clone().unwrap();
+    let (start, end) = (1_795_410_000_000_000_000, 1_795_413_600_000_000_000);
+    let query = |text: &str| {
+        crate::loki_api::run(
+            &index,
+            crate::loki_api::parse(text).unwrap(),
+            start,
+            end,
+            100,
+            false,
+            60_000_000_000,
+        )
+        .unwrap()
+    };
+    let logs = query(r#"{namespace="shop", pod=~"web-.*"} |= "GET" !~ "5\\d\\d""#);
+    assert_eq!(logs["resultType"], "streams");
+    let streams = logs["result"].as_array().unwrap();
+    let lines: Vec<&str> = streams
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .map(|v| v[1].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["GET /cart 200 level=info"], "{logs}");
+    assert_eq!(streams[0]["stream"]["pod"], "web-1");
+    let volume = query(r#"sum by (level) (count_over_time({namespace="shop"}[1m]))"#);
+    assert_eq!(volume["resultType"], "matrix");
+    let totals: BTreeMap<String, f64> = volume["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let sum = series["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v[1].as_str().unwrap().parse::<f64>().unwrap())
+                .sum();
+            (series["metric"]["level"].as_str().unwrap().to_owned(), sum)
+        })
+        .collect();
+    assert_eq!(
+        totals,
+        BTreeMap::from([("error".to_owned(), 1.0), ("info".to_owned(), 3.0)])
+    );
+    assert_eq!(index.values("pod", start, end).unwrap(), ["api-1", "web-1"]);
     shutdown.cancel();
     pipeline.wait().await;
 }

@@ -28,6 +28,8 @@ pub struct SearchRequest {
     pub labels: Vec<(String, String)>,
     /// Exact filters on the source's other attributes.
     pub fields: Vec<(String, String)>,
+    /// More constraints (what LogQL selectors and line filters need).
+    pub clauses: Vec<Clause>,
     /// Oldest line (ns since the epoch, inclusive).
     pub start: Option<i64>,
     /// Newest line (ns, exclusive; default: no limit — lines stamped ahead of this clock
@@ -37,6 +39,38 @@ pub struct SearchRequest {
     pub limit: usize,
     /// Lines to skip (paging).
     pub offset: usize,
+}
+
+/// A constraint beyond the plain filters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Clause {
+    /// An exact field (`namespace`, `pod`, ...) is not this value.
+    NotEqual(String, String),
+    /// An exact field matches (or, negated, does not match) this regex, anchored at both ends.
+    Regex {
+        /// The field.
+        field: String,
+        /// The regex.
+        pattern: String,
+        /// Match the lines where it does not match.
+        negate: bool,
+    },
+    /// A pod label or a field equals (or, negated, differs from) the value.
+    Attribute {
+        /// Label or field name.
+        key: String,
+        /// The value.
+        value: String,
+        /// Match the lines where it differs.
+        negate: bool,
+    },
+    /// The message has (or, negated, lacks) these words, in this order.
+    Phrase {
+        /// The text.
+        text: String,
+        /// Match the lines without it.
+        negate: bool,
+    },
 }
 
 /// A bad request.
@@ -151,6 +185,9 @@ impl LogIndex {
                 Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
             ));
         }
+        for clause in &request.clauses {
+            clauses.push(self.clause(partition, clause)?);
+        }
         let start = request.start.unwrap_or(i64::MIN);
         clauses.push((
             Occur::Must,
@@ -163,6 +200,100 @@ impl LogIndex {
             return Ok(Box::new(AllQuery));
         }
         Ok(Box::new(BooleanQuery::new(clauses)))
+    }
+
+    fn exact_field(
+        &self,
+        partition: &Partition,
+        name: &str,
+    ) -> Result<tantivy::schema::Field, QueryError> {
+        if !EXACT_FIELDS.contains(&name) && name != "tag" {
+            return Err(QueryError::Field(name.to_owned()));
+        }
+        partition
+            .index
+            .schema()
+            .get_field(name)
+            .map_err(|_| QueryError::Field(name.to_owned()))
+    }
+
+    fn clause(
+        &self,
+        partition: &Partition,
+        clause: &Clause,
+    ) -> Result<(Occur, Box<dyn Query>), QueryError> {
+        let fields = self.fields();
+        let occur = |negate: bool| if negate { Occur::MustNot } else { Occur::Must };
+        Ok(match clause {
+            Clause::NotEqual(name, value) => (
+                Occur::MustNot,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.exact_field(partition, name)?, value),
+                    IndexRecordOption::Basic,
+                )),
+            ),
+            Clause::Regex {
+                field,
+                pattern,
+                negate,
+            } => (
+                occur(*negate),
+                Box::new(
+                    tantivy::query::RegexQuery::from_pattern(
+                        pattern,
+                        self.exact_field(partition, field)?,
+                    )
+                    .map_err(|e| QueryError::Parse(format!("regex {pattern:?}: {e}")))?,
+                ),
+            ),
+            Clause::Attribute { key, value, negate } => {
+                let either: Vec<(Occur, Box<dyn Query>)> = [fields.labels, fields.fields]
+                    .into_iter()
+                    .map(|field| {
+                        let mut term = Term::from_field_json_path(field, key, false);
+                        term.append_type_and_str(value);
+                        let query: Box<dyn Query> =
+                            Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                        (Occur::Should, query)
+                    })
+                    .collect();
+                (occur(*negate), Box::new(BooleanQuery::new(either)))
+            }
+            Clause::Phrase { text, negate } => {
+                let parser = QueryParser::for_index(&partition.index, vec![fields.message]);
+                let quoted = format!("\"{}\"", text.replace(['"', '\\'], " "));
+                let query = parser
+                    .parse_query(&quoted)
+                    .map_err(|e| QueryError::Parse(e.to_string()))?;
+                (occur(*negate), query)
+            }
+        })
+    }
+
+    /// The distinct values of exact field `name` in lines of `[start, end)`'s partitions.
+    ///
+    /// # Errors
+    /// When `name` is not an exact field.
+    pub fn values(&self, name: &str, start: i64, end: i64) -> Result<Vec<String>, QueryError> {
+        let mut values = std::collections::BTreeSet::new();
+        for partition in self
+            .partitions()
+            .into_iter()
+            .filter(|p| p.overlaps(start, end))
+        {
+            let field = self.exact_field(&partition, name)?;
+            for segment in partition.reader.searcher().segment_readers() {
+                let index = segment.inverted_index(field)?;
+                let mut terms = index
+                    .terms()
+                    .stream()
+                    .map_err(tantivy::TantivyError::from)?;
+                while terms.advance() {
+                    values.insert(String::from_utf8_lossy(terms.key()).into_owned());
+                }
+            }
+        }
+        Ok(values.into_iter().collect())
     }
 
     fn candidates(&self, request: &SearchRequest, end: i64) -> Vec<Arc<Partition>> {
