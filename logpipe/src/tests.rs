@@ -666,3 +666,36 @@ async fn loki_queries_over_the_index() {
     shutdown.cancel();
     pipeline.wait().await;
 }
+
+#[tokio::test]
+async fn new_files_are_found_by_inotify_between_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pods")).unwrap();
+    let text = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{}/pods/*/*/*.log']\n    kubernetes: true\n    scan_interval_ms: 600000\n    poll_interval_ms: 600000\nsinks:\n  index:\n    type: index\n    path: {}/index\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let config = PipelineConfig::parse(&text, "test").unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = start(config, Environment::default(), shutdown.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // a new pod's directory and file, then a line, long before the next scan or poll
+    let path = log_file(dir.path());
+    append(&path, &[cri(1, "hello from a new pod")]);
+    assert_eq!(
+        wait_for(&pipeline, "hello", 1).await,
+        1,
+        "found only by a scan"
+    );
+    append(&path, &[cri(2, "and a second line")]);
+    assert_eq!(
+        wait_for(&pipeline, "second", 1).await,
+        1,
+        "read only by a poll"
+    );
+    shutdown.cancel();
+    pipeline.wait().await;
+}

@@ -25,6 +25,35 @@ pub enum TransformSpec {
     Grep(GrepConfig),
     /// Set and remove fields.
     Record(RecordConfig),
+    /// Let at most `limit` records per `interval_secs` through for each value of `key`.
+    Throttle(ThrottleConfig),
+}
+
+/// Configuration of a `throttle` transform.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Its name (in metrics).
+    pub name: String,
+    /// Tags it applies to, fluentd-style (default `**`).
+    #[serde(rename = "match", default = "crate::sinks::match_all")]
+    pub pattern: String,
+    /// What the limit is per: `namespace`, `pod`, `container`, `tag`, or a field or label
+    /// (default: the pod, so one noisy pod cannot drown the rest).
+    #[serde(default = "default_throttle_key")]
+    pub key: String,
+    /// Records let through per key and interval; the rest are dropped and counted.
+    pub limit: u64,
+    /// The interval, in seconds.
+    #[serde(default = "default_throttle_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_throttle_key() -> String {
+    "pod".to_owned()
+}
+const fn default_throttle_interval() -> u64 {
+    1
 }
 
 /// Configuration of a `parser` transform.
@@ -91,6 +120,7 @@ impl TransformSpec {
             Self::Parser(c) => &c.name,
             Self::Grep(c) => &c.name,
             Self::Record(c) => &c.name,
+            Self::Throttle(c) => &c.name,
         }
     }
 
@@ -99,6 +129,7 @@ impl TransformSpec {
             Self::Parser(c) => &c.pattern,
             Self::Grep(c) => &c.pattern,
             Self::Record(c) => &c.pattern,
+            Self::Throttle(c) => &c.pattern,
         }
     }
 }
@@ -153,6 +184,13 @@ enum Step {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
     },
+    Throttle {
+        key: String,
+        limit: u64,
+        interval: std::time::Duration,
+        /// Per key: when its window started and how many passed in it.
+        windows: parking_lot::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+    },
 }
 
 /// Builds the transforms of a configuration.
@@ -204,6 +242,15 @@ pub(crate) fn build(specs: &[TransformSpec], metrics: &Metrics) -> Result<Vec<Tr
                         "grep",
                     )
                 }
+                TransformSpec::Throttle(throttle) => (
+                    Step::Throttle {
+                        key: throttle.key.clone(),
+                        limit: throttle.limit,
+                        interval: std::time::Duration::from_secs(throttle.interval_secs.max(1)),
+                        windows: parking_lot::Mutex::default(),
+                    },
+                    "throttle",
+                ),
                 TransformSpec::Record(record) => (
                     Step::Record {
                         set: record.set.clone(),
@@ -274,6 +321,29 @@ impl Transform {
                 let keep = include.iter().all(matches) && !exclude.iter().any(matches);
                 if !keep {
                     self.metrics.discarded("grep", 1);
+                }
+                keep
+            }
+            Step::Throttle {
+                key,
+                limit,
+                interval,
+                windows,
+            } => {
+                let value = value_of(record, key).unwrap_or_default().to_owned();
+                let now = std::time::Instant::now();
+                let mut windows = windows.lock();
+                if windows.len() > 100_000 {
+                    windows.retain(|_, (start, _)| now.duration_since(*start) < *interval);
+                }
+                let window = windows.entry(value).or_insert((now, 0));
+                if now.duration_since(window.0) >= *interval {
+                    *window = (now, 0);
+                }
+                window.1 += 1;
+                let keep = window.1 <= *limit;
+                if !keep {
+                    self.metrics.discarded("throttled", 1);
                 }
                 keep
             }
@@ -445,6 +515,23 @@ mod tests {
         assert!(regex[0].apply(&mut r));
         assert_eq!(r.fields["status"], "503");
         assert_eq!(r.fields["path"], "/cart");
+    }
+
+    #[test]
+    fn throttle_per_pod() {
+        let transforms = specs("- {name: calm, type: throttle, limit: 3, interval_secs: 60}\n");
+        let mut passed = BTreeMap::new();
+        for n in 0..10 {
+            let mut r = record("x");
+            r.pod = if n % 2 == 0 { "noisy" } else { "quiet" }.into();
+            if transforms[0].apply(&mut r) {
+                *passed.entry(r.pod.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(
+            passed,
+            BTreeMap::from([("noisy".to_owned(), 3), ("quiet".to_owned(), 3)])
+        );
     }
 
     #[test]

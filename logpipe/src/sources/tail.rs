@@ -134,8 +134,14 @@ pub(crate) fn run(id: &str, config: &TailConfig, mut cx: SourceContext) {
     let poll = Duration::from_millis(config.poll_interval_ms.max(1));
     let scan_every = Duration::from_millis(config.scan_interval_ms.max(1));
     let mut last_scan: Option<Instant> = None;
+    // inotify wakes the source when a file is created (scan now) or written (read now); the
+    // periodic scan and poll remain for what it misses (other file systems, overflows)
+    let (wake_tx, wake) = std::sync::mpsc::sync_channel::<()>(1);
+    let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _watcher = watch(&tail.roots, wake_tx, created.clone());
     while !cx.shutdown.is_cancelled() {
-        if last_scan.is_none_or(|at| at.elapsed() >= scan_every) {
+        let rescan = created.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if rescan || last_scan.is_none_or(|at| at.elapsed() >= scan_every) {
             tail.scan(&mut cx);
             last_scan = Some(Instant::now());
         }
@@ -144,9 +150,72 @@ pub(crate) fn run(id: &str, config: &TailConfig, mut cx: SourceContext) {
             return;
         }
         if !read {
-            std::thread::sleep(poll);
+            idle(&wake, poll, &cx.shutdown);
         }
     }
+}
+
+/// Waits up to `poll` for a wake-up, noticing shutdown within a quarter second.
+fn idle(
+    wake: &std::sync::mpsc::Receiver<()>,
+    poll: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    let deadline = Instant::now() + poll;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || shutdown.is_cancelled() {
+            return;
+        }
+        match wake.recv_timeout(left.min(Duration::from_millis(250))) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // no watcher: plain polling
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(left.min(Duration::from_millis(250)));
+            }
+        }
+    }
+}
+
+/// Watches `roots` with inotify: any event wakes the source (one pending wake-up at most, so
+/// a busy file costs no memory); a created or renamed file also asks for a scan.
+fn watch(
+    roots: &[PathBuf],
+    wake: std::sync::mpsc::SyncSender<()>,
+    created: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+            ) {
+                created.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = wake.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::debug!(%error, "no inotify; scanning only");
+            return None;
+        }
+    };
+    for root in roots {
+        let directory = if root.is_dir() {
+            root.as_path()
+        } else {
+            root.parent()?
+        };
+        if let Err(error) = watcher.watch(directory, notify::RecursiveMode::Recursive) {
+            tracing::debug!(root = %directory.display(), %error, "cannot watch; scanning only");
+        }
+    }
+    Some(watcher)
 }
 
 fn literal_root(pattern: &str) -> PathBuf {
