@@ -121,6 +121,12 @@ pub async fn start(
                 }));
             }
             SinkConfig::Stdout(_) => done.push(tokio::spawn(sinks::run_stdout(rx, component))),
+            SinkConfig::File(file) => done.push(tokio::spawn(sinks::file::run(
+                file.clone(),
+                rx,
+                component,
+                shutdown.clone(),
+            ))),
         }
     }
     let checkpoint = Arc::new(checkpoint);

@@ -699,3 +699,40 @@ async fn new_files_are_found_by_inotify_between_scans() {
     shutdown.cancel();
     pipeline.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_record_to_several_sinks_and_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    append(&path, &[cri(1, "to both sinks"), cri(2, "also both")]);
+    let text = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{0}/pods/*/*/*.log']\n    kubernetes: true\nsinks:\n  index:\n    type: index\n    path: {0}/index\n    commit_interval_ms: 50\n    writer_threads: 1\n    writer_memory_mib: 16\n  archive:\n    type: file\n    match: 'kube.shop.**'\n    path: {0}/archive/records.ndjson\n  elsewhere:\n    type: file\n    match: 'kube.other.**'\n    path: {0}/other.ndjson\n",
+        dir.path().display()
+    );
+    let config = PipelineConfig::parse(&text, "test").unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = start(config, Environment::default(), shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!(wait_for(&pipeline, "both", 2).await, 2);
+    let archive = dir.path().join("archive/records.ndjson");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&archive)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2);
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["message"], "to both sinks");
+    assert_eq!(first["pod"], "web-1");
+    assert!(!dir.path().join("other.ndjson").exists());
+    shutdown.cancel();
+    pipeline.wait().await;
+}

@@ -1,6 +1,8 @@
 //! Sinks: where records go. Each takes the records whose tag its `match` pattern accepts; it
 //! ends when its input ends (which is how the pipeline drains on shutdown).
 
+pub mod file;
+
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,8 @@ pub enum SinkConfig {
     Index(IndexSinkConfig),
     /// One JSON object per line on standard output.
     Stdout(StdoutSinkConfig),
+    /// JSON lines appended to a file, synced, rotated by size.
+    File(file::FileSinkConfig),
 }
 
 /// Configuration of the `stdout` sink.
@@ -40,6 +44,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Index(_) => "index",
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::File(_) => "file",
         }
     }
 
@@ -48,7 +53,8 @@ impl SinkConfig {
     pub fn pattern(&self) -> &str {
         match self {
             SinkConfig::Index(IndexSinkConfig { pattern, .. })
-            | SinkConfig::Stdout(StdoutSinkConfig { pattern }) => pattern,
+            | SinkConfig::Stdout(StdoutSinkConfig { pattern })
+            | SinkConfig::File(file::FileSinkConfig { pattern, .. }) => pattern,
         }
     }
 }
