@@ -54,6 +54,16 @@ async fn run(dir: &Path) -> (Pipeline, CancellationToken) {
     (pipeline, shutdown)
 }
 
+/// Starts the pipeline configured by `text`, with no node name and no cluster.
+async fn start_text(text: &str) -> (Pipeline, CancellationToken) {
+    let config = PipelineConfig::parse(text, "test").unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = start(config, Environment::default(), shutdown.clone())
+        .await
+        .unwrap();
+    (pipeline, shutdown)
+}
+
 fn request(query: &str) -> SearchRequest {
     SearchRequest {
         query: query.into(),
@@ -562,11 +572,7 @@ async fn searches_stay_consistent_while_commits_and_merges_run() {
         dir.path().display(),
         dir.path().display()
     );
-    let config = PipelineConfig::parse(&text, "test").unwrap();
-    let shutdown = CancellationToken::new();
-    let pipeline = start(config, Environment::default(), shutdown.clone())
-        .await
-        .unwrap();
+    let (pipeline, shutdown) = start_text(&text).await;
     let index = pipeline.index.clone().unwrap();
     let writer = std::thread::spawn(move || {
         for round in 0..60 {
@@ -676,11 +682,7 @@ async fn new_files_are_found_by_inotify_between_scans() {
         dir.path().display(),
         dir.path().display()
     );
-    let config = PipelineConfig::parse(&text, "test").unwrap();
-    let shutdown = CancellationToken::new();
-    let pipeline = start(config, Environment::default(), shutdown.clone())
-        .await
-        .unwrap();
+    let (pipeline, shutdown) = start_text(&text).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // a new pod's directory and file, then a line, long before the next scan or poll
     let path = log_file(dir.path());
@@ -709,11 +711,7 @@ async fn one_record_to_several_sinks_and_a_file() {
         "sources:\n  pods:\n    type: tail\n    include: ['{0}/pods/*/*/*.log']\n    kubernetes: true\nsinks:\n  index:\n    type: index\n    path: {0}/index\n    commit_interval_ms: 50\n    writer_threads: 1\n    writer_memory_mib: 16\n  archive:\n    type: file\n    match: 'kube.shop.**'\n    path: {0}/archive/records.ndjson\n  elsewhere:\n    type: file\n    match: 'kube.other.**'\n    path: {0}/other.ndjson\n",
         dir.path().display()
     );
-    let config = PipelineConfig::parse(&text, "test").unwrap();
-    let shutdown = CancellationToken::new();
-    let pipeline = start(config, Environment::default(), shutdown.clone())
-        .await
-        .unwrap();
+    let (pipeline, shutdown) = start_text(&text).await;
     assert_eq!(wait_for(&pipeline, "both", 2).await, 2);
     let archive = dir.path().join("archive/records.ndjson");
     let mut lines = Vec::new();
