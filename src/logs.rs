@@ -191,6 +191,20 @@ enum LogsCommand {
         #[arg(short = 'o', long, default_value = "text")]
         output: String,
     },
+    /// Count lines matching QUERY per interval (e.g. errors per minute over the last hour).
+    Count {
+        /// What to count (empty: every line).
+        #[arg(default_value = "")]
+        query: String,
+        #[command(flatten)]
+        filters: Filters,
+        /// Interval of each count (`10s`, `1m`, `1h`).
+        #[arg(long, default_value = "1m")]
+        interval: String,
+        /// Output: text (default) or json.
+        #[arg(short = 'o', long, default_value = "text")]
+        output: String,
+    },
     /// Follow new lines matching the filters (and QUERY), oldest first.
     Tail {
         /// What to look for (empty: every line).
@@ -369,6 +383,38 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
             for hit in found["hits"].as_array().into_iter().flatten() {
                 print_hit(hit, &output);
             }
+            Ok(())
+        }
+        LogsCommand::Count {
+            query,
+            filters,
+            interval,
+            output,
+        } => {
+            check_output(&output)?;
+            let mut params = filters.params();
+            params.push(("query", query));
+            params.push(("interval", interval));
+            let counted = Target::of(&filters)
+                .await?
+                .get("histogram", &params)
+                .await?;
+            let buckets = counted["buckets"].as_array().cloned().unwrap_or_default();
+            if output == "json" {
+                println!("{}", serde_json::Value::Array(buckets));
+                return Ok(());
+            }
+            let mut total = 0;
+            for bucket in &buckets {
+                let start = bucket["start"].as_i64().unwrap_or(0);
+                let count = bucket["count"].as_u64().unwrap_or(0);
+                total += count;
+                let time = jiff::Timestamp::from_nanosecond(i128::from(start))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                println!("{time} {count}");
+            }
+            println!("total {total}");
             Ok(())
         }
         LogsCommand::Tail {

@@ -233,6 +233,26 @@ fn pod_logs_are_searchable_within_two_seconds_and_outlive_the_pod() {
             .all(|l| l.contains(" default/chatty/talker tick ")),
         "{text}"
     );
+    // errors per minute, as an SRE asks
+    let counted = kelson_logs(&[
+        "count",
+        &marker,
+        "--level",
+        "error",
+        "--interval",
+        "1m",
+        "--since",
+        "10m",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    let counted_total: u64 = counted
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(counted_total > 0, "{counted}");
     let merged: serde_json::Value = serde_json::from_str(&kubectl.ok(&[
         "get",
         "--raw",
