@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kelson_testing::git::get;
+use kelson_testing::git::{get, post};
 use kelson_testing::{ChildGuard, KelsonProcess, Kubectl, RuntimeCleanup};
 
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
@@ -764,29 +764,6 @@ fn a_query_through_the_api_server_covers_every_node() {
     assert_eq!(merged["hits"][0], hits[1], "{merged}");
 }
 
-fn post(port: u16, path: &str, body: &str) -> (u16, String) {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn http_input_and_transforms_parse_filter_and_enrich() {
     let dir = tempfile::tempdir().unwrap();
@@ -852,10 +829,10 @@ sinks:
         r#"{"message": "plain line", "time": "2026-11-23T06:00:00Z", "user": "bob"}"#,
         "\n"
     );
-    let (status, answer) = post(port, "/app/web", body);
+    let (status, answer) = post(port, "/app/web", "application/json", body.as_bytes());
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains(r#""accepted":3"#), "{answer}");
-    let (status, answer) = post(port, "/app/web", "{not json");
+    let (status, answer) = post(port, "/app/web", "application/json", b"{not json");
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("invalid JSON"), "{answer}");
 

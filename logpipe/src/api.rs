@@ -71,33 +71,16 @@ pub fn router(index: Option<Arc<LogIndex>>, metrics: Metrics) -> axum::Router {
     }
 }
 
-/// Parses a duration such as `90s`, `15m`, `1h`, `2d`.
+/// Parses a duration such as `90s`, `15m`, `1h30m`, `2d`, in nanoseconds.
 ///
 /// # Errors
 /// When it is not one.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {text:?} lacks a unit (s, m, h, d)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
-    let seconds = match unit {
-        "ms" => return Ok(number.saturating_mul(1_000_000)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => {
-            return Err(format!(
-                "invalid duration {text:?} (units: ms, s, m, h, d, w)"
-            ));
-        }
-    };
-    Ok(number.saturating_mul(seconds).saturating_mul(1_000_000_000))
+    kelson_common::duration::parse(text, true)
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .ok_or_else(|| {
+            format!("invalid duration {text:?} (like 90s, 15m, 1h30m, 2d; units ms, s, m, h, d, w)")
+        })
 }
 
 /// Parses a time: RFC 3339, or nanoseconds since the epoch.
@@ -164,9 +147,7 @@ pub fn request_from_params(params: &[(String, String)]) -> Result<SearchRequest,
         }
     }
     if let Some(since) = since {
-        let end = request.end.unwrap_or_else(|| {
-            i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
-        });
+        let end = request.end.unwrap_or_else(crate::record::now_ns);
         request.start = Some(end.saturating_sub(since));
     }
     Ok(request)

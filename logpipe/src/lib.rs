@@ -197,12 +197,12 @@ async fn route(
                     .map(|(pattern, _)| pattern.matches(&record.tag))
                     .collect()
             });
-            let targets: Vec<usize> = (0..routes.len()).filter(|i| wanted[*i]).collect();
-            if let Some((last, rest)) = targets.split_last() {
-                for i in rest {
-                    per_sink[*i].records.push(record.clone());
+            // a copy for every sink but the last that wants it, which takes the record
+            if let Some(last) = wanted.iter().rposition(|w| *w) {
+                for i in (0..last).filter(|i| wanted[*i]) {
+                    per_sink[i].records.push(record.clone());
                 }
-                per_sink[*last].records.push(record);
+                per_sink[last].records.push(record);
             }
         }
         if decisions.len() > 100_000 {

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::index::LogIndex;
 use crate::index::query::{Clause, Hit, SearchRequest};
+use crate::record::now_ns;
 
 /// The exact fields, as Loki labels.
 const EXACT: [&str; 7] = [
@@ -344,10 +345,6 @@ fn step_of(text: &str) -> Result<i64, String> {
         return Ok((seconds * 1e9) as i64);
     }
     crate::api::parse_duration(text)
-}
-
-fn now_ns() -> i64 {
-    i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }
 
 fn bad(message: impl Into<String>) -> Response {

@@ -101,6 +101,12 @@ impl Drop for AckState {
     }
 }
 
+/// Now, in nanoseconds since the epoch.
+#[must_use]
+pub fn now_ns() -> i64 {
+    i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+}
+
 /// The severity found in a line: `level=`/`"level":` fields first, then a leading keyword
 /// or klog's one-letter prefix.
 #[must_use]

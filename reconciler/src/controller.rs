@@ -230,31 +230,7 @@ fn app_label(app: &Application) -> String {
 
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `250ms`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let number: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let step = match &rest[..unit] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number * 60),
-            "h" => Duration::from_secs(number * 3600),
-            _ => return None,
-        };
-        total += step;
-        rest = &rest[unit..];
-    }
-    Some(total)
+    kelson_common::duration::parse(text, false)
 }
 
 fn now() -> String {

@@ -1,7 +1,8 @@
 //! Helpers shared by every component that talks to the Kubernetes API as a client (scheduler,
-//! controllers, kubelet): [`events`] publishing, [`quantity`] parsing, [`selector`] matching on typed label selectors,
+//! controllers, kubelet): [`events`] publishing, [`quantity`] and [`duration`] parsing, [`selector`] matching on typed label selectors,
 //! [`pod`] and [`node`] state as Kubernetes defines it, the HTTP [`proxy`] with upgrades, and Lease-based [`leader`] election.
 
+pub mod duration;
 pub mod events;
 pub mod leader;
 pub mod node;

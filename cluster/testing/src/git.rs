@@ -227,6 +227,30 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
     split_response(&response)
 }
 
+/// `POST path` with `body` of `content_type` to 127.0.0.1:`port` over HTTP/1.0: the status and
+/// the body.
+///
+/// # Panics
+/// When nothing answers.
+#[must_use]
+pub fn post(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("request");
+    stream.write_all(body).expect("request body");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    split_response(&response)
+}
+
 fn split_response(response: &str) -> (u16, String) {
     let status = response
         .split(' ')

@@ -16,6 +16,7 @@ use tantivy::{
 };
 
 use super::{LogIndex, Partition};
+use crate::record::now_ns;
 
 /// What to look for.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -367,10 +368,6 @@ impl LogIndex {
         }
         Ok(buckets)
     }
-}
-
-fn now_ns() -> i64 {
-    i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }
 
 fn hit(doc: &TantivyDocument, fields: &super::Fields) -> Hit {

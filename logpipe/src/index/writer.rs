@@ -443,7 +443,7 @@ impl Sink {
     fn retention(&mut self) {
         let partitions = self.index.partitions();
         let active = self.active.as_ref().map(|a| a.partition.id.clone());
-        let now = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
+        let now = crate::record::now_ns();
         if self.config.retention_secs > 0 {
             let horizon = now.saturating_sub(
                 i64::try_from(self.config.retention_secs).unwrap_or(i64::MAX / 2) * 1_000_000_000,

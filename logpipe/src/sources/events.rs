@@ -58,7 +58,7 @@ fn to_record(id: &str, config: &EventsConfig, event: &Event, node: &Arc<str>) ->
                 .as_ref()
                 .map(|t| nanos(&t.0))
         })
-        .unwrap_or_else(|| i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0));
+        .unwrap_or_else(crate::record::now_ns);
     let event_type = event.type_.clone().unwrap_or_else(|| "Normal".to_owned());
     let mut fields = BTreeMap::new();
     fields.insert("kind".to_owned(), kind.clone());

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SourceContext;
-use crate::record::{Ack, Batch, LogRecord, detect_level, normalize_level};
+use crate::record::{LogRecord, detect_level, normalize_level};
 
 /// Configuration of the `http` source.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -151,25 +151,11 @@ async fn receive(
         .map(|o| record_from_json(&tag, o, cx))
         .collect();
     let count = records.len();
-    cx.metrics.received(count as u64, 0);
-    let (ack, done) = Ack::new();
-    let batch = Batch {
-        records,
-        ack: Some(ack),
-        ..Batch::default()
-    };
-    if cx.out.send(batch).await.is_err() {
-        return (
+    match cx.deliver(records).await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({"accepted": count}))),
+        Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": "shutting down"})),
-        );
-    }
-    cx.metrics.sent(count as u64);
-    match done.await {
-        Ok(true) => (StatusCode::OK, axum::Json(json!({"accepted": count}))),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": "the records were not stored; send them again"})),
+            axum::Json(json!({"error": error})),
         ),
     }
 }

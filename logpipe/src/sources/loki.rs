@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SourceContext;
-use crate::record::{Ack, Batch, LogRecord, detect_level, normalize_level};
+use crate::record::{LogRecord, detect_level, normalize_level};
 
 /// Configuration of the `loki` source.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -333,24 +333,9 @@ async fn push(State(state): State<LokiState>, headers: HeaderMap, body: Bytes) -
             return refuse(StatusCode::BAD_REQUEST, error);
         }
     };
-    let count = records.len() as u64;
-    cx.metrics.received(count, 0);
-    let (ack, done) = Ack::new();
-    let batch = Batch {
-        records,
-        ack: Some(ack),
-        ..Batch::default()
-    };
-    if cx.out.send(batch).await.is_err() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
-    }
-    cx.metrics.sent(count);
-    match done.await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        _ => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the lines were not stored; push them again".into(),
-        ),
+    match cx.deliver(records).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_owned()),
     }
 }
 

@@ -73,8 +73,47 @@ pub(crate) struct SourceContext {
 impl SourceContext {
     /// Now, in nanoseconds since the epoch.
     pub fn now(&self) -> i64 {
-        i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+        crate::record::now_ns()
     }
+
+    /// Sends `records` as one batch and waits until every sink that took them made them
+    /// durable: `Ok(())` then, `Err` with what to tell the sender otherwise.
+    pub async fn deliver(
+        &self,
+        records: Vec<crate::record::LogRecord>,
+    ) -> Result<(), &'static str> {
+        let count = records.len() as u64;
+        self.metrics.received(count, 0);
+        let (ack, done) = crate::record::Ack::new();
+        let batch = Batch {
+            records,
+            ack: Some(ack),
+            ..Batch::default()
+        };
+        if self.out.send(batch).await.is_err() {
+            return Err("shutting down");
+        }
+        self.metrics.sent(count);
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err("the records were not stored; send them again"),
+        }
+    }
+}
+
+/// A TCP listener on `listen` for source `id`, logged, and its address.
+async fn bind_tcp(
+    id: &str,
+    kind: &str,
+    listen: &str,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("source {id}: failed to listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(source = %id, %address, "{kind} input listening");
+    Ok((listener, address))
 }
 
 /// Starts `config` as source `id`: file sources on their own thread, network sources as
@@ -96,29 +135,17 @@ pub(crate) async fn start(
             Ok(None)
         }
         SourceConfig::Forward(forward) => {
-            let listener = tokio::net::TcpListener::bind(&forward.listen)
-                .await
-                .with_context(|| format!("source {id}: failed to listen on {}", forward.listen))?;
-            let address = listener.local_addr()?;
-            tracing::info!(source = %id, %address, "forward input listening");
+            let (listener, address) = bind_tcp(&id, "forward", &forward.listen).await?;
             tokio::spawn(forward::run(id, forward, cx, listener));
             Ok(Some(address))
         }
         SourceConfig::Http(http) => {
-            let listener = tokio::net::TcpListener::bind(&http.listen)
-                .await
-                .with_context(|| format!("source {id}: failed to listen on {}", http.listen))?;
-            let address = listener.local_addr()?;
-            tracing::info!(source = %id, %address, "http input listening");
+            let (listener, address) = bind_tcp(&id, "http", &http.listen).await?;
             tokio::spawn(http::run(http, cx, listener));
             Ok(Some(address))
         }
         SourceConfig::Loki(loki) => {
-            let listener = tokio::net::TcpListener::bind(&loki.listen)
-                .await
-                .with_context(|| format!("source {id}: failed to listen on {}", loki.listen))?;
-            let address = listener.local_addr()?;
-            tracing::info!(source = %id, %address, "loki push input listening");
+            let (listener, address) = bind_tcp(&id, "loki push", &loki.listen).await?;
             tokio::spawn(loki::run(loki, cx, listener));
             Ok(Some(address))
         }
@@ -137,18 +164,12 @@ pub(crate) async fn start(
                         format!("source {id}: failed to listen on {}", syslog.listen)
                     })?;
                 let address = socket.local_addr()?;
-                tracing::info!(source = %id, %address, "syslog (udp) listening");
+                tracing::info!(source = %id, %address, "syslog (udp) input listening");
                 tokio::spawn(syslog::run_udp(syslog, cx, socket));
                 Ok(Some(address))
             }
             syslog::Mode::Tcp => {
-                let listener = tokio::net::TcpListener::bind(&syslog.listen)
-                    .await
-                    .with_context(|| {
-                        format!("source {id}: failed to listen on {}", syslog.listen)
-                    })?;
-                let address = listener.local_addr()?;
-                tracing::info!(source = %id, %address, "syslog (tcp) listening");
+                let (listener, address) = bind_tcp(&id, "syslog (tcp)", &syslog.listen).await?;
                 tokio::spawn(syslog::run_tcp(syslog, cx, listener));
                 Ok(Some(address))
             }
