@@ -15,6 +15,7 @@ packages=(
   runc
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
   iptables
+  nftables             # nft, which the service proxy programs Service routing with
   busybox-static       # the local busybox image the examples and tests run
   prometheus           # the metrics tests scrape our exporters with a real Prometheus
   prometheus-node-exporter  # the peer our node exporter is compared with (never started as a service)

@@ -149,6 +149,16 @@ struct NodeArgs {
     disable_node_exporter: bool,
     #[command(flatten)]
     logs: logs::NodeLogArgs,
+    /// Do not run the service proxy (nftables rules for Service cluster IPs and node ports).
+    #[arg(long)]
+    disable_proxy: bool,
+    /// The pod network; traffic to Services from elsewhere is masqueraded.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    cluster_cidr: String,
+    /// Address of the service proxy's metrics (kube-proxy's kubeproxy_* families); port 0 picks
+    /// one (written to the agent directory's proxy/address).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    proxy_metrics_listen: SocketAddr,
 }
 
 impl NodeArgs {
@@ -183,7 +193,49 @@ impl NodeArgs {
             ports.push(self.node_exporter_listen);
         }
         ports.extend(self.logs.ports());
+        if !self.disable_proxy && self.proxy_metrics_listen.port() != 0 {
+            ports.push(self.proxy_metrics_listen);
+        }
         ports
+    }
+
+    /// Starts the service proxy of node `node` beside the agent whose directory is `root_dir`.
+    async fn start_proxy(
+        &self,
+        client: kube::Client,
+        node: &str,
+        root_dir: &std::path::Path,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        if self.disable_proxy {
+            return Ok(());
+        }
+        let mut config = kelson_proxy::Config::new(node);
+        config.rules.cluster_cidr.clone_from(&self.cluster_cidr);
+        let metrics = Arc::new(kelson_proxy::Metrics::new());
+        let listener = kelson_metrics::http::bind(
+            self.proxy_metrics_listen,
+            Some(&root_dir.join("proxy/address")),
+            "the service proxy's metrics",
+        )
+        .await
+        .context("use --proxy-metrics-listen to pick another address, or --disable-proxy")?;
+        let render = metrics.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let render = kelson_metrics::http::Render::Text(Arc::new(move || render.render()));
+            if let Err(error) =
+                kelson_metrics::http::serve(listener, stop, "kelson proxy", render, true).await
+            {
+                tracing::error!(%error, "the service proxy's metrics listener failed");
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(error) = kelson_proxy::run(client, config, metrics, shutdown).await {
+                tracing::error!(%error, "the service proxy failed");
+            }
+        });
+        Ok(())
     }
 
     /// Starts the node exporter beside the agent whose directory is `root_dir`.
@@ -268,6 +320,17 @@ struct ServerArgs {
     /// Seconds between compactions of old revisions.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    /// CIDR that Service cluster IPs come from; the first address is the `kubernetes` Service,
+    /// the tenth the cluster DNS.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    service_cluster_ip_range: kelson_apiserver::services::Ipv4Cidr,
+    /// Ports that NodePort Services come from.
+    #[arg(long, default_value = "30000-32767", value_parser = kelson_apiserver::services::parse_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// Address the `default/kubernetes` Service points at (default: the listen address, or the
+    /// host's primary address when listening on all).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Do not run the scheduler.
     #[arg(long)]
     disable_scheduler: bool,
@@ -392,6 +455,10 @@ async fn preflight(
     )
 }
 
+fn parse_cidr(text: &str) -> Result<kelson_apiserver::services::Ipv4Cidr, String> {
+    text.parse()
+}
+
 /// Runs the server; `up` is set for `kelson up` and says whether to install the example.
 async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
@@ -399,6 +466,11 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.tls_sans = args.tls_sans;
     config.compaction_interval = Duration::from_secs(args.compaction_interval_seconds.max(1));
+    config.service_ranges = kelson_apiserver::services::Ranges {
+        cluster_ips: args.service_cluster_ip_range,
+        node_ports: args.service_node_port_range,
+    };
+    config.advertise_address = args.advertise_address;
     if !args.etcd_endpoints.is_empty() {
         config.storage = kelson_apiserver::StorageConfig::Etcd {
             endpoints: args.etcd_endpoints,
@@ -585,6 +657,14 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
                 shutdown.clone(),
             )
             .await?;
+        args.node
+            .start_proxy(
+                client.clone(),
+                &agent.node_name,
+                &data_dir.join("agent"),
+                shutdown.clone(),
+            )
+            .await?;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             if let Err(error) = kelson_kubelet::agent::run(client, agent, shutdown).await {
@@ -713,6 +793,14 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             &agent.node_name,
             client.clone(),
             false,
+            shutdown.clone(),
+        )
+        .await?;
+    args.node
+        .start_proxy(
+            client.clone(),
+            &agent.node_name,
+            &agent.root_dir,
             shutdown.clone(),
         )
         .await?;

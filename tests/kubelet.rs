@@ -797,6 +797,7 @@ fn agent_joins_with_the_token() {
             .arg("--kubelet-port=0")
             .arg("--node-exporter-listen=127.0.0.1:0")
             .arg("--logs-listen=127.0.0.1:0")
+            .arg("--disable-proxy")
             .args([
                 "--container-log-max-size=4096",
                 "--container-log-max-files=3",
@@ -966,6 +967,7 @@ fn up_runs_preflight_then_the_stack() {
                 "--logs-listen=127.0.0.1:0",
                 "--state-metrics-listen=127.0.0.1:0",
                 "--scheduler-metrics-listen=127.0.0.1:0",
+                "--disable-proxy",
             ])
             .arg(format!("--node-name={node}"))
             .arg("--data-dir")

@@ -700,7 +700,11 @@ fn a_query_through_the_api_server_covers_every_node() {
             .args(["agent", "--server", &server.url, "--token", token.trim()])
             .arg(format!("--node-name={node_b}"))
             .args(["--kubelet-port=0", "--node-exporter-listen=127.0.0.1:0"])
-            .args(["--logs-listen=127.0.0.1:0", "--logpipe-config"])
+            .args([
+                "--logs-listen=127.0.0.1:0",
+                "--disable-proxy",
+                "--logpipe-config",
+            ])
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.path().join("agent-b"))

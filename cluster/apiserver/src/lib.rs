@@ -31,6 +31,7 @@ pub mod schema;
 pub mod selectors;
 pub mod serve;
 pub mod serviceaccount;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +94,11 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// How often old revisions are compacted.
     pub compaction_interval: Duration,
+    /// Where Service cluster IPs and node ports come from.
+    pub service_ranges: services::Ranges,
+    /// The address the `default/kubernetes` Service points at; by default the listen address,
+    /// or the host's primary address when listening on all of them.
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 impl Config {
@@ -105,6 +111,8 @@ impl Config {
             storage: StorageConfig::Embedded,
             tls_sans: Vec::new(),
             compaction_interval: Duration::from_secs(300),
+            service_ranges: services::Ranges::default(),
+            advertise_address: None,
         }
     }
 }
@@ -129,6 +137,8 @@ pub struct ApiServer {
     pub token_issuer: RwLock<Option<Arc<serviceaccount::TokenIssuer>>>,
     /// Node and pod usage sampled from kubelets, for `metrics.k8s.io`.
     pub resource_metrics: resource_metrics::ResourceMetrics,
+    /// Where Service addresses come from.
+    pub service_ranges: RwLock<services::Ranges>,
 }
 
 impl ApiServer {
@@ -146,6 +156,7 @@ impl ApiServer {
             pki: RwLock::new(None),
             token_issuer: RwLock::new(None),
             resource_metrics: resource_metrics::ResourceMetrics::default(),
+            service_ranges: RwLock::new(services::Ranges::default()),
         })
     }
 
@@ -235,6 +246,9 @@ impl ApiServer {
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             crd::unregister(self, object).await;
         }
+        if rt.group.is_empty() && rt.kind == "Service" {
+            services::release_unused(self, object, None).await;
+        }
     }
 }
 
@@ -311,6 +325,7 @@ pub async fn run_with_storage(
         config.data_dir.display()
     )))?;
     let server = ApiServer::new(storage.clone());
+    *server.service_ranges.write() = config.service_ranges.clone();
 
     let mut names: Vec<String> = [
         "localhost",
@@ -320,11 +335,11 @@ pub async fn run_with_storage(
         "kubernetes.default",
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
-        "10.96.0.1",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    names.push(config.service_ranges.api_service_ip().to_string());
     if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
         let host = host.trim();
         if !host.is_empty() {
@@ -400,6 +415,17 @@ pub async fn run_with_storage(
             node_token,
         });
     }
+    let advertise = config
+        .advertise_address
+        .or_else(|| (!local.ip().is_unspecified()).then_some(local.ip()))
+        .unwrap_or_else(kelson_common::net::primary_address);
+    if let Err(error) = services::ensure_api_service(&server, advertise, local.port()).await {
+        warn!(%error, "failed to publish the kubernetes Service");
+    }
+    tokio::spawn(services::repair_periodically(
+        server.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(resource_metrics::sample(server.clone(), shutdown.clone()));
     tokio::spawn(compact_periodically(
         storage,

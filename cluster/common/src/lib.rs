@@ -1,10 +1,11 @@
 //! Helpers shared by every component that talks to the Kubernetes API as a client (scheduler,
 //! controllers, kubelet): [`events`] publishing, [`quantity`] and [`duration`] parsing, [`selector`] matching on typed label selectors,
-//! [`pod`] and [`node`] state as Kubernetes defines it, the HTTP [`proxy`] with upgrades, and Lease-based [`leader`] election.
+//! [`pod`] and [`node`] state as Kubernetes defines it, the HTTP [`proxy`] with upgrades, Lease-based [`leader`] election and the host's [`net`] address.
 
 pub mod duration;
 pub mod events;
 pub mod leader;
+pub mod net;
 pub mod node;
 pub mod pod;
 pub mod proxy;

@@ -2,7 +2,7 @@
 //! allocatable, addresses and system info.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::IpAddr;
 use std::path::Path;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -97,17 +97,7 @@ pub fn filesystem_bytes(path: &Path) -> u64 {
     rustix::fs::statvfs(path).map_or(0, |s| s.f_blocks * s.f_frsize)
 }
 
-/// The address other machines reach this one at: the source address of the default route, or
-/// loopback when there is none.
-#[must_use]
-pub fn primary_address() -> IpAddr {
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|socket| {
-            socket.connect((Ipv4Addr::new(192, 0, 2, 254), 9))?;
-            socket.local_addr()
-        })
-        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
-}
+pub use kelson_common::net::primary_address;
 
 /// The host name.
 #[must_use]

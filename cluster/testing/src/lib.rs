@@ -141,6 +141,15 @@ impl TestServer {
         self.running = Some((token, handle));
     }
 
+    /// The running server, for calls tests make in-process.
+    ///
+    /// # Panics
+    /// When the server is not running.
+    #[must_use]
+    pub fn api(&self) -> Arc<kelson_apiserver::ApiServer> {
+        self.api.clone().expect("server running")
+    }
+
     /// An in-process client to the running server as `user`.
     ///
     /// # Panics
@@ -204,7 +213,8 @@ pub struct KelsonProcess {
 impl KelsonProcess {
     /// Runs `kelson server` on 127.0.0.1 (port 0 unless `args` says otherwise) and waits until
     /// it wrote `addresses.json` for this start. The node agent runs only when `args` give a
-    /// `--node-name`, since tests share one containerd.
+    /// `--node-name`, since tests share one containerd, and the service proxy only when they give
+    /// `--proxy-metrics-listen`, since they share the host's network.
     ///
     /// # Errors
     /// When it exits or does not come up within 30 s.
@@ -233,6 +243,11 @@ impl KelsonProcess {
             .any(|a| a.starts_with("--scheduler-metrics-listen"))
         {
             command.arg("--scheduler-metrics-listen=127.0.0.1:0");
+        }
+        // tests share the host's network: only a test that gives the proxy's metrics address
+        // runs a service proxy
+        if !args.iter().any(|a| a.starts_with("--proxy-metrics-listen")) {
+            command.arg("--disable-proxy");
         }
         // tests share one containerd: only a test that names its node runs an agent
         if !args.iter().any(|a| a.starts_with("--node-name")) {

@@ -52,6 +52,9 @@ pub fn prepare_create(rt: &ResourceType, object: &mut Value) {
 
 /// Prepares an update of the main resource: status kept, generation bumped on spec changes.
 pub fn prepare_update(rt: &ResourceType, object: &mut Value, old: &Value) {
+    if rt.group.is_empty() && rt.kind == "Service" {
+        crate::services::keep_allocated(object, old);
+    }
     if rt.has_status() {
         match old.get("status") {
             Some(status) => object["status"] = status.clone(),

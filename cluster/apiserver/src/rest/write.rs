@@ -304,10 +304,21 @@ async fn create_object(
         );
     }
     check_namespace(server, rt, &object).await?;
+    let reserved = if is_service(rt) {
+        crate::services::allocate(server, &mut object, options.dry_run).await?
+    } else {
+        crate::services::Reserved::default()
+    };
     if options.dry_run {
         return Ok(object);
     }
-    let created = server.objects.create(rt, object).await?;
+    let created = match server.objects.create(rt, object).await {
+        Ok(created) => created,
+        Err(error) => {
+            reserved.release(server).await;
+            return Err(error);
+        }
+    };
     server.after_write(rt, &created).await;
     Ok(created)
 }
@@ -431,8 +442,14 @@ async fn read_modify_write(
             return Err(ApiError::not_found(rt, name));
         };
         let pinned = options.pinned;
-        let Some(admitted) = admit_update(rt, &current, desired, target, options, warnings)? else {
+        let Some(mut admitted) = admit_update(rt, &current, desired, target, options, warnings)?
+        else {
             return Ok((current, false));
+        };
+        let reserved = if is_service(rt) && target == Target::Main {
+            crate::services::allocate(server, &mut admitted, options.dry_run).await?
+        } else {
+            crate::services::Reserved::default()
         };
         if options.dry_run {
             return Ok((admitted, false));
@@ -458,15 +475,23 @@ async fn read_modify_write(
         };
         match result {
             Ok(stored) => {
-                if !finished {
-                    server.after_write(rt, &stored).await;
-                } else {
+                if finished {
                     server.after_delete(rt, &stored).await;
+                } else {
+                    if is_service(rt) {
+                        crate::services::release_unused(server, &current, Some(&stored)).await;
+                    }
+                    server.after_write(rt, &stored).await;
                 }
                 return Ok((stored, false));
             }
-            Err(error) if error.code == 409 && !pinned => continue,
-            Err(error) => return Err(error),
+            Err(error) => {
+                reserved.release(server).await;
+                if error.code == 409 && !pinned {
+                    continue;
+                }
+                return Err(error);
+            }
         }
     }
     Err(ApiError::conflict(rt, name))
@@ -1103,6 +1128,10 @@ async fn delete_object(
         }
     }
     Err(ApiError::conflict(rt, name))
+}
+
+fn is_service(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.kind == "Service"
 }
 
 fn is_namespace(rt: &ResourceType) -> bool {

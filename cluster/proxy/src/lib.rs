@@ -1,0 +1,349 @@
+//! The service proxy: what kube-proxy does in nftables mode. Every node watches Services and
+//! EndpointSlices and programs one nftables table so that a Service's cluster IP (and node port)
+//! reaches its ready endpoints, from pods on the bridge network and from the host.
+//!
+//! Start reading at [`run`]: two reflectors feed a sync loop that turns the cluster's state into a
+//! [`model::ServicePort`] list ([`model::service_ports`]), plans a [`nft::Ruleset`] from it
+//! ([`nft::plan`], pure) and installs it with `nft -f` — the whole table at start and after a
+//! failure, otherwise only the difference from what is installed.
+
+pub mod model;
+pub mod nft;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Errors of the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `nft` could not be run or refused the rules.
+    #[error("nft failed: {0}")]
+    Nft(String),
+}
+
+/// How the proxy runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Table, pod network and node name.
+    pub rules: nft::RulesConfig,
+    /// The `nft` program.
+    pub nft: PathBuf,
+    /// Changes arriving within this interval are applied together.
+    pub min_sync_period: Duration,
+    /// The whole table is rewritten at least this often (repairing anything changed behind
+    /// the proxy's back).
+    pub sync_period: Duration,
+}
+
+impl Config {
+    /// Defaults for node `node`: table `kelson-proxy`, pod network 10.88.0.0/16.
+    #[must_use]
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            rules: nft::RulesConfig {
+                table: "kelson-proxy".into(),
+                cluster_cidr: "10.88.0.0/16".into(),
+                node: node.into(),
+            },
+            nft: PathBuf::from("nft"),
+            min_sync_period: Duration::from_millis(100),
+            sync_period: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The proxy's metrics, named as kube-proxy's.
+pub struct Metrics {
+    registry: Registry,
+    sync: Histogram,
+    full: Histogram,
+    partial: Histogram,
+    last: prometheus::Gauge,
+    failures: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers the families.
+    ///
+    /// # Panics
+    /// Never: the definitions are static.
+    #[must_use]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let buckets = prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets");
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.clone()))
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique");
+            h
+        };
+        let sync = histogram(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+        );
+        let full = histogram(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+        );
+        let partial = histogram(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+        );
+        let last = prometheus::Gauge::with_opts(Opts::new(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+        ))
+        .expect("valid metric");
+        registry.register(Box::new(last.clone())).expect("unique");
+        let failures = IntCounter::with_opts(Opts::new(
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "Total number of nftables syncs that failed",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(failures.clone()))
+            .expect("unique");
+        Self {
+            registry,
+            sync,
+            full,
+            partial,
+            last,
+            failures,
+        }
+    }
+
+    /// Prometheus text format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Runs `script` through `nft -f -`.
+///
+/// # Errors
+/// When `nft` cannot be started or refuses the script (its message is returned).
+pub async fn apply(nft: &std::path::Path, script: &str) -> Result<(), Error> {
+    let mut child = tokio::process::Command::new(nft)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Nft(format!("cannot run {}: {e}", nft.display())))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .map_err(|e| Error::Nft(format!("writing the rules: {e}")))?;
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| Error::Nft(e.to_string()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Nft(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ))
+    }
+}
+
+/// Removes the proxy's table (`kelson proxy --cleanup`); established connections keep flowing.
+///
+/// # Errors
+/// When `nft` fails for another reason than the table being absent.
+pub async fn cleanup(nft: &std::path::Path, table: &str) -> Result<(), Error> {
+    apply(
+        nft,
+        &format!("add table ip {table}\ndelete table ip {table}\n"),
+    )
+    .await
+}
+
+/// Sets the kernel switches a proxy needs: forwarding, and bridged pod traffic passing through
+/// netfilter (so that replies from a pod on the same bridge are translated back).
+fn kernel_settings() {
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_forward", "1"),
+        ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
+    ] {
+        match std::fs::read_to_string(path) {
+            Ok(current) if current.trim() == value => {}
+            Ok(_) => {
+                if let Err(error) = std::fs::write(path, value) {
+                    warn!(%path, %error, "cannot set a kernel setting the proxy needs");
+                }
+            }
+            Err(error) => {
+                warn!(%path, %error, "kernel setting missing (is br_netfilter loaded?)");
+            }
+        }
+    }
+}
+
+/// Watches Services and EndpointSlices through `client` and keeps the nftables table in step,
+/// until `shutdown`. The table stays when it stops, so established and new connections keep
+/// working while the proxy restarts.
+///
+/// # Errors
+/// Never after the start: failed syncs are logged, counted and retried.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    kernel_settings();
+    let changed = Arc::new(Notify::new());
+    let (services, services_writer) = reflector::store::<Service>();
+    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let watch_config = watcher::Config::default().any_semantic();
+    {
+        let changed = changed.clone();
+        let stream = reflector(
+            services_writer,
+            watcher(Api::<Service>::all(client.clone()), watch_config.clone()),
+        )
+        .default_backoff();
+        tokio::spawn(notify_on(stream, changed, shutdown.clone()));
+    }
+    {
+        let changed = changed.clone();
+        let stream = reflector(
+            slices_writer,
+            watcher(Api::<EndpointSlice>::all(client), watch_config),
+        )
+        .default_backoff();
+        tokio::spawn(notify_on(stream, changed, shutdown.clone()));
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        result = async { tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready()) } => {
+            if result.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    info!(table = %config.rules.table, "service proxy syncing");
+    let mut installed: Option<nft::Ruleset> = None;
+    let mut last_full = Instant::now();
+    loop {
+        let services = services.state();
+        let slices = slices.state();
+        let ports = model::service_ports(
+            services.iter().map(AsRef::as_ref),
+            slices.iter().map(AsRef::as_ref),
+        );
+        let desired = nft::plan(&ports, &config.rules);
+        let full = installed.is_none() || last_full.elapsed() >= config.sync_period;
+        let started = Instant::now();
+        let script = match (&installed, full) {
+            (Some(old), false) => {
+                let mut script = String::new();
+                nft::render_diff(old, &desired, &config.rules.table, &mut script);
+                script
+            }
+            _ => nft::render_full(&desired, &config.rules.table),
+        };
+        let result = if script.is_empty() {
+            Ok(())
+        } else {
+            apply(&config.nft, &script).await
+        };
+        match result {
+            Ok(()) => {
+                let took = started.elapsed().as_secs_f64();
+                if !script.is_empty() {
+                    metrics.sync.observe(took);
+                    if full {
+                        metrics.full.observe(took);
+                        last_full = Instant::now();
+                    } else {
+                        metrics.partial.observe(took);
+                    }
+                    debug!(
+                        ports = ports.len(),
+                        full,
+                        seconds = took,
+                        "proxy rules synced"
+                    );
+                }
+                metrics.last.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or_default(),
+                );
+                installed = Some(desired);
+            }
+            Err(error) => {
+                metrics.failures.inc();
+                warn!(%error, full, "proxy rules failed to sync; retrying with the whole table");
+                installed = None;
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        }
+        let until_full = config.sync_period.saturating_sub(last_full.elapsed());
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = changed.notified() => {}
+            () = tokio::time::sleep(until_full) => {}
+        }
+        // gather the burst of changes that usually follows one
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(config.min_sync_period) => {}
+        }
+    }
+}
+
+async fn notify_on<S, K>(stream: S, changed: Arc<Notify>, shutdown: CancellationToken)
+where
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send,
+{
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            item = stream.next() => match item {
+                Some(Ok(_)) => changed.notify_one(),
+                Some(Err(error)) => debug!(%error, "proxy watch error"),
+                None => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! End-to-end: Services on real containerd pods, through the service proxy's nftables rules.
+//! A ClusterIP reaches the ready replicas of a Deployment from the host and from a pod, load
+//! balanced; a NodePort answers on the node's address; scaling and readiness change the routing
+//! at once; a kill -9 of `kelson server` keeps established connections and the rules, and the
+//! restarted proxy takes over.
+//!
+//! One test function: the proxy's table lives in the host's network namespace, which every test
+//! process shares.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kelson_testing::{KelsonProcess, Kubectl, RuntimeCleanup};
+
+const APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: busybox:1.35
+        env:
+        - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        command: [sh, -c, 'mkdir -p /www && echo "$POD" > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www']
+        readinessProbe:
+          exec: {command: [cat, /tmp/ready]}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: echo, image: busybox:1.35, command: [nc, -ll, -p, "9000", -e, cat]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox:1.35, command: [sleep, "3600"]}
+"#;
+
+fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The page served at `address` (the pod's name), or `None`.
+fn page(address: &str) -> Option<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split("\r\n\r\n").nth(1)?;
+    Some(body.trim().to_owned())
+}
+
+/// The pods answering at `address` over `tries` requests.
+fn answering(address: &str, tries: usize) -> BTreeSet<String> {
+    (0..tries).filter_map(|_| page(address)).collect()
+}
+
+fn pods(kubectl: &Kubectl, selector: &str) -> BTreeSet<String> {
+    kubectl
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes the proxy's table when dropped, whatever happened.
+struct TableCleanup;
+
+impl Drop for TableCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", "kelson-proxy"])
+            .status();
+    }
+}
+
+#[test]
+fn services_route_to_ready_endpoints_through_nftables() {
+    let node = format!("e2e-proxy-{}", std::process::id());
+    let _cleanup = RuntimeCleanup::new(&node);
+    let _table = TableCleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_kelson"));
+    let args = [
+        format!("--node-name={node}"),
+        "--proxy-metrics-listen=127.0.0.1:0".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = KelsonProcess::server(binary, &data, &args).unwrap();
+    let kubectl = Kubectl::new(33, &server.kubeconfig());
+
+    kubectl.ok_with(&["apply", "-f", "-"], Some(APPS));
+    for deployment in ["web", "echo"] {
+        kubectl.ok_within(
+            Duration::from_secs(90),
+            &[
+                "rollout",
+                "status",
+                &format!("deployment/{deployment}"),
+                "--timeout=90s",
+            ],
+            None,
+        );
+    }
+    kubectl.ok_within(
+        Duration::from_secs(60),
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let cluster_ip = kubectl.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(
+        cluster_ip.starts_with("10.9") || cluster_ip.starts_with("10.1"),
+        "{cluster_ip}"
+    );
+    let service = format!("{cluster_ip}:80");
+
+    // from the host: both ready replicas answer at the cluster IP
+    let replicas = pods(&kubectl, "app=web");
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    let seen = wait_for(
+        Duration::from_secs(20),
+        "both replicas behind the cluster IP",
+        || {
+            let seen = answering(&service, 20);
+            (seen == replicas).then_some(seen)
+        },
+    );
+    eprintln!("cluster IP {service} answered by {seen:?}");
+
+    // from a pod on the bridge network, by cluster IP (and to the replicas on the same bridge)
+    let from_pod = kubectl.ok(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://{service}/; done"),
+    ]);
+    let from_pod: BTreeSet<String> = from_pod.lines().map(str::to_owned).collect();
+    assert!(
+        !from_pod.is_empty() && from_pod.is_subset(&replicas),
+        "{from_pod:?}"
+    );
+
+    // the NodePort answers on the node's address
+    let node_port = kubectl.ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let node_ip = kubectl.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ]);
+    let by_node_port = answering(&format!("{node_ip}:{node_port}"), 10);
+    assert!(
+        !by_node_port.is_empty() && by_node_port.is_subset(&replicas),
+        "{node_ip}:{node_port} answered by {by_node_port:?}"
+    );
+
+    // a readiness failure takes a replica out of the rotation
+    let failing = replicas.iter().next().unwrap().clone();
+    let started = Instant::now();
+    kubectl.ok(&["exec", &failing, "--", "rm", "/tmp/ready"]);
+    wait_for(
+        Duration::from_secs(20),
+        "the unready replica to leave",
+        || {
+            let seen = answering(&service, 10);
+            (!seen.is_empty() && !seen.contains(&failing)).then_some(())
+        },
+    );
+    eprintln!(
+        "unready replica out of the rotation after {:?} (probe period 1 s)",
+        started.elapsed()
+    );
+    kubectl.ok(&["exec", &failing, "--", "touch", "/tmp/ready"]);
+
+    // scaling up adds the new replica as soon as it is ready
+    kubectl.ok(&["scale", "deployment/web", "--replicas=3"]);
+    kubectl.ok_within(
+        Duration::from_secs(90),
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+        None,
+    );
+    let started = Instant::now();
+    let replicas = pods(&kubectl, "app=web");
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    wait_for(
+        Duration::from_secs(20),
+        "three replicas behind the cluster IP",
+        || (answering(&service, 30) == replicas).then_some(()),
+    );
+    eprintln!(
+        "all three replicas answering {:?} after the rollout finished",
+        started.elapsed()
+    );
+
+    // the proxy's own metrics
+    let address = std::fs::read_to_string(data.join("agent/proxy/address")).unwrap();
+    let metrics = page_path(address.trim(), "/metrics");
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        "{metrics}"
+    );
+
+    // an established connection outlives a kill -9 of the server, and the rules stay
+    let echo_ip = kubectl.ok(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let echo = format!("{echo_ip}:9000");
+    let mut connection = wait_for(Duration::from_secs(20), "the echo service", || {
+        let stream =
+            TcpStream::connect_timeout(&echo.parse().unwrap(), Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        Some(stream)
+    });
+    let mut reader = BufReader::new(connection.try_clone().unwrap());
+    let mut roundtrip = |text: &str| {
+        connection
+            .write_all(format!("{text}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), text);
+    };
+    roundtrip("before");
+    server.kill();
+    roundtrip("while the proxy is gone");
+    assert!(page(&service).is_some(), "new connections still work");
+    let mut server = KelsonProcess::server(binary, &data, &args).unwrap();
+    roundtrip("after the restart");
+
+    // the restarted proxy follows changes again
+    kubectl.ok(&["scale", "deployment/web", "--replicas=1"]);
+    let started = Instant::now();
+    wait_for(
+        Duration::from_secs(30),
+        "one replica behind the cluster IP",
+        || (answering(&service, 10).len() == 1).then_some(()),
+    );
+    eprintln!(
+        "scale-down routed after {:?} (the restarted controllers first wait out the killed server's leases)",
+        started.elapsed()
+    );
+
+    // a Service without endpoints refuses at once instead of timing out
+    kubectl.ok(&["scale", "deployment/echo", "--replicas=0"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the empty Service to refuse",
+        || match TcpStream::connect_timeout(&echo.parse().unwrap(), Duration::from_secs(2)) {
+            Err(error) if error.kind() != std::io::ErrorKind::TimedOut => Some(()),
+            _ => None,
+        },
+    );
+
+    kubectl.ok(&["delete", "deployment", "web", "echo", "--wait=false"]);
+    kubectl.ok(&["delete", "pod", "client", "--wait=false"]);
+    let _ = server.terminate();
+}
+
+fn page_path(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
