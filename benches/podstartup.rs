@@ -144,7 +144,12 @@ async fn cri_start(
             "status": {"qosClass": "BestEffort"},
         }))
         .expect("valid pod");
-        let sandbox_config = kelson_kubelet::pods::spec::sandbox_config(&pod, node, 0);
+        let sandbox_config = kelson_kubelet::pods::spec::sandbox_config(
+            &pod,
+            node,
+            &kelson_kubelet::pods::spec::DnsSettings::default(),
+            0,
+        );
         let container = &pod.spec.as_ref().expect("spec").containers[0].clone();
         let mut config = kelson_kubelet::pods::spec::container_config(
             &pod,

@@ -1,8 +1,13 @@
 //! Service proxy benchmark (`cargo bench --bench proxy`): nftables rule sync for many Services,
-//! in a network namespace of its own (the host's rules are never touched). Needs root and nft.
+//! in a network namespace of its own (the host's rules are never touched; needs root and nft),
+//! then the cluster DNS server answering those Services over UDP on loopback.
+//!
+//! Last, the Ingress controller in front of a small HTTP server, beside a direct connection to it,
+//! both loaded by `wrk` (Debian's) with the same settings.
 //!
 //! Knobs (env): `BENCH_SERVICES` (default 1000), `BENCH_ENDPOINTS` (10 per Service),
-//! `BENCH_RUNS` (5; the median is reported).
+//! `BENCH_RUNS` (5; the median is reported), `BENCH_DNS_CLIENTS` (16 concurrent clients),
+//! `BENCH_DNS_SECONDS` (5), `BENCH_WRK_CONNECTIONS` (32), `BENCH_WRK_SECONDS` (10).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -186,4 +191,234 @@ fn main() {
         ms(big),
         forward_big.lines().count()
     );
+    drop(namespace);
+    dns(count);
+    ingress();
+}
+
+/// One line of wrk's summary: requests/s and latency percentiles.
+fn wrk(url: &str, host: &str, connections: usize, seconds: usize) -> (f64, String, String) {
+    let output = Command::new("wrk")
+        .args([
+            "-t",
+            "2",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+        ])
+        .args(["--latency", "-H", &format!("Host: {host}"), url])
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let rps = field("Requests/sec:").parse().unwrap_or(0.0);
+    assert!(!text.contains("Non-2xx"), "{text}");
+    (rps, field("50%"), field("99%"))
+}
+
+/// The Ingress controller in front of an HTTP server, against the server directly.
+fn ingress() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::{Api, PostParams};
+
+    let connections = env("BENCH_WRK_CONNECTIONS", 32);
+    let seconds = env("BENCH_WRK_SECONDS", 10);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (front, backend, _server) = runtime.block_on(async {
+        // the backend: a minimal HTTP/1.1 server answering 200 "hello"
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_request| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let server = kelson_testing::TestServer::start().await;
+        let client = server.client().await;
+        let objects: Vec<serde_json::Value> = vec![
+            serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": backend.port()}]}}),
+            serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}]}),
+        ];
+        for object in objects {
+            let kind = object["kind"].as_str().unwrap();
+            let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+                Some((g, v)) => (g.to_owned(), v.to_owned()),
+                None => (String::new(), "v1".to_owned()),
+            };
+            let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(&group, &version, kind));
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+            api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
+        }
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"rules": [{"host": "web.example.test", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}}]}}]}}))
+        .unwrap();
+        Api::<Ingress>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &ingress)
+            .await
+            .unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let caches = kelson_proxy::Caches::watch(&client, &shutdown);
+        let (front, _) = kelson_proxy::ingress::start(
+            client,
+            caches,
+            kelson_proxy::ingress::IngressConfig {
+                class: "kelson".into(),
+                default_class: true,
+                http: "127.0.0.1:0".parse().unwrap(),
+                https: "127.0.0.1:0".parse().unwrap(),
+                node_address: "127.0.0.1".parse().unwrap(),
+            },
+            shutdown,
+        )
+        .await
+        .unwrap();
+        // until the route is in place
+        for _ in 0..100 {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(front).await else {
+                continue;
+            };
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: web.example.test\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response).await;
+            if response.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (front, backend, server)
+    });
+    let direct = wrk(
+        &format!("http://{backend}/"),
+        "web.example.test",
+        connections,
+        seconds,
+    );
+    let proxied = wrk(
+        &format!("http://{front}/"),
+        "web.example.test",
+        connections,
+        seconds,
+    );
+    println!(
+        "\n### Ingress (`wrk -t2 -c{connections} -d{seconds}s`, keep-alive, 6-byte responses, loopback)\n"
+    );
+    println!("| path | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!(
+        "| direct to the backend | {:.0} | {} | {} |",
+        direct.0, direct.1, direct.2
+    );
+    println!(
+        "| through the Ingress controller | {:.0} ({:.2}× direct) | {} | {} |",
+        proxied.0,
+        proxied.0 / direct.0,
+        proxied.1,
+        proxied.2
+    );
+    drop(runtime);
+}
+
+/// Queries per second and latency of the cluster DNS with `count` Services.
+fn dns(count: usize) {
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::{Name, RecordType};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::runtime::{reflector, watcher};
+
+    let clients = env("BENCH_DNS_CLIENTS", 16);
+    let seconds = env("BENCH_DNS_SECONDS", 5);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let (services, mut writer) = reflector::store::<Service>();
+        for i in 0..count {
+            let service: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": format!("ns{}", i % 20), "name": format!("svc{i}")},
+                "spec": {"clusterIP": Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 1, 0)) + u32::try_from(i).unwrap()).to_string(),
+                         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}))
+            .unwrap();
+            writer.apply_watcher_event(&watcher::Event::Apply(service));
+        }
+        let (slices, _slices_writer) = reflector::store::<EndpointSlice>();
+        let mut config = kelson_proxy::dns::DnsConfig::new("cluster.local");
+        config.upstreams.clear();
+        let handler = kelson_proxy::dns::Handler::new(services, slices, config, None, "bench".into());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = kelson_proxy::dns::serve("127.0.0.1:0".parse().unwrap(), handler, shutdown.clone())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(seconds as u64);
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            tasks.push(tokio::spawn(async move {
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                socket.connect(server).await.unwrap();
+                let mut latencies = Vec::new();
+                let mut buffer = vec![0u8; 1500];
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let mut message = Message::query();
+                    message.metadata.id = u16::try_from(i % 65_536).unwrap();
+                    let name = format!("svc{}.ns{}.svc.cluster.local.", i % count, (i % count) % 20);
+                    message.add_query(Query::query(Name::from_ascii(&name).unwrap(), RecordType::A));
+                    let bytes = message.to_vec().unwrap();
+                    let started = Instant::now();
+                    socket.send(&bytes).await.unwrap();
+                    let n = socket.recv(&mut buffer).await.unwrap();
+                    latencies.push(started.elapsed());
+                    let answer = Message::from_vec(&buffer[..n]).unwrap();
+                    assert_eq!(answer.answers.len(), 1, "{name}");
+                    i += clients;
+                }
+                latencies
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        shutdown.cancel();
+        latencies.sort();
+        let total = latencies.len();
+        let at = |q: f64| latencies[((total as f64 * q) as usize).min(total - 1)];
+        println!(
+            "\n### Cluster DNS ({count} Services, {clients} concurrent UDP clients on loopback, {seconds} s)\n"
+        );
+        println!("| queries/s | p50 | p99 |");
+        println!("|---|---|---|");
+        println!(
+            "| {:.0} | {:.3} ms | {:.3} ms |",
+            total as f64 / seconds as f64,
+            at(0.5).as_secs_f64() * 1000.0,
+            at(0.99).as_secs_f64() * 1000.0
+        );
+    });
 }

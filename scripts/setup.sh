@@ -16,6 +16,8 @@ packages=(
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
   iptables
   nftables             # nft, which the service proxy programs Service routing with
+  curl                 # the Ingress tests request over HTTPS with SNI
+  openssl              # the Ingress tests make a TLS certificate
   busybox-static       # the local busybox image the examples and tests run
   prometheus           # the metrics tests scrape our exporters with a real Prometheus
   prometheus-node-exporter  # the peer our node exporter is compared with (never started as a service)

@@ -155,10 +155,35 @@ struct NodeArgs {
     /// The pod network; traffic to Services from elsewhere is masqueraded.
     #[arg(long, default_value = "10.88.0.0/16")]
     cluster_cidr: String,
-    /// Address of the service proxy's metrics (kube-proxy's kubeproxy_* families); port 0 picks
-    /// one (written to the agent directory's proxy/address).
+    /// Address of the service proxy's metrics (kube-proxy's kubeproxy_* families, and the
+    /// cluster DNS's coredns_* ones); port 0 picks one (written to the agent directory's
+    /// proxy/address).
     #[arg(long, default_value = "127.0.0.1:10249")]
     proxy_metrics_listen: SocketAddr,
+    /// Do not serve cluster DNS on this node (it runs with the proxy).
+    #[arg(long)]
+    disable_cluster_dns: bool,
+    /// Port of this node's DNS server, on the node's address (0 picks one: the agent
+    /// directory's dns/address); the proxy sends the cluster DNS Service's traffic to it.
+    #[arg(long, default_value_t = 53)]
+    cluster_dns_port: u16,
+    /// The cluster DNS Service's address, written into pods' resolv.conf (used while this
+    /// node runs the proxy; otherwise pods get the node's resolver).
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: std::net::IpAddr,
+    /// The cluster's DNS zone.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Do not run the Ingress controller (class `kelson`; it runs with the proxy).
+    #[arg(long)]
+    disable_ingress: bool,
+    /// The Ingress controller's HTTP listener (port 0 picks one: the agent directory's
+    /// ingress/address).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    ingress_http_listen: SocketAddr,
+    /// The Ingress controller's HTTPS listener.
+    #[arg(long, default_value = "0.0.0.0:443")]
+    ingress_https_listen: SocketAddr,
 }
 
 impl NodeArgs {
@@ -175,6 +200,8 @@ impl NodeArgs {
             container_log_max_size: self.container_log_max_size,
             container_log_max_files: self.container_log_max_files,
             manifest_dir: self.pod_manifest_path.clone(),
+            cluster_dns: (!self.disable_proxy).then_some(self.cluster_dns),
+            cluster_domain: self.cluster_domain.clone(),
             ..Default::default()
         };
         if let Some(name) = &self.node_name {
@@ -196,14 +223,23 @@ impl NodeArgs {
         if !self.disable_proxy && self.proxy_metrics_listen.port() != 0 {
             ports.push(self.proxy_metrics_listen);
         }
+        if !self.disable_proxy && !self.disable_ingress {
+            ports.extend(
+                [self.ingress_http_listen, self.ingress_https_listen]
+                    .into_iter()
+                    .filter(|a| a.port() != 0),
+            );
+        }
         ports
     }
 
-    /// Starts the service proxy of node `node` beside the agent whose directory is `root_dir`.
+    /// Starts the service proxy and the cluster DNS of node `node` (at `address`) beside the
+    /// agent whose directory is `root_dir`.
     async fn start_proxy(
         &self,
         client: kube::Client,
         node: &str,
+        address: std::net::IpAddr,
         root_dir: &std::path::Path,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
@@ -213,6 +249,46 @@ impl NodeArgs {
         let mut config = kelson_proxy::Config::new(node);
         config.rules.cluster_cidr.clone_from(&self.cluster_cidr);
         let metrics = Arc::new(kelson_proxy::Metrics::new());
+        let caches = kelson_proxy::Caches::watch(&client, &shutdown);
+        if !self.disable_cluster_dns {
+            use kelson_proxy::dns;
+            let listen = SocketAddr::new(address, self.cluster_dns_port);
+            let mut dns_config = dns::DnsConfig::new(&self.cluster_domain);
+            dns_config.upstreams.retain(|upstream| *upstream != listen);
+            let handler = dns::Handler::new(
+                caches.services.clone(),
+                caches.slices.clone(),
+                dns_config,
+                Some(dns::DnsMetrics::new(metrics.registry())),
+                format!("dns://{listen}"),
+            );
+            let bound = dns::serve(listen, handler, shutdown.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cluster DNS cannot listen on {listen}: use --cluster-dns-port to pick another port, or --disable-cluster-dns"
+                    )
+                })?;
+            let file = root_dir.join("dns/address");
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&file, bound.to_string())?;
+            let client = client.clone();
+            let node = node.to_owned();
+            tokio::spawn(async move {
+                // the API may still be coming up (a joining agent): retry until it takes it
+                for attempt in 0..30u64 {
+                    match dns::publish(client.clone(), &node, bound).await {
+                        Ok(()) => return,
+                        Err(error) if attempt == 29 => {
+                            tracing::error!(%error, "cannot publish this node's DNS endpoint");
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            });
+        }
         let listener = kelson_metrics::http::bind(
             self.proxy_metrics_listen,
             Some(&root_dir.join("proxy/address")),
@@ -230,8 +306,32 @@ impl NodeArgs {
                 tracing::error!(%error, "the service proxy's metrics listener failed");
             }
         });
+        if !self.disable_ingress {
+            let config = kelson_proxy::ingress::IngressConfig {
+                class: "kelson".into(),
+                default_class: true,
+                http: self.ingress_http_listen,
+                https: self.ingress_https_listen,
+                node_address: address,
+            };
+            let (http, https) =
+                kelson_proxy::ingress::start(client.clone(), caches.clone(), config, shutdown.clone())
+                    .await
+                    .context(
+                        "the Ingress controller cannot listen: use --ingress-http-listen and --ingress-https-listen to pick other addresses, or --disable-ingress",
+                    )?;
+            let file = root_dir.join("ingress/address");
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(
+                &file,
+                serde_json::json!({"http": http.to_string(), "https": https.to_string()})
+                    .to_string(),
+            )?;
+        }
         tokio::spawn(async move {
-            if let Err(error) = kelson_proxy::run(client, config, metrics, shutdown).await {
+            if let Err(error) = kelson_proxy::run(caches, config, metrics, shutdown).await {
                 tracing::error!(%error, "the service proxy failed");
             }
         });
@@ -661,6 +761,9 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             .start_proxy(
                 client.clone(),
                 &agent.node_name,
+                agent
+                    .address
+                    .unwrap_or_else(kelson_common::net::primary_address),
                 &data_dir.join("agent"),
                 shutdown.clone(),
             )
@@ -800,6 +903,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .start_proxy(
             client.clone(),
             &agent.node_name,
+            agent
+                .address
+                .unwrap_or_else(kelson_common::net::primary_address),
             &agent.root_dir,
             shutdown.clone(),
         )

@@ -1,6 +1,7 @@
 //! End-to-end: Services on real containerd pods, through the service proxy's nftables rules.
 //! A ClusterIP reaches the ready replicas of a Deployment from the host and from a pod, load
-//! balanced; a NodePort answers on the node's address; scaling and readiness change the routing
+//! balanced; pods resolve Services through the cluster DNS; a NodePort answers on the node's
+//! address; an Ingress routes two hosts to two Services over HTTP and HTTPS; scaling and readiness change the routing
 //! at once; a kill -9 of `kelson server` keeps established connections and the rules, and the
 //! restarted proxy takes over.
 //!
@@ -64,6 +65,41 @@ metadata: {name: echo}
 spec:
   selector: {app: echo}
   ports: [{port: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: blog}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: blog}}
+  template:
+    metadata: {labels: {app: blog}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: busybox:1.35
+        command: [sh, -c, 'mkdir -p /www/posts && echo blog > /www/index.html && echo post > /www/posts/index.html && exec httpd -f -p 8080 -h /www']
+---
+apiVersion: v1
+kind: Service
+metadata: {name: blog}
+spec:
+  selector: {app: blog}
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: sites}
+spec:
+  tls: [{hosts: [web.example.test], secretName: web-tls}]
+  rules:
+  - host: web.example.test
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}]
+  - host: blog.example.test
+    http:
+      paths: [{path: /posts, pathType: Prefix, backend: {service: {name: blog, port: {number: 8000}}}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -141,13 +177,40 @@ fn services_route_to_ready_endpoints_through_nftables() {
     let args = [
         format!("--node-name={node}"),
         "--proxy-metrics-listen=127.0.0.1:0".to_owned(),
+        "--cluster-dns-port=0".to_owned(),
+        "--ingress-http-listen=0.0.0.0:0".to_owned(),
+        "--ingress-https-listen=0.0.0.0:0".to_owned(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut server = KelsonProcess::server(binary, &data, &args).unwrap();
     let kubectl = Kubectl::new(33, &server.kubeconfig());
 
+    // the certificate the Ingress serves for web.example.test
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=web.example.test",
+            "-addext",
+            "subjectAltName=DNS:web.example.test",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("tls.key"))
+        .arg("-out")
+        .arg(dir.path().join("tls.crt"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cert = dir.path().join("tls.crt").display().to_string();
+    let key = dir.path().join("tls.key").display().to_string();
+    kubectl.ok(&[
+        "create", "secret", "tls", "web-tls", "--cert", &cert, "--key", &key,
+    ]);
     kubectl.ok_with(&["apply", "-f", "-"], Some(APPS));
-    for deployment in ["web", "echo"] {
+    for deployment in ["web", "echo", "blog"] {
         kubectl.ok_within(
             Duration::from_secs(90),
             &[
@@ -204,6 +267,55 @@ fn services_route_to_ready_endpoints_through_nftables() {
         "{from_pod:?}"
     );
 
+    // cluster DNS: the pod's resolver points at the DNS Service, whose traffic the proxy sends
+    // to the node's DNS server; names resolve to cluster IPs and through the search path
+    let resolv = kubectl.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let lookup = wait_for(Duration::from_secs(20), "cluster DNS to answer", || {
+        let output = kubectl.run(
+            &[
+                "exec",
+                "client",
+                "--",
+                "nslookup",
+                "web.default.svc.cluster.local",
+            ],
+            None,
+        );
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains(&cluster_ip).then_some(text)
+    });
+    eprintln!("{lookup}");
+    let api = kubectl.ok(&[
+        "exec",
+        "client",
+        "--",
+        "nslookup",
+        "kubernetes.default.svc.cluster.local",
+    ]);
+    assert!(api.contains("10.96.0.1"), "{api}");
+    let by_name = kubectl.ok(&["exec", "client", "--", "wget", "-qO-", "http://web/"]);
+    assert!(replicas.contains(by_name.trim()), "{by_name}");
+    let missing = kubectl.run(
+        &[
+            "exec",
+            "client",
+            "--",
+            "nslookup",
+            "nothing.default.svc.cluster.local",
+        ],
+        None,
+    );
+    assert!(
+        !missing.status.success(),
+        "an unknown Service does not resolve"
+    );
+
     // the NodePort answers on the node's address
     let node_port = kubectl.ok(&[
         "get",
@@ -224,6 +336,84 @@ fn services_route_to_ready_endpoints_through_nftables() {
         !by_node_port.is_empty() && by_node_port.is_subset(&replicas),
         "{node_ip}:{node_port} answered by {by_node_port:?}"
     );
+
+    // the Ingress routes two hosts to two Services, over HTTP and HTTPS, and shows its address
+    let ingress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("agent/ingress/address")).unwrap())
+            .unwrap();
+    let http_port = ingress["http"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let https_port = ingress["https"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let front = format!("{node_ip}:{http_port}");
+    let seen = wait_for(Duration::from_secs(20), "the Ingress to route web", || {
+        let seen: BTreeSet<String> = (0..10)
+            .filter_map(|_| request(&front, "web.example.test", "/"))
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+            .collect();
+        (seen == replicas).then_some(seen)
+    });
+    eprintln!("web.example.test answered by {seen:?}");
+    assert_eq!(
+        request(&front, "blog.example.test", "/posts/"),
+        Some((200, "post".to_owned()))
+    );
+    assert_eq!(
+        request(&front, "blog.example.test", "/").map(|r| r.0),
+        Some(404)
+    );
+    assert_eq!(
+        request(&front, "other.example.test", "/").map(|r| r.0),
+        Some(404)
+    );
+    let https = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert", &cert, "--resolve"])
+        .arg(format!("web.example.test:{https_port}:{node_ip}"))
+        .arg(format!("https://web.example.test:{https_port}/"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&https.stdout).trim().to_owned();
+    assert!(
+        replicas.contains(&body),
+        "{body} {}",
+        String::from_utf8_lossy(&https.stderr)
+    );
+    let address = wait_for(Duration::from_secs(20), "the Ingress status", || {
+        let ip = kubectl.ok(&[
+            "get",
+            "ingress",
+            "sites",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        (ip == node_ip).then_some(ip)
+    });
+    eprintln!("ingress address {address}");
+    // a changed rule applies at once, without a restart
+    let started = Instant::now();
+    kubectl.ok(&[
+        "patch",
+        "ingress",
+        "sites",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/rules/1/http/paths/0/path", "value": "/"}]"#,
+    ]);
+    wait_for(Duration::from_secs(10), "the changed Ingress rule", || {
+        (request(&front, "blog.example.test", "/") == Some((200, "blog".to_owned()))).then_some(())
+    });
+    eprintln!("Ingress change routed after {:?}", started.elapsed());
 
     // a readiness failure takes a replica out of the rotation
     let failing = replicas.iter().next().unwrap().clone();
@@ -320,9 +510,33 @@ fn services_route_to_ready_endpoints_through_nftables() {
         },
     );
 
-    kubectl.ok(&["delete", "deployment", "web", "echo", "--wait=false"]);
+    kubectl.ok(&[
+        "delete",
+        "deployment",
+        "web",
+        "echo",
+        "blog",
+        "--wait=false",
+    ]);
     kubectl.ok(&["delete", "pod", "client", "--wait=false"]);
     let _ = server.terminate();
+}
+
+/// Status and body of `GET path` with `Host: host` at `address`.
+fn request(address: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1)?.trim().to_owned();
+    Some((status, body))
 }
 
 fn page_path(address: &str, path: &str) -> String {

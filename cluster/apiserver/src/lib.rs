@@ -422,6 +422,12 @@ pub async fn run_with_storage(
     if let Err(error) = services::ensure_api_service(&server, advertise, local.port()).await {
         warn!(%error, "failed to publish the kubernetes Service");
     }
+    if let Err(error) = services::ensure_dns_service(&server).await {
+        warn!(%error, "failed to create the cluster DNS Service");
+    }
+    if let Err(error) = services::ensure_ingress_class(&server).await {
+        warn!(%error, "failed to create the kelson IngressClass");
+    }
     tokio::spawn(services::repair_periodically(
         server.clone(),
         shutdown.clone(),

@@ -851,6 +851,71 @@ pub async fn ensure_api_service(
     Ok(())
 }
 
+/// Creates or corrects `kube-system/kube-dns`, the cluster DNS Service (the tenth address of
+/// the range, port 53 over UDP and TCP, as CoreDNS's). It has no selector: each node's DNS
+/// server publishes itself in an EndpointSlice of its own.
+///
+/// # Errors
+/// When the API refuses the Service.
+pub async fn ensure_dns_service(server: &Arc<ApiServer>) -> Result<(), kube::Error> {
+    use kube::api::{Api, Patch, PatchParams};
+    let client = server.client(crate::auth::User::new(
+        "system:apiserver",
+        vec!["system:masters".into()],
+    ));
+    let ip = server.service_ranges.read().dns_service_ip().to_string();
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                                "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip,
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
+    });
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client,
+        "kube-system",
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("", "v1", "Service")),
+    );
+    api.patch(
+        "kube-dns",
+        &PatchParams::apply("kube-apiserver").force(),
+        &Patch::Apply(&service),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the `kelson` IngressClass (controller `kelson.dev/ingress`, the cluster's default
+/// class) unless it exists; a user's edits to it stay.
+///
+/// # Errors
+/// When the API refuses it.
+pub async fn ensure_ingress_class(server: &Arc<ApiServer>) -> Result<(), kube::Error> {
+    use kube::api::{Api, PostParams};
+    let client = server.client(crate::auth::User::new(
+        "system:apiserver",
+        vec!["system:masters".into()],
+    ));
+    let api: Api<k8s_openapi::api::networking::v1::IngressClass> = Api::all(client);
+    if api.get_opt("kelson").await?.is_some() {
+        return Ok(());
+    }
+    let class = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "kelson",
+                     "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "kelson.dev/ingress"}
+    }))
+    .expect("a valid IngressClass");
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

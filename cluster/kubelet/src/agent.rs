@@ -47,6 +47,11 @@ pub struct AgentConfig {
     /// The node's log query API, served under `/logs` of the kubelet API (so the API server
     /// reaches it, authenticated, for cluster-wide log queries).
     pub logs: Option<axum::Router>,
+    /// The cluster DNS Service's address (`--cluster-dns`); `None` gives pods the node's
+    /// resolver.
+    pub cluster_dns: Option<IpAddr>,
+    /// The cluster zone (`--cluster-domain`).
+    pub cluster_domain: String,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +70,8 @@ impl Default for AgentConfig {
             container_log_max_files: 5,
             manifest_dir: None,
             logs: None,
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }
@@ -184,6 +191,11 @@ pub async fn run(
             host_ip: address.to_string(),
             memory_capacity: i64::try_from(host::memory_total()).unwrap_or(i64::MAX),
             allocatable,
+            dns: crate::pods::spec::DnsSettings::new(
+                config.cluster_dns.iter().map(ToString::to_string).collect(),
+                &config.cluster_domain,
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
         },
         recorder,
         root_dir: config.root_dir.clone(),

@@ -2,11 +2,15 @@
 //! EndpointSlices and programs one nftables table so that a Service's cluster IP (and node port)
 //! reaches its ready endpoints, from pods on the bridge network and from the host.
 //!
-//! Start reading at [`run`]: two reflectors feed a sync loop that turns the cluster's state into a
+//! The node's cluster DNS ([`dns`]) answers from the same caches.
+//!
+//! Start reading at [`run`]: two reflectors ([`Caches`]) feed a sync loop that turns the cluster's state into a
 //! [`model::ServicePort`] list ([`model::service_ports`]), plans a [`nft::Ruleset`] from it
 //! ([`nft::plan`], pure) and installs it with `nft -f` — the whole table at start and after a
 //! failure, otherwise only the difference from what is installed.
 
+pub mod dns;
+pub mod ingress;
 pub mod model;
 pub mod nft;
 
@@ -18,10 +22,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -137,6 +142,12 @@ impl Metrics {
         }
     }
 
+    /// The registry, for more families (the cluster DNS's).
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text format.
     #[must_use]
     pub fn render(&self) -> String {
@@ -211,49 +222,84 @@ fn kernel_settings() {
     }
 }
 
-/// Watches Services and EndpointSlices through `client` and keeps the nftables table in step,
-/// until `shutdown`. The table stays when it stops, so established and new connections keep
-/// working while the proxy restarts.
-///
-/// # Errors
-/// Never after the start: failed syncs are logged, counted and retried.
-pub async fn run(
-    client: kube::Client,
-    config: Config,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    kernel_settings();
-    let changed = Arc::new(Notify::new());
-    let (services, services_writer) = reflector::store::<Service>();
-    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-    let watch_config = watcher::Config::default().any_semantic();
-    {
-        let changed = changed.clone();
+/// The cluster state the proxy and the DNS server read: reflector stores of every Service and
+/// EndpointSlice, and a signal on each change.
+#[derive(Clone)]
+pub struct Caches {
+    /// Services.
+    pub services: Store<Service>,
+    /// EndpointSlices.
+    pub slices: Store<EndpointSlice>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Caches {
+    /// Starts watching Services and EndpointSlices through `client` until `shutdown`.
+    #[must_use]
+    pub fn watch(client: &kube::Client, shutdown: &CancellationToken) -> Self {
+        let changed = Arc::new(watch::Sender::new(0));
+        let (services, services_writer) = reflector::store::<Service>();
+        let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+        let watch_config = watcher::Config::default().any_semantic();
         let stream = reflector(
             services_writer,
             watcher(Api::<Service>::all(client.clone()), watch_config.clone()),
         )
         .default_backoff();
-        tokio::spawn(notify_on(stream, changed, shutdown.clone()));
-    }
-    {
-        let changed = changed.clone();
+        tokio::spawn(forward_changes(stream, changed.clone(), shutdown.clone()));
         let stream = reflector(
             slices_writer,
-            watcher(Api::<EndpointSlice>::all(client), watch_config),
+            watcher(Api::<EndpointSlice>::all(client.clone()), watch_config),
         )
         .default_backoff();
-        tokio::spawn(notify_on(stream, changed, shutdown.clone()));
+        tokio::spawn(forward_changes(stream, changed.clone(), shutdown.clone()));
+        Self {
+            services,
+            slices,
+            changed,
+        }
     }
+
+    /// A receiver that sees every change to Services or EndpointSlices.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until both stores hold a first complete list; `false` when a watch ended first.
+    pub async fn ready(&self) -> bool {
+        tokio::try_join!(
+            self.services.wait_until_ready(),
+            self.slices.wait_until_ready()
+        )
+        .is_ok()
+    }
+}
+
+/// Keeps the nftables table in step with `caches` until `shutdown`. The table stays when it
+/// stops, so established and new connections keep working while the proxy restarts.
+///
+/// # Errors
+/// Never after the start: failed syncs are logged, counted and retried.
+pub async fn run(
+    caches: Caches,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    kernel_settings();
     tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        result = async { tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready()) } => {
-            if result.is_err() {
+        ready = caches.ready() => {
+            if !ready {
                 return Ok(());
             }
         }
     }
+    let mut changes = caches.subscribe();
+    let Caches {
+        services, slices, ..
+    } = caches;
     info!(table = %config.rules.table, "service proxy syncing");
     let mut installed: Option<nft::Ruleset> = None;
     let mut last_full = Instant::now();
@@ -320,7 +366,7 @@ pub async fn run(
         let until_full = config.sync_period.saturating_sub(last_full.elapsed());
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            () = changed.notified() => {}
+            _ = changes.changed() => {}
             () = tokio::time::sleep(until_full) => {}
         }
         // gather the burst of changes that usually follows one
@@ -331,8 +377,12 @@ pub async fn run(
     }
 }
 
-async fn notify_on<S, K>(stream: S, changed: Arc<Notify>, shutdown: CancellationToken)
-where
+/// Bumps `changed` on every event of a watch stream, until it ends or `shutdown`.
+pub(crate) async fn forward_changes<S, K>(
+    stream: S,
+    changed: Arc<watch::Sender<u64>>,
+    shutdown: CancellationToken,
+) where
     S: futures::Stream<Item = Result<K, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream);
@@ -340,8 +390,8 @@ where
         tokio::select! {
             () = shutdown.cancelled() => return,
             item = stream.next() => match item {
-                Some(Ok(_)) => changed.notify_one(),
-                Some(Err(error)) => debug!(%error, "proxy watch error"),
+                Some(Ok(_)) => changed.send_modify(|version| *version += 1),
+                Some(Err(error)) => debug!(%error, "watch error"),
                 None => return,
             }
         }

@@ -86,6 +86,26 @@ async fn cluster_ips_and_node_ports_are_allocated_checked_and_freed() {
     .await;
     assert_eq!(code, 200, "{slice}");
 
+    // the cluster DNS Service, on the tenth address; the default IngressClass
+    let (code, dns) = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces/kube-system/services/kube-dns",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(code, 200, "{dns}");
+    assert_eq!(dns["spec"]["clusterIP"], "10.96.0.10");
+    let (code, class) = send(
+        &client,
+        "GET",
+        "/apis/networking.k8s.io/v1/ingressclasses/kelson",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(code, 200, "{class}");
+    assert_eq!(class["spec"]["controller"], "kelson.dev/ingress");
+
     // dynamic cluster IPs: in the range, distinct, never the reserved start
     let range = "10.96.0.0/12"
         .parse::<kelson_apiserver::services::Ipv4Cidr>()
@@ -113,14 +133,14 @@ async fn cluster_ips_and_node_ports_are_allocated_checked_and_freed() {
     let (code, status) = create(
         &client,
         "dns",
-        json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}),
+        json!({"clusterIP": "10.96.0.12", "ports": [{"port": 53, "protocol": "UDP"}]}),
     )
     .await;
     assert_eq!(code, 201, "{status}");
     let (code, status) = create(
         &client,
         "dns2",
-        json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}),
+        json!({"clusterIP": "10.96.0.12", "ports": [{"port": 53}]}),
     )
     .await;
     assert_eq!(code, 422, "{status}");
@@ -146,6 +166,35 @@ async fn cluster_ips_and_node_ports_are_allocated_checked_and_freed() {
     )
     .await;
     assert_eq!(code, 422, "{status}");
+
+    // bad input: a port listed twice, an invalid selector, a bad target port
+    let (code, status) = create(
+        &client,
+        "dup",
+        json!({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}),
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(causes(&status).contains("spec.ports[1]"), "{status}");
+    let (code, status) = create(
+        &client,
+        "sel",
+        json!({"selector": {"app": "not valid!"}, "ports": [{"port": 80}]}),
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(causes(&status).contains("spec.selector[app]"), "{status}");
+    let (code, status) = create(
+        &client,
+        "tp",
+        json!({"ports": [{"port": 80, "targetPort": 70000}]}),
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert!(
+        causes(&status).contains("spec.ports[0].targetPort"),
+        "{status}"
+    );
 
     // headless and ExternalName Services hold no address
     let (code, headless) = create(
@@ -254,7 +303,7 @@ async fn cluster_ips_and_node_ports_are_allocated_checked_and_freed() {
     let (code, status) = create(
         &client,
         "dns2",
-        json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}),
+        json!({"clusterIP": "10.96.0.12", "ports": [{"port": 53, "protocol": "UDP"}]}),
     )
     .await;
     assert_eq!(code, 201, "{status}");

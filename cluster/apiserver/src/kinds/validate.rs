@@ -395,8 +395,67 @@ fn validate_kind(rt: &ResourceType, object: &Value, old: Option<&Value>, causes:
                 causes.push(Cause::required("spec.ports"));
             }
             let mut names = BTreeSet::new();
+            let mut numbers = BTreeSet::new();
+            for (key, value) in object
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let text = value.as_str().unwrap_or("");
+                if !is_qualified_name(key) {
+                    causes.push(Cause::invalid("spec.selector", &Value::String(key.clone()), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                }
+                if !is_label_value(text) {
+                    causes.push(Cause::invalid(format!("spec.selector[{key}]"), value, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                }
+            }
             for (i, port) in ports.iter().enumerate() {
                 let number = port.get("port").and_then(Value::as_i64).unwrap_or(0);
+                let protocol = port
+                    .get("protocol")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TCP");
+                if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+                    causes.push(Cause::new(
+                        "FieldValueNotSupported",
+                        format!("spec.ports[{i}].protocol"),
+                        format!("\"{protocol}\": supported values: \"SCTP\", \"TCP\", \"UDP\""),
+                    ));
+                }
+                if !numbers.insert((number, protocol.to_owned())) {
+                    causes.push(Cause::new(
+                        "FieldValueDuplicate",
+                        format!("spec.ports[{i}]"),
+                        format!("port {number}/{protocol} is listed twice"),
+                    ));
+                }
+                match port.get("targetPort") {
+                    Some(Value::Number(target))
+                        if !target.as_i64().is_some_and(|t| (1..=65535).contains(&t)) =>
+                    {
+                        causes.push(Cause::invalid(
+                            format!("spec.ports[{i}].targetPort"),
+                            &Value::Number(target.clone()),
+                            "must be between 1 and 65535, inclusive",
+                        ));
+                    }
+                    Some(Value::String(target))
+                        if target.is_empty()
+                            || target.len() > 15
+                            || !target.chars().all(|c| {
+                                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+                            })
+                            || !target.chars().any(|c| c.is_ascii_lowercase()) =>
+                    {
+                        causes.push(Cause::invalid(
+                            format!("spec.ports[{i}].targetPort"),
+                            &Value::String(target.clone()),
+                            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), at most 15 characters, with at least one letter",
+                        ));
+                    }
+                    _ => {}
+                }
                 if !(1..=65535).contains(&number) {
                     causes.push(Cause::invalid(
                         format!("spec.ports[{i}].port"),

@@ -35,6 +35,8 @@ pub struct NodeContext {
     pub memory_capacity: i64,
     /// Allocatable resources (cpu in millicores, others in units), for resourceFieldRef.
     pub allocatable: BTreeMap<String, i64>,
+    /// How pods resolve names.
+    pub dns: spec::DnsSettings,
 }
 
 /// Shared by every pod worker.

@@ -127,9 +127,134 @@ fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
     }
 }
 
+/// How pods resolve names: the kubelet's `--cluster-dns`, `--cluster-domain` and the node's
+/// own resolv.conf (`--resolv-conf`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The cluster DNS Service's address(es); empty when the cluster has none.
+    pub cluster_dns: Vec<String>,
+    /// The cluster zone (`cluster.local`).
+    pub domain: String,
+    /// The node's nameservers.
+    pub host_servers: Vec<String>,
+    /// The node's search domains.
+    pub host_searches: Vec<String>,
+    /// The node's resolver options.
+    pub host_options: Vec<String>,
+}
+
+impl DnsSettings {
+    /// Settings with the node's resolver read from `resolv_conf` (its text).
+    #[must_use]
+    pub fn new(cluster_dns: Vec<String>, domain: &str, resolv_conf: &str) -> Self {
+        let mut settings = Self {
+            cluster_dns,
+            domain: domain.trim_end_matches('.').to_owned(),
+            ..Self::default()
+        };
+        for line in resolv_conf.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => settings
+                    .host_servers
+                    .extend(words.next().map(str::to_owned)),
+                Some("search" | "domain") => {
+                    settings.host_searches = words.map(str::to_owned).collect();
+                }
+                Some("options") => settings.host_options.extend(words.map(str::to_owned)),
+                _ => {}
+            }
+        }
+        settings
+    }
+}
+
+fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+/// The resolver of `pod` per its `dnsPolicy` and `dnsConfig`, as the kubelet builds it:
+/// `ClusterFirst` (the default) points at the cluster DNS with the namespace's search path and
+/// `ndots:5` — except for host-network pods, which get the node's resolver as with `Default`,
+/// unless the policy is `ClusterFirstWithHostNet`; `None` takes only `dnsConfig`, which the
+/// other policies merge in (nameservers and searches appended, options by name). Without a
+/// cluster DNS, cluster policies fall back to the node's resolver.
+#[must_use]
+pub fn dns_config(pod: &Pod, dns: &DnsSettings) -> Option<cri::DnsConfig> {
+    let spec = pod.spec.as_ref()?;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let host_network = spec.host_network.unwrap_or(false);
+    let cluster = !dns.cluster_dns.is_empty()
+        && match policy {
+            "ClusterFirstWithHostNet" => true,
+            "ClusterFirst" => !host_network,
+            _ => false,
+        };
+    let mut config = cri::DnsConfig::default();
+    if cluster {
+        config.servers.clone_from(&dns.cluster_dns);
+        let domain = &dns.domain;
+        config.searches = vec![
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.clone(),
+        ];
+        push_unique(&mut config.searches, dns.host_searches.iter().cloned());
+        config.options = vec!["ndots:5".to_owned()];
+    } else if policy != "None" {
+        config.servers.clone_from(&dns.host_servers);
+        config.searches.clone_from(&dns.host_searches);
+        config.options.clone_from(&dns.host_options);
+    }
+    if let Some(extra) = &spec.dns_config {
+        push_unique(
+            &mut config.servers,
+            extra.nameservers.iter().flatten().cloned(),
+        );
+        push_unique(
+            &mut config.searches,
+            extra.searches.iter().flatten().cloned(),
+        );
+        for option in extra.options.iter().flatten() {
+            let Some(name) = option.name.as_deref() else {
+                continue;
+            };
+            let text = match &option.value {
+                Some(value) => format!("{name}:{value}"),
+                None => name.to_owned(),
+            };
+            let existing = config
+                .options
+                .iter()
+                .position(|o| o.split(':').next() == Some(name));
+            match existing {
+                Some(at) => config.options[at] = text,
+                None => config.options.push(text),
+            }
+        }
+    }
+    // the resolver's limits, as the kubelet enforces them
+    config.servers.truncate(3);
+    config.searches.truncate(32);
+    if config.servers.is_empty() && config.searches.is_empty() && config.options.is_empty() {
+        return None;
+    }
+    Some(config)
+}
+
 /// The sandbox config of `pod` on `node` (`attempt` counts sandbox re-creations).
 #[must_use]
-pub fn sandbox_config(pod: &Pod, node: &str, attempt: u32) -> cri::PodSandboxConfig {
+pub fn sandbox_config(
+    pod: &Pod,
+    node: &str,
+    dns: &DnsSettings,
+    attempt: u32,
+) -> cri::PodSandboxConfig {
     let key = PodKey::of(pod);
     let spec = pod.spec.clone().unwrap_or_default();
     let hostname = if host_network(pod) {
@@ -175,7 +300,7 @@ pub fn sandbox_config(pod: &Pod, node: &str, attempt: u32) -> cri::PodSandboxCon
         }),
         hostname,
         log_directory: key.log_directory(),
-        dns_config: None,
+        dns_config: dns_config(pod, dns),
         port_mappings,
         labels: key.labels(node),
         annotations: pod
@@ -690,7 +815,7 @@ mod tests {
     fn sandbox_namespaces_ports_and_cgroup() {
         let pod = pod(json!({"containers": [{"name": "c", "image": "busybox",
             "ports": [{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81}]}]}));
-        let config = sandbox_config(&pod, "n1", 0);
+        let config = sandbox_config(&pod, "n1", &DnsSettings::default(), 0);
         assert_eq!(config.log_directory, "/var/log/pods/shop_web_u1");
         assert_eq!(config.hostname, "web");
         assert_eq!(config.port_mappings.len(), 1);
@@ -789,5 +914,72 @@ mod tests {
         let missing = EnvSources::default();
         let error = environment(&pod, container, &missing, &BTreeMap::new()).unwrap_err();
         assert_eq!(error.to_string(), "configmap \"cfg\" not found");
+    }
+
+    #[test]
+    fn resolvers_follow_the_dns_policy() {
+        let dns = DnsSettings::new(
+            vec!["10.96.0.10".into()],
+            "cluster.local",
+            "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n",
+        );
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let cluster = dns_config(&pod(serde_json::json!({"containers": []})), &dns).unwrap();
+        assert_eq!(cluster.servers, ["10.96.0.10"]);
+        assert_eq!(
+            cluster.searches,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example"
+            ]
+        );
+        assert_eq!(cluster.options, ["ndots:5"]);
+
+        let host = dns_config(
+            &pod(serde_json::json!({"containers": [], "hostNetwork": true})),
+            &dns,
+        )
+        .unwrap();
+        assert_eq!(host.servers, ["192.0.2.53"]);
+        assert_eq!(host.options, ["edns0"]);
+        let with_host_net = dns_config(
+            &pod(serde_json::json!({"containers": [], "hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"})),
+            &dns,
+        )
+        .unwrap();
+        assert_eq!(with_host_net.servers, ["10.96.0.10"]);
+
+        let custom = dns_config(
+            &pod(serde_json::json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {
+                "nameservers": ["1.1.1.1"], "searches": ["a.example"], "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}})),
+            &dns,
+        )
+        .unwrap();
+        assert_eq!(custom.servers, ["1.1.1.1"]);
+        assert_eq!(custom.searches, ["a.example"]);
+        assert_eq!(custom.options, ["ndots:2", "rotate"]);
+
+        let merged = dns_config(
+            &pod(serde_json::json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}})),
+            &dns,
+        )
+        .unwrap();
+        assert_eq!(merged.options, ["ndots:1"]);
+
+        // no cluster DNS: the node's resolver
+        let none = DnsSettings::new(Vec::new(), "cluster.local", "nameserver 192.0.2.53\n");
+        assert_eq!(
+            dns_config(&pod(serde_json::json!({"containers": []})), &none)
+                .unwrap()
+                .servers,
+            ["192.0.2.53"]
+        );
     }
 }

@@ -398,7 +398,12 @@ impl Worker {
                     if let Some(old) = &observed.sandbox {
                         self.remove_sandbox(&old.id).await;
                     }
-                    let config = spec::sandbox_config(pod, &self.ctx.node.name, *attempt);
+                    let config = spec::sandbox_config(
+                        pod,
+                        &self.ctx.node.name,
+                        &self.ctx.node.dns,
+                        *attempt,
+                    );
                     match self.ctx.cri.run_pod_sandbox(config).await {
                         Ok(id) => {
                             debug!(pod = %self.key.name, sandbox = %id, "sandbox started");
@@ -767,7 +772,12 @@ impl Worker {
                 }
             }
         }
-        let sandbox_config = spec::sandbox_config(pod, &self.ctx.node.name, sandbox_attempt);
+        let sandbox_config = spec::sandbox_config(
+            pod,
+            &self.ctx.node.name,
+            &self.ctx.node.dns,
+            sandbox_attempt,
+        );
         let cri = self.ctx.cri.clone();
         let id = match cri
             .create_container(sandbox_id, config, sandbox_config)
