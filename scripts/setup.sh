@@ -16,6 +16,7 @@ packages=(
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
   iptables
   nftables             # nft, which the service proxy programs Service routing with
+  conntrack            # the service proxy clears UDP flows to endpoints that are gone
   curl                 # the Ingress tests request over HTTPS with SNI
   openssl              # the Ingress tests make a TLS certificate
   busybox-static       # the local busybox image the examples and tests run

@@ -485,6 +485,22 @@ fn services_route_to_ready_endpoints_through_nftables() {
     assert!(page(&service).is_some(), "new connections still work");
     let mut server = KelsonProcess::server(binary, &data, &args).unwrap();
     roundtrip("after the restart");
+    // the restarted Ingress controller routes again
+    let ingress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("agent/ingress/address")).unwrap())
+            .unwrap();
+    let port = ingress["http"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    let front = format!("{node_ip}:{port}");
+    wait_for(Duration::from_secs(20), "the restarted Ingress", || {
+        request(&front, "blog.example.test", "/")
+            .filter(|(status, _)| *status == 200)
+            .map(|_| ())
+    });
 
     // the restarted proxy follows changes again
     kubectl.ok(&["scale", "deployment/web", "--replicas=1"]);

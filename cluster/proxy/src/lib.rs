@@ -189,6 +189,88 @@ pub async fn apply(nft: &std::path::Path, script: &str) -> Result<(), Error> {
     }
 }
 
+/// The `conntrack -D` calls that clear UDP flows a change leaves stale: flows to endpoints that
+/// are gone (UDP has no connection to break, so a client would keep sending to the old endpoint)
+/// and flows to Service ports that had no endpoints. As kube-proxy does.
+#[must_use]
+pub fn stale_udp_flows(old: &[model::ServicePort], new: &[model::ServicePort]) -> Vec<Vec<String>> {
+    let mut calls = Vec::new();
+    let udp =
+        |ports: &[model::ServicePort]| -> std::collections::BTreeMap<String, model::ServicePort> {
+            ports
+                .iter()
+                .filter(|p| p.protocol == model::Protocol::Udp)
+                .map(|p| (p.id(), p.clone()))
+                .collect()
+        };
+    let (before, after) = (udp(old), udp(new));
+    let delete = |filter: &[String]| {
+        let mut call = vec!["-D".to_owned(), "-p".to_owned(), "udp".to_owned()];
+        call.extend(filter.iter().cloned());
+        call
+    };
+    for (id, port) in &after {
+        let had = before
+            .get(id)
+            .map(|p| p.endpoints.as_slice())
+            .unwrap_or_default();
+        if had.is_empty() && !port.endpoints.is_empty() {
+            calls.push(delete(&["--orig-dst".into(), port.cluster_ip.to_string()]));
+            if let Some(node_port) = port.node_port {
+                calls.push(delete(&["--dport".into(), node_port.to_string()]));
+            }
+        }
+    }
+    for (id, port) in &before {
+        let now = after
+            .get(id)
+            .map(|p| p.endpoints.as_slice())
+            .unwrap_or_default();
+        for gone in port
+            .endpoints
+            .iter()
+            .filter(|e| !now.iter().any(|n| n.ip == e.ip && n.port == e.port))
+        {
+            calls.push(delete(&[
+                "--orig-dst".into(),
+                port.cluster_ip.to_string(),
+                "--dst-nat".into(),
+                gone.ip.to_string(),
+            ]));
+            if let Some(node_port) = port.node_port {
+                calls.push(delete(&[
+                    "--dport".into(),
+                    node_port.to_string(),
+                    "--dst-nat".into(),
+                    gone.ip.to_string(),
+                ]));
+            }
+        }
+    }
+    calls
+}
+
+/// Runs the `conntrack` calls; a missing tool is reported once.
+async fn clear_flows(calls: Vec<Vec<String>>, warned: &mut bool) {
+    for call in calls {
+        match tokio::process::Command::new("conntrack")
+            .args(&call)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+        {
+            // exit status 1 means no flow matched
+            Ok(_) => debug!(?call, "cleared UDP flows"),
+            Err(error) if !*warned => {
+                *warned = true;
+                warn!(%error, "cannot run conntrack: stale UDP flows to removed endpoints stay until they time out");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Removes the proxy's table (`kelson proxy --cleanup`); established connections keep flowing.
 ///
 /// # Errors
@@ -231,6 +313,9 @@ pub struct Caches {
     /// EndpointSlices.
     pub slices: Store<EndpointSlice>,
     changed: Arc<watch::Sender<u64>>,
+    /// Set once both stores hold a first complete list. (A store's own readiness wakes only
+    /// one waiter at a time, so the proxy, the DNS server and the Ingress controller wait here.)
+    ready: watch::Receiver<Option<bool>>,
 }
 
 impl Caches {
@@ -253,10 +338,21 @@ impl Caches {
         )
         .default_backoff();
         tokio::spawn(forward_changes(stream, changed.clone(), shutdown.clone()));
+        let (ready_tx, ready) = watch::channel(None);
+        {
+            let (services, slices) = (services.clone(), slices.clone());
+            tokio::spawn(async move {
+                let ready =
+                    tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready())
+                        .is_ok();
+                let _ = ready_tx.send(Some(ready));
+            });
+        }
         Self {
             services,
             slices,
             changed,
+            ready,
         }
     }
 
@@ -268,11 +364,11 @@ impl Caches {
 
     /// Waits until both stores hold a first complete list; `false` when a watch ended first.
     pub async fn ready(&self) -> bool {
-        tokio::try_join!(
-            self.services.wait_until_ready(),
-            self.slices.wait_until_ready()
+        let mut ready = self.ready.clone();
+        matches!(
+            ready.wait_for(Option::is_some).await.map(|r| *r),
+            Ok(Some(true))
         )
-        .is_ok()
     }
 }
 
@@ -302,6 +398,8 @@ pub async fn run(
     } = caches;
     info!(table = %config.rules.table, "service proxy syncing");
     let mut installed: Option<nft::Ruleset> = None;
+    let mut installed_ports: Vec<model::ServicePort> = Vec::new();
+    let mut conntrack_warned = false;
     let mut last_full = Instant::now();
     loop {
         let services = services.state();
@@ -351,6 +449,12 @@ pub async fn run(
                         .unwrap_or_default(),
                 );
                 installed = Some(desired);
+                clear_flows(
+                    stale_udp_flows(&installed_ports, &ports),
+                    &mut conntrack_warned,
+                )
+                .await;
+                installed_ports = ports;
             }
             Err(error) => {
                 metrics.failures.inc();
@@ -395,5 +499,65 @@ pub(crate) async fn forward_changes<S, K>(
                 None => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Endpoint, Protocol, ServicePort};
+    use std::net::Ipv4Addr;
+
+    fn dns(endpoints: &[[u8; 4]]) -> ServicePort {
+        ServicePort {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            port_name: "dns".into(),
+            protocol: Protocol::Udp,
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            node_port: None,
+            external_local: false,
+            affinity_seconds: None,
+            endpoints: endpoints
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: Ipv4Addr::from(*ip),
+                    port: 53,
+                    node: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn udp_flows_to_gone_endpoints_are_cleared() {
+        let both = dns(&[[10, 88, 0, 2], [10, 88, 0, 3]]);
+        let one = dns(&[[10, 88, 0, 3]]);
+        assert_eq!(
+            stale_udp_flows(std::slice::from_ref(&both), std::slice::from_ref(&one)),
+            [[
+                "-D",
+                "-p",
+                "udp",
+                "--orig-dst",
+                "10.96.0.10",
+                "--dst-nat",
+                "10.88.0.2"
+            ]]
+        );
+        assert!(
+            stale_udp_flows(std::slice::from_ref(&one), std::slice::from_ref(&both)).is_empty()
+        );
+        assert_eq!(
+            stale_udp_flows(&[dns(&[])], &[one]),
+            [["-D", "-p", "udp", "--orig-dst", "10.96.0.10"]]
+        );
+        let mut tcp = both;
+        tcp.protocol = Protocol::Tcp;
+        assert!(
+            stale_udp_flows(&[tcp], &[]).is_empty(),
+            "TCP flows end by themselves"
+        );
     }
 }

@@ -178,6 +178,20 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Selector", "string", 1),
         ],
         ("", "Namespace") => vec![NAME, col("Status", "string", 0), AGE],
+        ("networking.k8s.io", "Ingress") => vec![
+            NAME,
+            col("Class", "string", 0),
+            col("Hosts", "string", 0),
+            col("Address", "string", 0),
+            col("Ports", "string", 0),
+            AGE,
+        ],
+        ("networking.k8s.io", "IngressClass") => vec![
+            NAME,
+            col("Controller", "string", 0),
+            col("Parameters", "string", 0),
+            AGE,
+        ],
         ("autoscaling", "HorizontalPodAutoscaler") => vec![
             NAME,
             col("Reference", "string", 0),
@@ -586,6 +600,13 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
         }
         ("", "Node") => node_cells(object),
         ("", "Service") => service_cells(object),
+        ("networking.k8s.io", "Ingress") => ingress_cells(object),
+        ("networking.k8s.io", "IngressClass") => vec![
+            name,
+            json!(s(object, "/spec/controller")),
+            json!("<none>"),
+            json!(created(object)),
+        ],
         ("", "Namespace") => vec![
             name,
             json!(s(object, "/status/phase")),
@@ -1067,6 +1088,54 @@ fn node_cells(node: &Value) -> Vec<Value> {
     ]
 }
 
+/// kubectl's Ingress columns: class, hosts (`*` for a rule without one), the status
+/// addresses, `80` or `80, 443` with TLS.
+fn ingress_cells(ingress: &Value) -> Vec<Value> {
+    let class = match s(ingress, "/spec/ingressClassName") {
+        "" => "<none>",
+        class => class,
+    };
+    let rules = ingress
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let mut hosts: Vec<&str> = rules
+        .iter()
+        .map(|r| r.get("host").and_then(Value::as_str).unwrap_or("*"))
+        .collect();
+    hosts.dedup();
+    let hosts = if hosts.is_empty() {
+        "*".to_owned()
+    } else if hosts.len() > 4 {
+        format!("{} + {} more...", hosts[..4].join(","), hosts.len() - 4)
+    } else {
+        hosts.join(",")
+    };
+    let addresses: Vec<&str> = ingress
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            i.get("ip")
+                .or_else(|| i.get("hostname"))
+                .and_then(Value::as_str)
+        })
+        .collect();
+    let tls = ingress
+        .pointer("/spec/tls")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    vec![
+        json!(s(ingress, "/metadata/name")),
+        json!(class),
+        json!(hosts),
+        json!(addresses.join(",")),
+        json!(if tls { "80, 443" } else { "80" }),
+        json!(created(ingress)),
+    ]
+}
+
 fn service_cells(service: &Value) -> Vec<Value> {
     let service_type = s(service, "/spec/type");
     let cluster_ip = match s(service, "/spec/clusterIP") {
@@ -1172,6 +1241,29 @@ mod tests {
         let cells = service_cells(&svc);
         assert_eq!(cells[4], "80:30080/TCP");
         assert_eq!(cells[3], "<none>");
+    }
+
+    #[test]
+    fn ingress_columns() {
+        let ingress = json!({"metadata": {"name": "sites"}, "spec": {"ingressClassName": "kelson",
+            "rules": [{"host": "a.test"}, {"host": "b.test"}], "tls": [{"hosts": ["a.test"]}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.2"}]}}});
+        let cells = ingress_cells(&ingress);
+        assert_eq!(
+            cells[1..5],
+            [
+                json!("kelson"),
+                json!("a.test,b.test"),
+                json!("192.0.2.2"),
+                json!("80, 443")
+            ]
+        );
+        let bare =
+            ingress_cells(&json!({"metadata": {"name": "x"}, "spec": {"defaultBackend": {}}}));
+        assert_eq!(
+            bare[1..5],
+            [json!("<none>"), json!("*"), json!(""), json!("80")]
+        );
     }
 
     #[test]

@@ -268,8 +268,16 @@ async fn handle(
     };
     *request.uri_mut() = uri;
     *request.version_mut() = http::Version::HTTP_11;
+    // a protocol upgrade (WebSocket) passes through: its headers stay, and after 101 the two
+    // connections are joined byte for byte
+    let upgrade = request.headers().get(header::UPGRADE).cloned();
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     if !headers.contains_key(header::HOST)
         && let Ok(value) = HeaderValue::from_str(&host)
     {
@@ -290,7 +298,25 @@ async fn handle(
         }
     }
     match tokio::time::timeout(Duration::from_secs(60), controller.client.request(request)).await {
-        Ok(Ok(response)) => {
+        Ok(Ok(mut response)) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_side) = client_side
+            {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    let (Ok(client), Ok(upstream)) = tokio::join!(client_side, upstream_side)
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                });
+                let (parts, body) = response.into_parts();
+                return Response::from_parts(parts, body.boxed());
+            }
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
@@ -344,14 +370,16 @@ async fn accept_loop(
                     else {
                         return;
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         () = shutdown.cancelled() => Ok(()),
                         result = connection => result,
                     }
                 }
                 None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         () = shutdown.cancelled() => Ok(()),
                         result = connection => result,
@@ -384,10 +412,11 @@ async fn publish_status(client: &kube::Client, ingress: &Ingress, address: IpAdd
     };
     let api: Api<Ingress> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": want}}});
-    if let Err(error) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    let params = PatchParams {
+        field_manager: Some("kelson-ingress".into()),
+        ..PatchParams::default()
+    };
+    if let Err(error) = api.patch_status(name, &params, &Patch::Merge(&patch)).await {
         debug!(%namespace, %name, %error, "failed to publish the Ingress address");
     }
 }
