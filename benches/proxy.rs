@@ -2,8 +2,8 @@
 //! in a network namespace of its own (the host's rules are never touched; needs root and nft),
 //! then the cluster DNS server answering those Services over UDP on loopback.
 //!
-//! Last, the Ingress controller in front of a small HTTP server, beside a direct connection to it,
-//! both loaded by `wrk` (Debian's) with the same settings.
+//! Last, the Ingress controller and the userspace proxy mode in front of a small HTTP server,
+//! each beside a direct connection to it, all loaded by `wrk` (Debian's) with the same settings.
 //!
 //! Knobs (env): `BENCH_SERVICES` (default 1000), `BENCH_ENDPOINTS` (10 per Service),
 //! `BENCH_RUNS` (5; the median is reported), `BENCH_DNS_CLIENTS` (16 concurrent clients),
@@ -194,6 +194,30 @@ fn main() {
     drop(namespace);
     dns(count);
     ingress();
+    userspace();
+}
+
+/// A results table: `direct` beside `proxied` (requests/s, p50, p99 from [`wrk`]).
+fn wrk_table(
+    title: &str,
+    via: &str,
+    direct: &(f64, String, String),
+    proxied: &(f64, String, String),
+) {
+    println!("\n### {title}\n");
+    println!("| path | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!(
+        "| direct to the backend | {:.0} | {} | {} |",
+        direct.0, direct.1, direct.2
+    );
+    println!(
+        "| {via} | {:.0} ({:.2}× direct) | {} | {} |",
+        proxied.0,
+        proxied.0 / direct.0,
+        proxied.1,
+        proxied.2
+    );
 }
 
 /// One line of wrk's summary: requests/s and latency percentiles.
@@ -223,6 +247,89 @@ fn wrk(url: &str, host: &str, connections: usize, seconds: usize) -> (f64, Strin
     (rps, field("50%"), field("99%"))
 }
 
+/// A minimal HTTP/1.1 server answering 200 "hello", on loopback.
+async fn backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    backend
+}
+
+/// The userspace proxy mode relaying a cluster IP to an HTTP server, against the server
+/// directly. The cluster IP (10.255.254.1) is held on an interface of the bench's own in the
+/// host's namespace and removed at the end.
+fn userspace() {
+    use kelson_proxy::userspace::{self, RelayMetrics, Userspace};
+    const INTERFACE: &str = "kelson-bench";
+
+    let connections = env("BENCH_WRK_CONNECTIONS", 32);
+    let seconds = env("BENCH_WRK_SECONDS", 10);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (backend, _proxy) = runtime.block_on(async {
+        let backend = backend().await;
+        let port = ServicePort {
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+            cluster_ip: Ipv4Addr::new(10, 255, 254, 1),
+            port: 80,
+            node_port: None,
+            external_local: false,
+            affinity_seconds: None,
+            endpoints: vec![Endpoint {
+                ip: Ipv4Addr::LOCALHOST,
+                port: backend.port(),
+                node: None,
+            }],
+        };
+        let mut proxy = Userspace::new(
+            "ip",
+            INTERFACE,
+            RelayMetrics::new(&prometheus::Registry::new()),
+            shutdown.clone(),
+        );
+        let report = proxy
+            .sync(&userspace::plan(&[port], "n1"), true)
+            .await
+            .expect("ip can add the bench's interface (root)");
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        (backend, proxy)
+    });
+    let direct = wrk(&format!("http://{backend}/"), "web", connections, seconds);
+    let relayed = wrk("http://10.255.254.1/", "web", connections, seconds);
+    shutdown.cancel();
+    let _ = Command::new("ip")
+        .args(["link", "delete", INTERFACE])
+        .status();
+    wrk_table(
+        &format!(
+            "Userspace proxy mode (`wrk -t2 -c{connections} -d{seconds}s`, keep-alive, 6-byte responses, loopback)"
+        ),
+        "through the userspace relay (cluster IP)",
+        &direct,
+        &relayed,
+    );
+    drop(runtime);
+}
+
 /// The Ingress controller in front of an HTTP server, against the server directly.
 fn ingress() {
     use k8s_openapi::api::networking::v1::Ingress;
@@ -232,26 +339,7 @@ fn ingress() {
     let seconds = env("BENCH_WRK_SECONDS", 10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (front, backend, _server) = runtime.block_on(async {
-        // the backend: a minimal HTTP/1.1 server answering 200 "hello"
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_request| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"hello\n")),
-                        ))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let backend = backend().await;
         let server = kelson_testing::TestServer::start().await;
         let client = server.client().await;
         let objects: Vec<serde_json::Value> = vec![
@@ -327,21 +415,13 @@ fn ingress() {
         connections,
         seconds,
     );
-    println!(
-        "\n### Ingress (`wrk -t2 -c{connections} -d{seconds}s`, keep-alive, 6-byte responses, loopback)\n"
-    );
-    println!("| path | requests/s | p50 | p99 |");
-    println!("|---|---|---|---|");
-    println!(
-        "| direct to the backend | {:.0} | {} | {} |",
-        direct.0, direct.1, direct.2
-    );
-    println!(
-        "| through the Ingress controller | {:.0} ({:.2}× direct) | {} | {} |",
-        proxied.0,
-        proxied.0 / direct.0,
-        proxied.1,
-        proxied.2
+    wrk_table(
+        &format!(
+            "Ingress (`wrk -t2 -c{connections} -d{seconds}s`, keep-alive, 6-byte responses, loopback)"
+        ),
+        "through the Ingress controller",
+        &direct,
+        &proxied,
     );
     drop(runtime);
 }

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   etcd-server          # the etcd storage backend and its tests
   protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
+  libprotobuf-dev      # protoc's well-known types (google/protobuf/*.proto) the etcd client imports
   ca-certificates
   git
   gnupg                # verifies OpenPGP-signed commits (GitOps)
@@ -16,6 +17,7 @@ packages=(
   containernetworking-plugins  # bridge, host-local, portmap, firewall, loopback
   iptables
   nftables             # nft, which the service proxy programs Service routing with
+  iproute2             # ip, with which the userspace proxy mode holds cluster IPs
   conntrack            # the service proxy clears UDP flows to endpoints that are gone
   curl                 # the Ingress tests request over HTTPS with SNI
   openssl              # the Ingress tests make a TLS certificate

@@ -152,6 +152,11 @@ struct NodeArgs {
     /// Do not run the service proxy (nftables rules for Service cluster IPs and node ports).
     #[arg(long)]
     disable_proxy: bool,
+    /// How the service proxy steers Service traffic: `nftables` (rules in the kernel, as
+    /// kube-proxy's nftables mode), `userspace` (the node holds the cluster IPs and relays from
+    /// sockets; for nodes without nftables) or `auto` (nftables when it works).
+    #[arg(long, default_value = "auto")]
+    proxy_mode: kelson_proxy::Mode,
     /// The pod network; traffic to Services from elsewhere is masqueraded.
     #[arg(long, default_value = "10.88.0.0/16")]
     cluster_cidr: String,
@@ -247,6 +252,7 @@ impl NodeArgs {
             return Ok(());
         }
         let mut config = kelson_proxy::Config::new(node);
+        config.mode = self.proxy_mode;
         config.rules.cluster_cidr.clone_from(&self.cluster_cidr);
         let metrics = Arc::new(kelson_proxy::Metrics::new());
         let caches = kelson_proxy::Caches::watch(&client, &shutdown);

@@ -3,7 +3,8 @@
 //! balanced; pods resolve Services through the cluster DNS; a NodePort answers on the node's
 //! address; an Ingress routes two hosts to two Services over HTTP and HTTPS; scaling and readiness change the routing
 //! at once; a kill -9 of `kelson server` keeps established connections and the rules, and the
-//! restarted proxy takes over.
+//! restarted proxy takes over; restarted in userspace mode, the node serves the same Services
+//! through relays.
 //!
 //! One test function: the proxy's table lives in the host's network namespace, which every test
 //! process shares.
@@ -154,13 +155,18 @@ fn pods(kubectl: &Kubectl, selector: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Removes the proxy's table when dropped, whatever happened.
+/// Removes the proxy's table and the userspace mode's interface when dropped, whatever
+/// happened.
 struct TableCleanup;
 
 impl Drop for TableCleanup {
     fn drop(&mut self) {
         let _ = std::process::Command::new("nft")
             .args(["delete", "table", "ip", "kelson-proxy"])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", "kelson-svc"])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -339,8 +345,7 @@ fn services_route_to_ready_endpoints_through_nftables() {
 
     // the Ingress routes two hosts to two Services, over HTTP and HTTPS, and shows its address
     let ingress: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("agent/ingress/address")).unwrap())
-            .unwrap();
+        serde_json::from_str(&agent_address(&data, "ingress")).unwrap();
     let http_port = ingress["http"]
         .as_str()
         .unwrap()
@@ -454,7 +459,7 @@ fn services_route_to_ready_endpoints_through_nftables() {
     );
 
     // the proxy's own metrics
-    let address = std::fs::read_to_string(data.join("agent/proxy/address")).unwrap();
+    let address = agent_address(&data, "proxy");
     let metrics = page_path(address.trim(), "/metrics");
     assert!(
         metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
@@ -483,12 +488,12 @@ fn services_route_to_ready_endpoints_through_nftables() {
     server.kill();
     roundtrip("while the proxy is gone");
     assert!(page(&service).is_some(), "new connections still work");
+    forget_addresses(&data);
     let mut server = KelsonProcess::server(binary, &data, &args).unwrap();
     roundtrip("after the restart");
     // the restarted Ingress controller routes again
     let ingress: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("agent/ingress/address")).unwrap())
-            .unwrap();
+        serde_json::from_str(&agent_address(&data, "ingress")).unwrap();
     let port = ingress["http"]
         .as_str()
         .unwrap()
@@ -526,6 +531,80 @@ fn services_route_to_ready_endpoints_through_nftables() {
         },
     );
 
+    // the userspace mode, for nodes without nftables: the node takes the cluster IPs and relays
+    kubectl.ok(&["scale", "deployment/web", "--replicas=2"]);
+    server.terminate().unwrap();
+    let mut userspace_args = args.clone();
+    userspace_args.push("--proxy-mode=userspace");
+    forget_addresses(&data);
+    let mut server = KelsonProcess::server(binary, &data, &userspace_args).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the userspace proxy to hold the cluster IPs",
+        || {
+            let table = std::process::Command::new("nft")
+                .args(["list", "table", "ip", "kelson-proxy"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            let held = std::process::Command::new("ip")
+                .args(["-4", "-o", "address", "show", "dev", "kelson-svc"])
+                .output()
+                .ok()?;
+            let held = String::from_utf8_lossy(&held.stdout);
+            (!table.status.success() && held.contains(&format!(" {cluster_ip}/32"))).then_some(())
+        },
+    );
+    let replicas = wait_for(
+        Duration::from_secs(60),
+        "both replicas behind the userspace proxy",
+        || {
+            let replicas = pods(&kubectl, "app=web");
+            (replicas.len() == 2 && answering(&service, 20) == replicas).then_some(replicas)
+        },
+    );
+    eprintln!("userspace: cluster IP {service} answered by {replicas:?}");
+    assert!(
+        page(&format!("{node_ip}:{node_port}")).is_some(),
+        "the NodePort through the userspace proxy"
+    );
+    // from a pod, by name: the DNS query goes over UDP through the kube-dns relay
+    let by_name = wait_for(
+        Duration::from_secs(20),
+        "a pod to reach web by name in userspace mode",
+        || {
+            let output = kubectl.run(
+                // (busybox's own wget -T crashes; timeout bounds it instead)
+                &[
+                    "exec",
+                    "client",
+                    "--",
+                    "timeout",
+                    "5",
+                    "wget",
+                    "-qO-",
+                    "http://web/",
+                ],
+                None,
+            );
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        },
+    );
+    assert!(replicas.contains(&by_name), "{by_name}");
+    match TcpStream::connect_timeout(&echo.parse().unwrap(), Duration::from_secs(2)) {
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused),
+        Ok(_) => panic!("a Service without endpoints refuses in userspace mode too"),
+    }
+    let address = agent_address(&data, "proxy");
+    let metrics = page_path(address.trim(), "/metrics");
+    assert!(
+        metrics.contains("kelson_proxy_mode{mode=\"userspace\"} 1"),
+        "{metrics}"
+    );
+
     kubectl.ok(&[
         "delete",
         "deployment",
@@ -536,6 +615,29 @@ fn services_route_to_ready_endpoints_through_nftables() {
     ]);
     kubectl.ok(&["delete", "pod", "client", "--wait=false"]);
     let _ = server.terminate();
+}
+
+/// What the agent's `component` wrote to `agent/COMPONENT/address`, once it has (a restarted
+/// agent writes it anew; [`forget_addresses`] removes the old ones before a restart).
+fn agent_address(data: &Path, component: &str) -> String {
+    let file = data.join(format!("agent/{component}/address"));
+    wait_for(Duration::from_secs(30), &file.display().to_string(), || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let text = text.trim();
+        // whole: a JSON object closed, or an address with a port
+        (text.ends_with('}')
+            || text
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok()))
+        .then(|| text.to_owned())
+    })
+}
+
+/// Removes the listening addresses the agent wrote, so that the restarted one's are read.
+fn forget_addresses(data: &Path) {
+    for component in ["ingress", "proxy", "dns"] {
+        let _ = std::fs::remove_file(data.join(format!("agent/{component}/address")));
+    }
 }
 
 /// Status and body of `GET path` with `Host: host` at `address`.

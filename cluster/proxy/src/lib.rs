@@ -7,13 +7,16 @@
 //! Start reading at [`run`]: two reflectors ([`Caches`]) feed a sync loop that turns the cluster's state into a
 //! [`model::ServicePort`] list ([`model::service_ports`]), plans a [`nft::Ruleset`] from it
 //! ([`nft::plan`], pure) and installs it with `nft -f` — the whole table at start and after a
-//! failure, otherwise only the difference from what is installed.
+//! failure, otherwise only the difference from what is installed. Where nftables cannot be used,
+//! [`userspace`] relays the traffic from sockets instead ([`Mode`]).
 
 pub mod dns;
 pub mod ingress;
 pub mod model;
 pub mod nft;
+pub mod userspace;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +39,46 @@ pub enum Error {
     /// `nft` could not be run or refused the rules.
     #[error("nft failed: {0}")]
     Nft(String),
+    /// `ip` could not be run or refused a change (the userspace mode).
+    #[error("ip failed: {0}")]
+    Ip(String),
+}
+
+/// How the proxy steers Service traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// nftables when the node has it, else userspace.
+    #[default]
+    Auto,
+    /// Rules in one nftables table ([`nft`]).
+    Nftables,
+    /// Relays from sockets on the cluster IPs and node ports ([`userspace`]).
+    Userspace,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "nftables" => Ok(Self::Nftables),
+            "userspace" => Ok(Self::Userspace),
+            other => Err(format!(
+                "unknown proxy mode {other:?}: expected auto, nftables or userspace"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Nftables => "nftables",
+            Self::Userspace => "userspace",
+        })
+    }
 }
 
 /// How the proxy runs.
@@ -43,8 +86,12 @@ pub enum Error {
 pub struct Config {
     /// Table, pod network and node name.
     pub rules: nft::RulesConfig,
+    /// nftables, userspace, or whichever works.
+    pub mode: Mode,
     /// The `nft` program.
     pub nft: PathBuf,
+    /// The `ip` program (userspace mode).
+    pub ip: PathBuf,
     /// Changes arriving within this interval are applied together.
     pub min_sync_period: Duration,
     /// The whole table is rewritten at least this often (repairing anything changed behind
@@ -62,7 +109,9 @@ impl Config {
                 cluster_cidr: "10.88.0.0/16".into(),
                 node: node.into(),
             },
+            mode: Mode::Auto,
             nft: PathBuf::from("nft"),
+            ip: PathBuf::from("ip"),
             min_sync_period: Duration::from_millis(100),
             sync_period: Duration::from_secs(3600),
         }
@@ -77,6 +126,7 @@ pub struct Metrics {
     partial: Histogram,
     last: prometheus::Gauge,
     failures: IntCounter,
+    mode: prometheus::IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +182,15 @@ impl Metrics {
         registry
             .register(Box::new(failures.clone()))
             .expect("unique");
+        let mode = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "kelson_proxy_mode",
+                "The mode the service proxy runs in (1 for the mode in use)",
+            ),
+            &["mode"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(mode.clone())).expect("unique");
         Self {
             registry,
             sync,
@@ -139,6 +198,7 @@ impl Metrics {
             partial,
             last,
             failures,
+            mode,
         }
     }
 
@@ -372,8 +432,122 @@ impl Caches {
     }
 }
 
-/// Keeps the nftables table in step with `caches` until `shutdown`. The table stays when it
-/// stops, so established and new connections keep working while the proxy restarts.
+/// The mode to run in: `config.mode`, or for [`Mode::Auto`] nftables when `nft` can create the
+/// table, else userspace (with the reason nftables was passed over).
+pub async fn choose_mode(config: &Config) -> (Mode, Option<String>) {
+    match config.mode {
+        Mode::Auto => {
+            match apply(
+                &config.nft,
+                &format!("add table ip {}\n", config.rules.table),
+            )
+            .await
+            {
+                Ok(()) => (Mode::Nftables, None),
+                Err(error) => (Mode::Userspace, Some(error.to_string())),
+            }
+        }
+        mode => (mode, None),
+    }
+}
+
+/// What the sync loop drives: the nftables table or the userspace relays.
+enum DataPath {
+    Nftables {
+        installed: Option<nft::Ruleset>,
+        installed_ports: Vec<model::ServicePort>,
+        conntrack_warned: bool,
+    },
+    Userspace {
+        proxy: userspace::Userspace,
+        started: bool,
+        bind_failures: IntCounter,
+        skipped_warned: BTreeSet<String>,
+    },
+}
+
+/// What one sync did.
+struct Synced {
+    /// Something was changed on the node.
+    changed: bool,
+    /// Part of it failed and is retried soon.
+    retry: bool,
+}
+
+impl DataPath {
+    fn needs_full(&self) -> bool {
+        match self {
+            Self::Nftables { installed, .. } => installed.is_none(),
+            Self::Userspace { started, .. } => !started,
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        config: &Config,
+        ports: Vec<model::ServicePort>,
+        full: bool,
+    ) -> Result<Synced, Error> {
+        match self {
+            Self::Nftables {
+                installed,
+                installed_ports,
+                conntrack_warned,
+            } => {
+                let desired = nft::plan(&ports, &config.rules);
+                let script = match (&*installed, full) {
+                    (Some(old), false) => {
+                        let mut script = String::new();
+                        nft::render_diff(old, &desired, &config.rules.table, &mut script);
+                        script
+                    }
+                    _ => nft::render_full(&desired, &config.rules.table),
+                };
+                if !script.is_empty() {
+                    apply(&config.nft, &script).await.inspect_err(|_| {
+                        *installed = None;
+                    })?;
+                }
+                *installed = Some(desired);
+                clear_flows(stale_udp_flows(installed_ports, &ports), conntrack_warned).await;
+                *installed_ports = ports;
+                Ok(Synced {
+                    changed: !script.is_empty(),
+                    retry: false,
+                })
+            }
+            Self::Userspace {
+                proxy,
+                started,
+                bind_failures,
+                skipped_warned,
+            } => {
+                let plan = userspace::plan(&ports, &config.rules.node);
+                for id in &plan.skipped {
+                    if skipped_warned.insert(id.clone()) {
+                        warn!(service_port = %id, "the userspace proxy does not relay SCTP");
+                    }
+                }
+                let report = proxy.sync(&plan, full).await.inspect_err(|_| {
+                    *started = false;
+                })?;
+                *started = true;
+                for (frontend, error) in &report.failed {
+                    bind_failures.inc();
+                    warn!(%frontend, %error, "userspace proxy cannot listen; retrying");
+                }
+                Ok(Synced {
+                    changed: report.changed,
+                    retry: !report.failed.is_empty(),
+                })
+            }
+        }
+    }
+}
+
+/// Keeps the node's data path (the nftables table, or the userspace relays) in step with
+/// `caches` until `shutdown`. The nftables table stays when the proxy stops, so established and
+/// new connections keep working while it restarts.
 ///
 /// # Errors
 /// Never after the start: failed syncs are logged, counted and retried.
@@ -383,7 +557,53 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    kernel_settings();
+    let (mode, reason) = choose_mode(&config).await;
+    let mut path = match mode {
+        Mode::Userspace => {
+            if let Some(reason) = reason {
+                warn!(%reason, "nftables cannot be used: the service proxy runs in userspace mode");
+            }
+            // rules an earlier nftables run left would catch the traffic first
+            if let Err(error) = cleanup(&config.nft, &config.rules.table).await {
+                debug!(%error, "no nftables table to remove");
+            }
+            let bind_failures = IntCounter::with_opts(Opts::new(
+                "kelson_proxy_userspace_bind_failures_total",
+                "Service ports the userspace proxy could not listen on (retried)",
+            ))
+            .expect("valid metric");
+            let _ = metrics.registry.register(Box::new(bind_failures.clone()));
+            let relay = userspace::RelayMetrics::new(&metrics.registry);
+            DataPath::Userspace {
+                proxy: userspace::Userspace::new(
+                    &config.ip,
+                    userspace::INTERFACE,
+                    relay,
+                    shutdown.clone(),
+                ),
+                started: false,
+                bind_failures,
+                skipped_warned: BTreeSet::new(),
+            }
+        }
+        _ => {
+            kernel_settings();
+            // cluster IPs an earlier userspace run held would shadow nothing, but go
+            if let Err(error) = userspace::cleanup(&config.ip, userspace::INTERFACE).await {
+                debug!(%error, "cannot remove the userspace proxy's interface");
+            }
+            DataPath::Nftables {
+                installed: None,
+                installed_ports: Vec::new(),
+                conntrack_warned: false,
+            }
+        }
+    };
+    let mode = match path {
+        DataPath::Userspace { .. } => Mode::Userspace,
+        DataPath::Nftables { .. } => Mode::Nftables,
+    };
+    metrics.mode.with_label_values(&[&mode.to_string()]).set(1);
     tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         ready = caches.ready() => {
@@ -396,10 +616,7 @@ pub async fn run(
     let Caches {
         services, slices, ..
     } = caches;
-    info!(table = %config.rules.table, "service proxy syncing");
-    let mut installed: Option<nft::Ruleset> = None;
-    let mut installed_ports: Vec<model::ServicePort> = Vec::new();
-    let mut conntrack_warned = false;
+    info!(%mode, table = %config.rules.table, "service proxy syncing");
     let mut last_full = Instant::now();
     loop {
         let services = services.state();
@@ -408,39 +625,23 @@ pub async fn run(
             services.iter().map(AsRef::as_ref),
             slices.iter().map(AsRef::as_ref),
         );
-        let desired = nft::plan(&ports, &config.rules);
-        let full = installed.is_none() || last_full.elapsed() >= config.sync_period;
+        let count = ports.len();
+        let full = path.needs_full() || last_full.elapsed() >= config.sync_period;
         let started = Instant::now();
-        let script = match (&installed, full) {
-            (Some(old), false) => {
-                let mut script = String::new();
-                nft::render_diff(old, &desired, &config.rules.table, &mut script);
-                script
-            }
-            _ => nft::render_full(&desired, &config.rules.table),
-        };
-        let result = if script.is_empty() {
-            Ok(())
-        } else {
-            apply(&config.nft, &script).await
-        };
-        match result {
-            Ok(()) => {
+        let retry = match path.sync(&config, ports, full).await {
+            Ok(synced) => {
                 let took = started.elapsed().as_secs_f64();
-                if !script.is_empty() {
+                if synced.changed {
                     metrics.sync.observe(took);
                     if full {
                         metrics.full.observe(took);
-                        last_full = Instant::now();
                     } else {
                         metrics.partial.observe(took);
                     }
-                    debug!(
-                        ports = ports.len(),
-                        full,
-                        seconds = took,
-                        "proxy rules synced"
-                    );
+                    debug!(ports = count, full, seconds = took, "proxy rules synced");
+                }
+                if full {
+                    last_full = Instant::now();
                 }
                 metrics.last.set(
                     std::time::SystemTime::now()
@@ -448,30 +649,28 @@ pub async fn run(
                         .map(|d| d.as_secs_f64())
                         .unwrap_or_default(),
                 );
-                installed = Some(desired);
-                clear_flows(
-                    stale_udp_flows(&installed_ports, &ports),
-                    &mut conntrack_warned,
-                )
-                .await;
-                installed_ports = ports;
+                synced.retry
             }
             Err(error) => {
-                metrics.failures.inc();
-                warn!(%error, full, "proxy rules failed to sync; retrying with the whole table");
-                installed = None;
+                if mode == Mode::Nftables {
+                    metrics.failures.inc();
+                }
+                warn!(%error, full, "proxy rules failed to sync; retrying in full");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             }
+        };
+        let mut until_next = config.sync_period.saturating_sub(last_full.elapsed());
+        if retry {
+            until_next = until_next.min(Duration::from_secs(5));
         }
-        let until_full = config.sync_period.saturating_sub(last_full.elapsed());
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = changes.changed() => {}
-            () = tokio::time::sleep(until_full) => {}
+            () = tokio::time::sleep(until_next) => {}
         }
         // gather the burst of changes that usually follows one
         tokio::select! {
