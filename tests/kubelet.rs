@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kelson_testing::{KelsonProcess, Kubectl, RuntimeCleanup};
+use kelson_testing::{KelsonProcess, Kubectl, RuntimeCleanup, wait_for};
 
 const WORKLOADS: &str = r#"
 apiVersion: v1
@@ -182,17 +182,6 @@ spec:
     command: [sleep, "3600"]
     env: [{name: X, valueFrom: {configMapKeyRef: {name: missing, key: x}}}]
 "#;
-
-fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn jsonpath(kubectl: &Kubectl, pod: &str, path: &str) -> String {
     let output = kubectl.run(

@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kelson_testing::{KelsonProcess, Kubectl, RuntimeCleanup};
+use kelson_testing::{KelsonProcess, Kubectl, RuntimeCleanup, wait_for};
 
 const APPS: &str = r#"
 apiVersion: apps/v1
@@ -110,17 +110,6 @@ spec:
   containers:
   - {name: c, image: busybox:1.35, command: [sleep, "3600"]}
 "#;
-
-fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The page served at `address` (the pod's name), or `None`.
 fn page(address: &str) -> Option<String> {

@@ -1,7 +1,8 @@
 //! Helpers shared by every component that talks to the Kubernetes API as a client (scheduler,
-//! controllers, kubelet): [`events`] publishing, [`quantity`] and [`duration`] parsing, [`selector`] matching on typed label selectors,
+//! controllers, kubelet): [`events`] publishing, CronJob [`cron`] schedules, [`quantity`] and [`duration`] parsing, [`selector`] matching on typed label selectors,
 //! [`pod`] and [`node`] state as Kubernetes defines it, the HTTP [`proxy`] with upgrades, Lease-based [`leader`] election and the host's [`net`] address.
 
+pub mod cron;
 pub mod duration;
 pub mod events;
 pub mod leader;

@@ -5,6 +5,7 @@
 //! that reads it). Start reading at [`replicaset`], the simplest; [`deployment`] builds on it.
 
 pub mod context;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
@@ -239,6 +240,21 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
             }),
         )
         .for_each(log_results);
+    let mut cronjobs = Informer::<CronJob>::new();
+    let cronjob_controller =
+        Controller::for_shared_stream(cronjobs.subscribe(), cronjobs.store.clone())
+            .owns_shared_stream(jobs.subscribe())
+            .reconcile_on(jobs.deleted_owners())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                cronjob::reconcile,
+                error_policy,
+                Arc::new(cronjob::Shared {
+                    context: context.clone(),
+                    jobs: jobs.store.clone(),
+                }),
+            )
+            .for_each(log_results);
     let mut autoscalers = Informer::<HorizontalPodAutoscaler>::new();
     let autoscaler_controller =
         Controller::for_shared_stream(autoscalers.subscribe(), autoscalers.store.clone())
@@ -316,6 +332,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     replicasets.start(Api::all(client.clone()), &shutdown);
     deployments.start(Api::all(client.clone()), &shutdown);
     jobs.start(Api::all(client.clone()), &shutdown);
+    cronjobs.start(Api::all(client.clone()), &shutdown);
     autoscalers.start(Api::all(client.clone()), &shutdown);
     services.start(Api::all(client.clone()), &shutdown);
     nodes.start(Api::all(client.clone()), &shutdown);
@@ -328,6 +345,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         replicaset_controller,
         deployment_controller,
         job_controller,
+        cronjob_controller,
         autoscaler_controller,
         namespace_controller,
         collector,

@@ -610,6 +610,25 @@ where
     }
 }
 
+/// Polls `check` until it returns `Some`, for at most `timeout`, blocking the thread (for tests
+/// that drive processes rather than a runtime).
+///
+/// # Panics
+/// When the timeout passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Removes, when dropped, every sandbox (with its containers and log directory) that the agent
 /// of node `node` started on this machine's containerd, so a failing test leaves nothing behind.
 pub struct RuntimeCleanup {

@@ -320,3 +320,62 @@ async fn reqwest_like_anonymous(server: &TestServer) -> u16 {
     assert_eq!(version.code, 200, "/version is public");
     reply.code
 }
+
+#[tokio::test]
+async fn bad_cron_schedules_and_time_zones_are_refused() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let path = "/apis/batch/v1/namespaces/default/cronjobs";
+    let cronjob = |name: &str, schedule: &str, zone: Option<&str>| {
+        json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
+            "spec": {"schedule": schedule, "timeZone": zone, "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}}})
+    };
+    let post = |body: Value| {
+        let client = client.clone();
+        async move {
+            send(
+                &client,
+                "POST",
+                path,
+                "application/json",
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let bad = post(cronjob("bad", "61 * * * *", Some("Mars/Olympus"))).await;
+    assert_status(&bad, 422, "Invalid");
+    let causes = bad.body["details"]["causes"].as_array().unwrap();
+    let fields: Vec<&str> = causes
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["spec.schedule", "spec.timeZone"], "{}", bad.body);
+    let message = bad.body["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            r#"spec.timeZone: Invalid value: "Mars/Olympus": unknown time zone Mars/Olympus"#
+        ),
+        "{message}"
+    );
+    let tz = post(cronjob("tz", "TZ=UTC 0 * * * *", None)).await;
+    assert_status(&tz, 422, "Invalid");
+    assert!(
+        tz.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot use TZ or CRON_TZ in schedule, use timeZone field instead"),
+        "{}",
+        tz.body
+    );
+    let fields = post(cronjob("six", "0 0 * * * *", None)).await;
+    assert_status(&fields, 422, "Invalid");
+    let good = post(cronjob(
+        "good",
+        "*/5 9-17 * * MON-FRI",
+        Some("Europe/Berlin"),
+    ))
+    .await;
+    assert_eq!(good.code, 201, "{}", good.body);
+}

@@ -1,5 +1,5 @@
 //! Controllers with the scheduler and hollow nodes: Deployments roll out within their bounds,
-//! ReplicaSets keep their pods.
+//! ReplicaSets keep their pods, Jobs finish, CronJobs start their runs.
 
 use std::time::Duration;
 
@@ -439,6 +439,117 @@ async fn jobs_complete_and_fail_as_configured() {
         failed.status.unwrap().failed,
         Some(2),
         "backoffLimit 1 allows one retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjobs_start_missed_runs_once_and_keep_their_history() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let template = json!({"metadata": {"labels": {"app": "report"}}, "spec": {"template": {
+        "metadata": {"annotations": {"kelson.dev/hollow-run-seconds": "0.2"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}});
+    let cronjob: CronJob = serde_json::from_value(json!({"metadata": {"name": "report"},
+        "spec": {"schedule": "* * * * *", "successfulJobsHistoryLimit": 2, "jobTemplate": template}}))
+    .unwrap();
+    let cronjob = cronjobs
+        .create(&PostParams::default(), &cronjob)
+        .await
+        .unwrap();
+    // as if it last ran ten minutes ago: only the latest missed minute runs, at once
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10);
+    cronjobs
+        .patch_status(
+            "report",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastScheduleTime": past.to_string()}})),
+        )
+        .await
+        .unwrap();
+    let owned = |jobs: &[Job]| -> Vec<Job> {
+        jobs.iter()
+            .filter(|j| {
+                j.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| Some(&o.uid) == cronjob.metadata.uid.as_ref())
+            })
+            .cloned()
+            .collect()
+    };
+    let started = eventually(Duration::from_secs(20), "the missed run", || async {
+        let all = jobs.list(&ListParams::default()).await.unwrap().items;
+        let owned = owned(&all);
+        (!owned.is_empty()).then_some(owned)
+    })
+    .await;
+    assert_eq!(started.len(), 1, "one run for ten missed minutes");
+    let job = &started[0];
+    let minute = job
+        .metadata
+        .name
+        .as_deref()
+        .unwrap()
+        .strip_prefix("report-")
+        .unwrap()
+        .parse::<i64>()
+        .unwrap();
+    assert!(
+        (jiff::Timestamp::now().as_second() / 60 - minute).abs() <= 1,
+        "named by its minute"
+    );
+    assert_eq!(job.metadata.labels.as_ref().unwrap()["app"], "report");
+    assert!(
+        job.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp")
+    );
+    // it completes; the CronJob's status follows
+    let status = eventually(Duration::from_secs(30), "lastSuccessfulTime", || async {
+        let status = cronjobs.get("report").await.unwrap().status?;
+        (status.last_successful_time.is_some() && status.active.is_none()).then_some(status)
+    })
+    .await;
+    assert!(status.last_schedule_time.unwrap().0 > past);
+
+    // two later runs finish: beyond successfulJobsHistoryLimit (2), the oldest is deleted
+    for minute in [1, 2] {
+        // start times have a resolution of one second (ties go by name, as in Kubernetes)
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut old = job.clone();
+        old.metadata = kube::api::ObjectMeta {
+            name: Some(format!("report-{minute}")),
+            owner_references: job.metadata.owner_references.clone(),
+            labels: Some([("app".to_owned(), "report".to_owned())].into()),
+            ..kube::api::ObjectMeta::default()
+        };
+        old.spec.as_mut().unwrap().selector = None;
+        let template = &mut old.spec.as_mut().unwrap().template;
+        template.metadata.as_mut().unwrap().labels = None;
+        old.status = None;
+        jobs.create(&PostParams::default(), &old).await.unwrap();
+    }
+    let left = eventually(Duration::from_secs(30), "the history limit", || async {
+        let all = jobs.list(&ListParams::default()).await.unwrap().items;
+        let mut names: Vec<String> = owned(&all)
+            .iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .filter_map(|j| j.metadata.name.clone())
+            .collect();
+        names.sort();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(
+        left,
+        ["report-1", "report-2"],
+        "the first run was the oldest"
     );
 }
 

@@ -364,6 +364,21 @@ fn validate_kind(rt: &ResourceType, object: &Value, old: Option<&Value>, causes:
                 .unwrap_or("");
             if schedule.is_empty() {
                 causes.push(Cause::required("spec.schedule"));
+            } else if let Err(message) = kelson_common::cron::Schedule::parse(schedule, None) {
+                causes.push(Cause::invalid(
+                    "spec.schedule",
+                    &Value::String(schedule.to_owned()),
+                    message,
+                ));
+            }
+            if let Some(zone) = object.pointer("/spec/timeZone").and_then(Value::as_str)
+                && let Err(message) = kelson_common::cron::Schedule::parse("* * * * *", Some(zone))
+            {
+                causes.push(Cause::invalid(
+                    "spec.timeZone",
+                    &Value::String(zone.to_owned()),
+                    message,
+                ));
             }
             if let Some(spec) = object.pointer("/spec/jobTemplate/spec/template/spec") {
                 validate_pod_spec(spec, "spec.jobTemplate.spec.template.spec", causes);
