@@ -7,6 +7,7 @@
 pub mod context;
 pub mod cronjob;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod hpa;
@@ -26,6 +27,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -295,6 +297,34 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
                 }),
             )
             .for_each(log_results);
+    let mut budgets = Informer::<PodDisruptionBudget>::new();
+    let budgets_store = budgets.store.clone();
+    // a pod's readiness or deletion changes the budgets of its namespace
+    let pod_to_budgets = pods.changes().flat_map(move |pod| {
+        let namespace = pod.namespace();
+        let refs: Vec<ObjectRef<PodDisruptionBudget>> = budgets_store
+            .state()
+            .iter()
+            .filter(|b| b.namespace() == namespace)
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    let disruption_controller =
+        Controller::for_shared_stream(budgets.subscribe(), budgets.store.clone())
+            .reconcile_on(pod_to_budgets)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                disruption::reconcile,
+                error_policy,
+                Arc::new(disruption::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                    replicasets: replicasets.store.clone(),
+                    deployments: deployments.store.clone(),
+                }),
+            )
+            .for_each(log_results);
     let serviceaccount_controller = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -335,6 +365,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     cronjobs.start(Api::all(client.clone()), &shutdown);
     autoscalers.start(Api::all(client.clone()), &shutdown);
     services.start(Api::all(client.clone()), &shutdown);
+    budgets.start(Api::all(client.clone()), &shutdown);
     nodes.start(Api::all(client.clone()), &shutdown);
     leases.start(
         Api::namespaced(client.clone(), "kube-node-lease"),
@@ -351,6 +382,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         collector,
         node_lifecycle,
         endpoints_controller,
+        disruption_controller,
         serviceaccount_controller,
     );
     info!("controllers stopped");

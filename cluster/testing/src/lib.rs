@@ -191,13 +191,23 @@ impl Drop for TestServer {
 /// # Panics
 /// When the kubeconfig is unusable.
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    client_with(kubeconfig, true).await
+}
+
+/// A kube client from a kubeconfig file; without `retries`, 429, 503 and 504 answers reach the
+/// caller at once instead of being retried (for tests of refusals).
+///
+/// # Panics
+/// When the kubeconfig is unusable.
+pub async fn client_with(kubeconfig: &Path, retries: bool) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
+    let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
     .await
     .expect("kubeconfig loads");
+    config.default_retry = retries;
     kube::Client::try_from(config).expect("client builds")
 }
 
@@ -579,6 +589,11 @@ impl TestCluster {
     /// A kube client over HTTPS as the admin.
     pub async fn client(&self) -> kube::Client {
         self.server.client().await
+    }
+
+    /// A kube client over HTTPS as the admin that does not retry 429, 503 and 504 answers.
+    pub async fn client_without_retries(&self) -> kube::Client {
+        client_with(&self.server.kubeconfig(), false).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! Controllers with the scheduler and hollow nodes: Deployments roll out within their bounds,
-//! ReplicaSets keep their pods, Jobs finish, CronJobs start their runs.
+//! ReplicaSets keep their pods, Jobs finish, CronJobs start their runs, evictions honour
+//! PodDisruptionBudgets.
 
 use std::time::Duration;
 
@@ -637,4 +638,111 @@ async fn every_namespace_gets_a_default_service_account_and_the_root_ca() {
         || async { system.get_opt("default").await.unwrap() },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_take_from_the_disruption_budget() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::EvictParams;
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3, "busybox"))
+        .await
+        .unwrap();
+    wait_rolled_out(&deployments, "web").await;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}))
+    .unwrap();
+    budgets
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+    let status = eventually(Duration::from_secs(20), "the budget's status", || async {
+        let status = budgets.get("web").await.unwrap().status?;
+        (status.observed_generation == Some(1) && status.current_healthy == 3).then_some(status)
+    })
+    .await;
+    assert_eq!(
+        (
+            status.expected_pods,
+            status.desired_healthy,
+            status.disruptions_allowed
+        ),
+        (3, 2, 1)
+    );
+    // refusals (429) reach the test at once instead of being retried
+    let pods: Api<Pod> = Api::namespaced(cluster.client_without_retries().await, "default");
+    let names: Vec<String> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    // one may go: the pod is deleted
+    pods.evict(&names[0], &EvictParams::default())
+        .await
+        .unwrap();
+    let evicted = pods.get_opt(&names[0]).await.unwrap();
+    assert!(
+        evicted.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "the evicted pod goes"
+    );
+    // all three must stay: refused, naming the budget
+    budgets
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"minAvailable": 3}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the stricter budget", || async {
+        let status = budgets.get("web").await.unwrap().status?;
+        (status.observed_generation == Some(2) && status.current_healthy == 3).then_some(())
+    })
+    .await;
+    match pods.evict(&names[1], &EvictParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 429, "{status:?}");
+            assert!(
+                status
+                    .message
+                    .contains("would violate the pod's disruption budget"),
+                "{status:?}"
+            );
+        }
+        other => panic!("the budget allows no eviction: {other:?}"),
+    }
+    assert!(
+        pods.get(&names[1])
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+
+    // a pod under two budgets cannot be evicted; a missing one is 404
+    let mut second = budget.clone();
+    second.metadata.name = Some("web-too".into());
+    budgets
+        .create(&PostParams::default(), &second)
+        .await
+        .unwrap();
+    match pods.evict(&names[2], &EvictParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 500, "{status:?}");
+            assert!(status.message.contains("more than one PodDisruptionBudget"));
+        }
+        other => panic!("two budgets: {other:?}"),
+    }
+    match pods.evict("nobody", &EvictParams::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("missing pod: {other:?}"),
+    }
 }

@@ -82,7 +82,15 @@ const SPECS: &[Spec] = &[
     spec("v1", "Pod", "pods", true, "io.k8s.api.core.v1.Pod")
         .short(&["po"])
         .all()
-        .subs(&["status", "binding", "log", "exec", "attach", "portforward"]),
+        .subs(&[
+            "status",
+            "binding",
+            "eviction",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+        ]),
     spec(
         "v1",
         "Service",
@@ -360,6 +368,7 @@ fn subresource(owner: &Spec, group: &str, version: &str, name: &str) -> Subresou
         "status" => (group, version, owner.kind, &["get", "patch", "update"]),
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "binding" => ("", "v1", "Binding", &["create"]),
+        "eviction" => ("policy", "v1", "Eviction", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
         "log" => ("", "v1", "Pod", &["get"]),
         "token" => ("authentication.k8s.io", "v1", "TokenRequest", &["create"]),

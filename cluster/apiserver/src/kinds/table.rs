@@ -192,6 +192,13 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Parameters", "string", 0),
             AGE,
         ],
+        ("policy", "PodDisruptionBudget") => vec![
+            NAME,
+            col("Min Available", "string", 0),
+            col("Max Unavailable", "string", 0),
+            col("Allowed Disruptions", "integer", 0),
+            AGE,
+        ],
         ("autoscaling", "HorizontalPodAutoscaler") => vec![
             NAME,
             col("Reference", "string", 0),
@@ -545,6 +552,20 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
             ]
         }
         ("batch", "Job") => job_cells(object),
+        ("policy", "PodDisruptionBudget") => {
+            let bound = |pointer: &str| match object.pointer(pointer) {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "N/A".to_owned(),
+            };
+            vec![
+                name,
+                json!(bound("/spec/minAvailable")),
+                json!(bound("/spec/maxUnavailable")),
+                json!(int(object, "/status/disruptionsAllowed")),
+                json!(created(object)),
+            ]
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => vec![
             name,
             json!(format!(

@@ -6,6 +6,7 @@
 //! Kubernetes' `RequestInfoFactory` does, and calls the handler for the verb.
 
 pub mod body;
+pub mod eviction;
 pub mod objects;
 pub mod read;
 pub mod write;
@@ -412,6 +413,7 @@ async fn dispatch(
                 write::patch(server, &rt, namespace, name, req, write::Target::Scale).await
             }
             ("binding", &Method::POST) => write::bind(server, &rt, namespace, name, req).await,
+            ("eviction", &Method::POST) => eviction::evict(server, &rt, namespace, name, req).await,
             ("token", &Method::POST) => {
                 crate::serviceaccount::token_request(server, &rt, namespace, name, req).await
             }

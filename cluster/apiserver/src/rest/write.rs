@@ -929,46 +929,83 @@ pub async fn bind(
     ))
 }
 
-/// Deletion options from the body or the query.
+/// Deletion options from the body or the query (or an Eviction's `deleteOptions`).
 #[derive(Debug, Default)]
-struct DeleteOptions {
+pub(crate) struct DeleteOptions {
     grace_period: Option<i64>,
     propagation: Option<String>,
     precondition_uid: Option<String>,
     precondition_revision: Option<String>,
-    dry_run: bool,
+    /// Nothing is written.
+    pub(crate) dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// Options from a `DeleteOptions` object (absent: the defaults), dry run when `dry_run`.
+    ///
+    /// # Errors
+    /// 422 for an unknown propagation policy.
+    pub(crate) fn from_value(value: Option<&Value>, dry_run: bool) -> ApiResult<Self> {
+        let mut options = Self {
+            dry_run,
+            ..Self::default()
+        };
+        if let Some(value) = value {
+            options.grace_period = value.get("gracePeriodSeconds").and_then(Value::as_i64);
+            options.propagation = value
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if value.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+                && options.propagation.is_none()
+            {
+                options.propagation = Some("Orphan".into());
+            }
+            options.precondition_uid = value
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            options.precondition_revision = value
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if let Some(dry_run) = value.get("dryRun").and_then(Value::as_array) {
+                options.dry_run |= dry_run.iter().any(|v| v == "All");
+            }
+        }
+        options.check()?;
+        Ok(options)
+    }
+
+    fn check(&self) -> ApiResult<()> {
+        if let Some(policy) = &self.propagation
+            && !matches!(policy.as_str(), "Orphan" | "Background" | "Foreground")
+        {
+            return Err(ApiError::invalid(
+                "DeleteOptions",
+                "meta.k8s.io",
+                "",
+                vec![Cause::new(
+                    "FieldValueNotSupported",
+                    "propagationPolicy",
+                    format!(
+                        "{policy:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                )],
+            ));
+        }
+        Ok(())
+    }
 }
 
 async fn delete_options(req: &mut Req) -> ApiResult<DeleteOptions> {
     let bytes = body::read(std::mem::take(&mut req.body)).await?;
-    let mut options = DeleteOptions {
-        dry_run: req.dry_run(),
-        ..DeleteOptions::default()
+    let value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(body::decode(&body::content_type(req), &bytes)?)
     };
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
-        let value = body::decode(&body::content_type(req), &bytes)?;
-        options.grace_period = value.get("gracePeriodSeconds").and_then(Value::as_i64);
-        options.propagation = value
-            .get("propagationPolicy")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if value.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-            && options.propagation.is_none()
-        {
-            options.propagation = Some("Orphan".into());
-        }
-        options.precondition_uid = value
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        options.precondition_revision = value
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if let Some(dry_run) = value.get("dryRun").and_then(Value::as_array) {
-            options.dry_run |= dry_run.iter().any(|v| v == "All");
-        }
-    }
+    let mut options = DeleteOptions::from_value(value.as_ref(), req.dry_run())?;
     if let Some(grace) = req.query.int("gracePeriodSeconds")? {
         options.grace_period = Some(grace);
     }
@@ -978,22 +1015,7 @@ async fn delete_options(req: &mut Req) -> ApiResult<DeleteOptions> {
     if req.query.flag("orphanDependents") && options.propagation.is_none() {
         options.propagation = Some("Orphan".into());
     }
-    if let Some(policy) = &options.propagation
-        && !matches!(policy.as_str(), "Orphan" | "Background" | "Foreground")
-    {
-        return Err(ApiError::invalid(
-            "DeleteOptions",
-            "meta.k8s.io",
-            "",
-            vec![Cause::new(
-                "FieldValueNotSupported",
-                "propagationPolicy",
-                format!(
-                    "{policy:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
-                ),
-            )],
-        ));
-    }
+    options.check()?;
     Ok(options)
 }
 
@@ -1025,7 +1047,7 @@ pub async fn delete(
 }
 
 /// Returns the object and whether it is gone (false when deletion is pending).
-async fn delete_object(
+pub(crate) async fn delete_object(
     server: &Arc<ApiServer>,
     rt: &ResourceType,
     namespace: Option<&str>,
