@@ -372,13 +372,13 @@ pub async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Shared>) -> Result<Action
     }
 
     // history limits
-    let finished_jobs: Vec<&Job> = owned
+    let live: Vec<&Job> = owned
         .iter()
         .map(AsRef::as_ref)
         .filter(|j| j.metadata.deletion_timestamp.is_none())
         .collect();
     for doomed in over_history(
-        &finished_jobs,
+        &live,
         spec.successful_jobs_history_limit.unwrap_or(3),
         spec.failed_jobs_history_limit.unwrap_or(1),
     ) {

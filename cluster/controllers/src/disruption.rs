@@ -166,26 +166,31 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Shared>) -> Resul
         .filter(|p| !pod::is_terminal(p))
         .collect();
     let pods = covered(&pdb, &in_namespace);
-    let replicasets = ctx.replicasets.state();
-    let deployments = ctx.deployments.state();
+    // by uid, built once per reconcile (pods are looked up one by one below)
+    let replicasets: BTreeMap<String, Arc<ReplicaSet>> = ctx
+        .replicasets
+        .state()
+        .into_iter()
+        .filter_map(|rs| Some((rs.metadata.uid.clone()?, rs)))
+        .collect();
+    let deployments: BTreeMap<String, Arc<Deployment>> = ctx
+        .deployments
+        .state()
+        .into_iter()
+        .filter_map(|d| Some((d.metadata.uid.clone()?, d)))
+        .collect();
     let scale = |p: &Pod| -> Option<(String, i32)> {
         let owner = pod::controller_of(&p.metadata)?;
         if owner.kind != "ReplicaSet" {
             return None;
         }
-        let rs = replicasets
-            .iter()
-            .find(|rs| rs.metadata.uid.as_deref() == Some(owner.uid.as_str()))?;
-        if let Some(deployment) = pod::controller_of(&rs.metadata)
+        let rs = replicasets.get(&owner.uid)?;
+        if let Some((uid, deployment)) = pod::controller_of(&rs.metadata)
             .filter(|o| o.kind == "Deployment")
-            .and_then(|o| {
-                deployments
-                    .iter()
-                    .find(|d| d.metadata.uid.as_deref() == Some(o.uid.as_str()))
-            })
+            .and_then(|o| deployments.get_key_value(&o.uid))
         {
             return Some((
-                deployment.metadata.uid.clone().unwrap_or_default(),
+                uid.clone(),
                 deployment
                     .spec
                     .as_ref()
@@ -229,7 +234,12 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Shared>) -> Resul
         && old.current_healthy == figures.current_healthy
         && old.disruptions_allowed == figures.disruptions_allowed
         && previous.is_some_and(|c| c.status == status_text)
-        && old.disrupted_pods.clone().unwrap_or_default().len() == figures.disrupted.len();
+        && old
+            .disrupted_pods
+            .iter()
+            .flatten()
+            .map(|(pod, _)| pod)
+            .eq(figures.disrupted.keys());
     if !unchanged {
         let status = json!({
             "observedGeneration": generation,

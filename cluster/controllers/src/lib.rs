@@ -159,6 +159,28 @@ where
     }
 }
 
+/// For each changed object of `changes`, every object of `store` in its namespace: the
+/// reconcile triggers of kinds that select pods by labels (Services, budgets).
+fn in_namespace_of<K, Changed>(
+    changes: impl futures::Stream<Item = Arc<Changed>> + Send + 'static,
+    store: Store<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    Changed: ResourceExt + Send + Sync + 'static,
+{
+    changes.flat_map(move |changed| {
+        let namespace = changed.namespace();
+        let refs: Vec<ObjectRef<K>> = store
+            .state()
+            .iter()
+            .filter(|object| object.namespace() == namespace)
+            .map(|object| ObjectRef::from_obj(&**object))
+            .collect();
+        futures::stream::iter(refs)
+    })
+}
+
 fn error_policy<K: ResourceExt>(
     object: Arc<K>,
     error: &Error,
@@ -272,18 +294,8 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
             )
             .for_each(log_results);
     let mut services = Informer::<Service>::new();
-    let services_store = services.store.clone();
     // any pod change may change the endpoints of the Services in its namespace
-    let pod_to_services = pods.changes().flat_map(move |pod| {
-        let namespace = pod.namespace();
-        let refs: Vec<ObjectRef<Service>> = services_store
-            .state()
-            .iter()
-            .filter(|s| s.namespace() == namespace)
-            .map(|s| ObjectRef::from_obj(&**s))
-            .collect();
-        futures::stream::iter(refs)
-    });
+    let pod_to_services = in_namespace_of(pods.changes(), services.store.clone());
     let endpoints_controller =
         Controller::for_shared_stream(services.subscribe(), services.store.clone())
             .reconcile_on(pod_to_services)
@@ -298,18 +310,8 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
             )
             .for_each(log_results);
     let mut budgets = Informer::<PodDisruptionBudget>::new();
-    let budgets_store = budgets.store.clone();
     // a pod's readiness or deletion changes the budgets of its namespace
-    let pod_to_budgets = pods.changes().flat_map(move |pod| {
-        let namespace = pod.namespace();
-        let refs: Vec<ObjectRef<PodDisruptionBudget>> = budgets_store
-            .state()
-            .iter()
-            .filter(|b| b.namespace() == namespace)
-            .map(|b| ObjectRef::from_obj(&**b))
-            .collect();
-        futures::stream::iter(refs)
-    });
+    let pod_to_budgets = in_namespace_of(pods.changes(), budgets.store.clone());
     let disruption_controller =
         Controller::for_shared_stream(budgets.subscribe(), budgets.store.clone())
             .reconcile_on(pod_to_budgets)

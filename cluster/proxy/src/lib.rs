@@ -460,7 +460,6 @@ enum DataPath {
     },
     Userspace {
         proxy: userspace::Userspace,
-        started: bool,
         bind_failures: IntCounter,
         skipped_warned: BTreeSet<String>,
     },
@@ -478,7 +477,7 @@ impl DataPath {
     fn needs_full(&self) -> bool {
         match self {
             Self::Nftables { installed, .. } => installed.is_none(),
-            Self::Userspace { started, .. } => !started,
+            Self::Userspace { proxy, .. } => proxy.needs_full(),
         }
     }
 
@@ -518,7 +517,6 @@ impl DataPath {
             }
             Self::Userspace {
                 proxy,
-                started,
                 bind_failures,
                 skipped_warned,
             } => {
@@ -528,10 +526,7 @@ impl DataPath {
                         warn!(service_port = %id, "the userspace proxy does not relay SCTP");
                     }
                 }
-                let report = proxy.sync(&plan, full).await.inspect_err(|_| {
-                    *started = false;
-                })?;
-                *started = true;
+                let report = proxy.sync(&plan, full).await?;
                 for (frontend, error) in &report.failed {
                     bind_failures.inc();
                     warn!(%frontend, %error, "userspace proxy cannot listen; retrying");
@@ -581,7 +576,6 @@ pub async fn run(
                     relay,
                     shutdown.clone(),
                 ),
-                started: false,
                 bind_failures,
                 skipped_warned: BTreeSet::new(),
             }

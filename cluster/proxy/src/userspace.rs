@@ -302,6 +302,21 @@ impl Userspace {
     /// # Errors
     /// When the interface or its addresses cannot be set up.
     pub async fn sync(&mut self, plan: &Plan, full: bool) -> Result<SyncReport, crate::Error> {
+        let report = self.sync_once(plan, full).await;
+        if report.is_err() {
+            // the interface is in an unknown state: read it back next time
+            self.addresses = None;
+        }
+        report
+    }
+
+    /// Whether the next sync reads the interface back (at first, and after a failure).
+    #[must_use]
+    pub fn needs_full(&self) -> bool {
+        self.addresses.is_none()
+    }
+
+    async fn sync_once(&mut self, plan: &Plan, full: bool) -> Result<SyncReport, crate::Error> {
         if full || self.addresses.is_none() {
             self.addresses = Some(self.read_addresses().await?);
         }

@@ -13,14 +13,13 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
 use crate::error::{ApiError, ApiResult};
 use crate::meta;
 use crate::registry::ResourceType;
-use crate::rest::{Req, body, json_response, write};
+use crate::rest::{Req, body, write};
 
 const VIOLATION: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
 
@@ -130,7 +129,7 @@ pub async fn evict(
             )));
         }
         if options.dry_run {
-            return Ok(success());
+            return Ok(write::created_status());
         }
         let mut taken = pdb.clone();
         taken["status"]["disruptionsAllowed"] = json!(int(&pdb, "/status/disruptionsAllowed") - 1);
@@ -164,12 +163,5 @@ async fn delete(
     if !options.dry_run {
         write::delete_object(server, rt, namespace, name, options).await?;
     }
-    Ok(success())
-}
-
-fn success() -> Response {
-    json_response(
-        StatusCode::CREATED,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    )
+    Ok(write::created_status())
 }

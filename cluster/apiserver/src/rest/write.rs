@@ -923,10 +923,16 @@ pub async fn bind(
     if !options.dry_run {
         let _ = server.objects.update(rt, with_status, revision).await;
     }
-    Ok(json_response(
+    Ok(created_status())
+}
+
+/// `201 Created` with a success `Status`, the answer to a subresource POST that creates nothing
+/// to return (binding, eviction).
+pub(crate) fn created_status() -> Response {
+    json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    ))
+    )
 }
 
 /// Deletion options from the body or the query (or an Eviction's `deleteOptions`).
