@@ -645,6 +645,9 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     if !args.disable_controller_manager {
         let options = kelson_controllers::Options {
             root_ca: std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok(),
+            volumes: kelson_controllers::volume::Config {
+                directory: Some(data_dir.join("volumes")),
+            },
             ..Default::default()
         };
         lead(

@@ -3,7 +3,8 @@
 //! A CronJob fires on schedule (the next minute), its Job completes, `kubectl get cronjobs` and
 //! the events show it, `kubectl create job --from=cronjob/…` runs it by hand, suspend stops it,
 //! and a bad schedule is refused with the field named. `kubectl drain` cordons a node and evicts
-//! its pods only as far as their PodDisruptionBudget allows.
+//! its pods only as far as their PodDisruptionBudget allows, leaving daemon pods in place. A
+//! DaemonSet rolls out, shows its history and rolls back with `kubectl rollout`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -207,6 +208,16 @@ metadata: {name: web}
 spec:
   minAvailable: 2
   selector: {matchLabels: {app: web}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: c, image: busybox:1.36, command: [sleep, "3600"]}]
 "#;
 
 #[test]
@@ -216,6 +227,11 @@ fn drain_moves_pods_within_their_disruption_budget() {
     k.ok_within(
         Duration::from_secs(60),
         &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    );
+    k.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
         None,
     );
     let placed = |k: &Kubectl| -> Vec<String> {
@@ -283,5 +299,211 @@ fn drain_moves_pods_within_their_disruption_budget() {
         (now.len() == 2 && !now.contains(&node)).then_some(now)
     });
     eprintln!("drained {node}; replicas now on {now:?}");
+    // the daemon pod stays: drain --ignore-daemonsets skips it and the cordon does not move it
+    let daemon_pods = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+    ]);
+    assert!(daemon_pods.lines().any(|n| n == node), "{daemon_pods}");
+    assert_eq!(daemon_pods.lines().count(), 2, "{daemon_pods}");
     k.ok(&["uncordon", &node]);
+}
+
+const AGENT: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, annotations: {kubernetes.io/change-cause: first}}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36", command: [sleep, "3600"]}]
+"#;
+
+#[test]
+fn a_daemonset_rolls_out_and_back_with_kubectl() {
+    let (_cluster, k) = Cluster::start(3);
+    k.ok_with(&["apply", "-f", "-"], Some(AGENT));
+    let status = k.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
+        None,
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let images = |k: &Kubectl| -> Vec<String> {
+        let mut images: Vec<String> = k
+            .ok(&[
+                "get",
+                "pods",
+                "-l",
+                "app=agent",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {.spec.containers[0].image}{\"\\n\"}{end}",
+            ])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        images.sort();
+        images
+    };
+    assert_eq!(
+        images(&k),
+        [
+            "hollow-0 busybox:1.36",
+            "hollow-1 busybox:1.36",
+            "hollow-2 busybox:1.36"
+        ]
+    );
+    let row = k.ok(&["get", "daemonset", "agent", "--no-headers"]);
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&fields[..6], ["agent", "3", "3", "3", "3", "3"], "{row}");
+
+    k.ok(&["set", "image", "daemonset/agent", "c=busybox:1.37"]);
+    k.ok(&[
+        "annotate",
+        "daemonset/agent",
+        "--overwrite",
+        "kubernetes.io/change-cause=upgrade",
+    ]);
+    k.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
+        None,
+    );
+    let after = wait_for(Duration::from_secs(20), "the new image everywhere", || {
+        let now = images(&k);
+        (now.len() == 3 && now.iter().all(|l| l.ends_with("busybox:1.37"))).then_some(now)
+    });
+    eprintln!("rolled out: {after:?}");
+    let history = k.ok(&["rollout", "history", "daemonset/agent"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(revisions.len(), 2, "{history}");
+    assert!(
+        revisions[0].starts_with('1') && revisions[0].contains("first"),
+        "{history}"
+    );
+    let first = k.ok(&["rollout", "history", "daemonset/agent", "--revision=1"]);
+    assert!(first.contains("busybox:1.36"), "{first}");
+
+    let undo = k.ok(&["rollout", "undo", "daemonset/agent"]);
+    assert!(undo.contains("rolled back"), "{undo}");
+    k.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
+        None,
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the old image back everywhere",
+        || {
+            let now = images(&k);
+            (now.len() == 3 && now.iter().all(|l| l.ends_with("busybox:1.36"))).then_some(now)
+        },
+    );
+    let history = k.ok(&["rollout", "history", "daemonset/agent"]);
+    let numbers: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(
+        numbers,
+        ["2", "3"],
+        "the rollback renumbers revision 1: {history}"
+    );
+}
+
+const CLAIM_AND_POD: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db}
+spec:
+  containers: [{name: c, image: busybox:1.36, command: [sleep, "3600"], resources: {requests: {cpu: 100m}}}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+"#;
+
+#[test]
+fn quotas_classes_and_claims_as_kubectl_shows_them() {
+    let (_cluster, k) = Cluster::start(1);
+    // the default class, as kubectl lists it
+    let classes = wait_for(Duration::from_secs(30), "the default storage class", || {
+        let out = k.ok(&["get", "storageclass", "--no-headers"]);
+        (!out.trim().is_empty()).then_some(out)
+    });
+    let fields: Vec<&str> = classes.split_whitespace().collect();
+    assert_eq!(
+        &fields[..6],
+        [
+            "local-path",
+            "(default)",
+            "kelson.dev/host-path",
+            "Delete",
+            "WaitForFirstConsumer",
+            "false"
+        ],
+        "{classes}"
+    );
+    k.ok(&[
+        "create",
+        "quota",
+        "compute",
+        "--hard=pods=2,requests.cpu=150m",
+    ]);
+    wait_for(Duration::from_secs(20), "the quota counted", || {
+        let row = k.ok(&["get", "quota", "compute", "--no-headers"]);
+        row.contains("pods: 0/2, requests.cpu: 0/150m")
+            .then_some(row)
+    });
+    // a claim of the default class is provisioned once its pod is scheduled
+    k.ok_with(&["apply", "-f", "-"], Some(CLAIM_AND_POD));
+    let claim = wait_for(Duration::from_secs(30), "the claim bound", || {
+        let row = k.ok(&["get", "pvc", "data", "--no-headers"]);
+        row.contains(" Bound ").then_some(row)
+    });
+    assert!(
+        claim.contains("pvc-")
+            && claim.contains("1Gi")
+            && claim.contains("RWO")
+            && claim.contains("local-path"),
+        "{claim}"
+    );
+    let volume = k.ok(&["get", "pv", "--no-headers"]);
+    assert!(
+        volume.contains("default/data") && volume.contains("Delete") && volume.contains("Bound"),
+        "{volume}"
+    );
+    k.ok_within(
+        Duration::from_secs(30),
+        &["wait", "--for=condition=Ready", "pod/db", "--timeout=30s"],
+        None,
+    );
+    // the quota has room for one more pod, but not for its cpu
+    let refused = k.fails(
+        &["run", "extra", "--image=busybox:1.36", "--overrides", r#"{"spec":{"containers":[{"name":"extra","image":"busybox:1.36","resources":{"requests":{"cpu":"100m"}}}]}}"#],
+        None,
+    );
+    assert!(
+        refused.contains("forbidden: exceeded quota: compute, requested: requests.cpu=100m, used: requests.cpu=100m, limited: requests.cpu=150m"),
+        "{refused}"
+    );
+    let described = k.ok(&["describe", "quota", "compute"]);
+    assert!(
+        described.contains("requests.cpu  100m  150m"),
+        "{described}"
+    );
 }

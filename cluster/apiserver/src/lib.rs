@@ -7,6 +7,7 @@
 //! field ownership is tracked by [`fieldset`]. [`discovery`] and [`openapi`] describe the API
 //! to clients; [`pki`], [`auth`] and [`serve`] handle TLS, identities and connections.
 
+pub mod admission;
 pub mod auth;
 pub mod convert;
 pub mod crd;

@@ -11,4 +11,5 @@ pub mod node;
 pub mod pod;
 pub mod proxy;
 pub mod quantity;
+pub mod quota;
 pub mod selector;

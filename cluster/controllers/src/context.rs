@@ -78,6 +78,53 @@ impl Context {
     }
 }
 
+/// The objects of `store` in `namespace` whose controller is the object with `uid`.
+pub fn owned_by<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    namespace: Option<&str>,
+    uid: &str,
+) -> Vec<std::sync::Arc<K>>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == namespace)
+        .filter(|o| kelson_common::pod::controller_of(o.meta()).is_some_and(|c| c.uid == uid))
+        .collect()
+}
+
+/// Deletes pods by name, 64 at a time; pods already gone count as deleted.
+///
+/// # Errors
+/// The first deletion that failed otherwise.
+pub async fn delete_pods(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    names: Vec<String>,
+) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                match api.delete(&name, &kube::api::DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(error) => Err(Error::Api {
+                        action: format!("delete pod {name}"),
+                        source: error,
+                    }),
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+}
+
 /// Outstanding creations and deletions per owner.
 #[derive(Default)]
 pub struct Expectations {

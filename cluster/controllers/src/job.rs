@@ -185,13 +185,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Shared>) -> Result<Action> {
         )));
     }
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let owned: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|p| pod::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+    let owned = crate::context::owned_by(&ctx.pods, Some(&namespace), &uid);
     let names: HashSet<String> = owned.iter().map(|p| p.name_any()).collect();
     let uids: HashSet<String> = owned
         .iter()

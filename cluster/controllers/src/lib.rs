@@ -6,6 +6,7 @@
 
 pub mod context;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -14,20 +15,26 @@ pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod quota;
 pub mod replicaset;
+pub mod revision;
 pub mod serviceaccount;
+pub mod volume;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -114,11 +121,15 @@ where
         )
     }
 
+    /// Deleted objects.
+    fn deleted_objects(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        tokio_stream::wrappers::BroadcastStream::new(self.deleted.subscribe())
+            .filter_map(|d| futures::future::ready(d.ok()))
+    }
+
     /// Every object, live or deleted, as it changes.
     fn changes(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
-        let deleted = tokio_stream::wrappers::BroadcastStream::new(self.deleted.subscribe())
-            .filter_map(|d| futures::future::ready(d.ok()));
-        futures::stream::select(self.subscribe(), deleted)
+        futures::stream::select(self.subscribe(), self.deleted_objects())
     }
 
     /// Starts the watch that fills the cache and feeds the subscribers.
@@ -181,6 +192,26 @@ where
     })
 }
 
+/// For each changed object of `changes`, every object of `store`: the reconcile triggers of
+/// kinds that look at every node (DaemonSets).
+fn all_on<K, Changed>(
+    changes: impl futures::Stream<Item = Arc<Changed>> + Send + 'static,
+    store: Store<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    Changed: Send + Sync + 'static,
+{
+    changes.flat_map(move |_| {
+        let refs: Vec<ObjectRef<K>> = store
+            .state()
+            .iter()
+            .map(|object| ObjectRef::from_obj(&**object))
+            .collect();
+        futures::stream::iter(refs)
+    })
+}
+
 fn error_policy<K: ResourceExt>(
     object: Arc<K>,
     error: &Error,
@@ -206,6 +237,8 @@ pub struct Options {
     pub node_lifecycle: nodelifecycle::Config,
     /// The cluster CA certificate (PEM) published in every namespace as `kube-root-ca.crt`.
     pub root_ca: Option<String>,
+    /// Volume binding and provisioning.
+    pub volumes: volume::Config,
 }
 
 /// Runs every controller with default settings until `shutdown`.
@@ -327,6 +360,111 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
                 }),
             )
             .for_each(log_results);
+    let mut nodes = Informer::<Node>::new();
+    let mut daemonsets = Informer::<DaemonSet>::new();
+    let mut revisions = Informer::<ControllerRevision>::new();
+    // a node joining, leaving or changing labels or taints may change where daemon pods run
+    let node_to_daemonsets = all_on(nodes.changes(), daemonsets.store.clone());
+    let daemonset_controller =
+        Controller::for_shared_stream(daemonsets.subscribe(), daemonsets.store.clone())
+            .owns_shared_stream(pods.subscribe())
+            .reconcile_on(pods.deleted_owners())
+            .reconcile_on(node_to_daemonsets)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                daemonset::reconcile,
+                error_policy,
+                Arc::new(daemonset::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                    nodes: nodes.store.clone(),
+                    revisions: revisions.store.clone(),
+                }),
+            )
+            .for_each(log_results);
+    let mut claims = Informer::<PersistentVolumeClaim>::new();
+    let mut volumes = Informer::<PersistentVolume>::new();
+    let mut classes = Informer::<StorageClass>::new();
+    let volume_shared = Arc::new(volume::Shared {
+        context: context.clone(),
+        config: options.volumes.clone(),
+        claims: claims.store.clone(),
+        volumes: volumes.store.clone(),
+        classes: classes.store.clone(),
+    });
+    let claims_store = claims.store.clone();
+    // a volume changing may bind its claim, or free itself for pending ones
+    let volume_to_claims = volumes.changes().flat_map(move |volume| {
+        futures::stream::iter(volume::claims_of_volume(&volume, &claims_store))
+    });
+    let volumes_store = volumes.store.clone();
+    // a claim changing (or going) changes the phase of its volume
+    let claim_to_volumes = claims.changes().flat_map(move |claim| {
+        let refs: Vec<ObjectRef<PersistentVolume>> = volumes_store
+            .state()
+            .iter()
+            .filter(|v| {
+                let named = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref())
+                    == v.metadata.name.as_deref();
+                let claimed = v
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .is_some_and(|r| {
+                        r.name.as_deref() == claim.metadata.name.as_deref()
+                            && r.namespace == claim.metadata.namespace
+                    });
+                named || claimed
+            })
+            .map(|v| ObjectRef::from_obj(&**v))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    let claim_controller = Controller::for_shared_stream(claims.subscribe(), claims.store.clone())
+        .reconcile_on(volume_to_claims)
+        .reconcile_on(all_on(classes.changes(), claims.store.clone()))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(volume::reconcile_claim, error_policy, volume_shared.clone())
+        .for_each(log_results);
+    let volume_controller =
+        Controller::for_shared_stream(volumes.subscribe(), volumes.store.clone())
+            .reconcile_on(claim_to_volumes)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(volume::reconcile_volume, error_policy, volume_shared)
+            .for_each(log_results);
+    if options.volumes.directory.is_some() {
+        volume::ensure_default_class(&client).await;
+    }
+    let mut quotas = Informer::<ResourceQuota>::new();
+    // Admission charges creations at once; recounts follow what frees usage — a pod finishing
+    // or going — and a quota's spec changing, never its status (each charge changes that, and
+    // a recount racing a creation would count the charge but not yet the object).
+    let freed = futures::stream::select(
+        pods.subscribe()
+            .filter(|p| futures::future::ready(kelson_common::pod::is_terminal(p))),
+        pods.deleted_objects(),
+    );
+    let pod_to_quotas = in_namespace_of(freed, quotas.store.clone());
+    let quota_specs = {
+        let seen = parking_lot::Mutex::new(std::collections::HashMap::<String, String>::new());
+        quotas.subscribe().filter(move |q| {
+            let uid = q.metadata.uid.clone().unwrap_or_default();
+            let spec = serde_json::to_string(&q.spec).unwrap_or_default();
+            let changed = seen.lock().insert(uid, spec.clone()) != Some(spec);
+            futures::future::ready(changed)
+        })
+    };
+    let quota_controller = Controller::for_shared_stream(quota_specs, quotas.store.clone())
+        .reconcile_on(pod_to_quotas)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            quota::reconcile,
+            error_policy,
+            Arc::new(quota::Shared {
+                context: context.clone(),
+            }),
+        )
+        .for_each(log_results);
     let serviceaccount_controller = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -349,7 +487,6 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     .run(namespace::reconcile, error_policy, context.clone())
     .for_each(log_results);
     let collector = gc::run(client.clone(), shutdown.clone());
-    let mut nodes = Informer::<Node>::new();
     let mut leases = Informer::<Lease>::new();
     let node_lifecycle = nodelifecycle::run(
         context.clone(),
@@ -369,6 +506,12 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     services.start(Api::all(client.clone()), &shutdown);
     budgets.start(Api::all(client.clone()), &shutdown);
     nodes.start(Api::all(client.clone()), &shutdown);
+    daemonsets.start(Api::all(client.clone()), &shutdown);
+    revisions.start(Api::all(client.clone()), &shutdown);
+    claims.start(Api::all(client.clone()), &shutdown);
+    volumes.start(Api::all(client.clone()), &shutdown);
+    classes.start(Api::all(client.clone()), &shutdown);
+    quotas.start(Api::all(client.clone()), &shutdown);
     leases.start(
         Api::namespaced(client.clone(), "kube-node-lease"),
         &shutdown,
@@ -385,6 +528,10 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         node_lifecycle,
         endpoints_controller,
         disruption_controller,
+        daemonset_controller,
+        claim_controller,
+        volume_controller,
+        quota_controller,
         serviceaccount_controller,
     );
     info!("controllers stopped");

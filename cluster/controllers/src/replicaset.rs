@@ -6,12 +6,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kelson_common::pod;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -293,23 +293,11 @@ async fn apply(ctx: &Shared, rs: &ReplicaSet, api: &Api<Pod>, key: &str, plan: P
     if !plan.delete.is_empty() {
         let uids: Vec<String> = plan.delete.iter().map(|(_, uid)| uid.clone()).collect();
         ctx.context.expectations.expect(key, [], uids);
-        futures::stream::iter(plan.delete.clone())
-            .map(|(name, _)| {
-                let api = api.clone();
-                async move {
-                    match api.delete(&name, &DeleteParams::default()).await {
-                        Ok(_) => Ok(()),
-                        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-                        Err(error) => Err(Error::Api {
-                            action: format!("delete pod {name}"),
-                            source: error,
-                        }),
-                    }
-                }
-            })
-            .buffer_unordered(64)
-            .try_collect::<Vec<()>>()
-            .await?;
+        crate::context::delete_pods(
+            api,
+            plan.delete.iter().map(|(name, _)| name.clone()).collect(),
+        )
+        .await?;
         let note = format!("Deleted pod: {}", plan.delete[0].0);
         ctx.context
             .event(&rs.object_ref(&()), false, "SuccessfulDelete", note)

@@ -2,7 +2,7 @@
 //! not, in kube-scheduler's words), scores rank the nodes that fit. No I/O happens here; the
 //! loop in `crate::scheduler` feeds these functions from its cache.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, NodeAffinity, Pod, Taint, Toleration};
 use kelson_common::{node, pod, selector};
@@ -199,6 +199,20 @@ pub struct PodRequest {
     pub tolerations: Vec<Toleration>,
     /// The pod (for affinity terms).
     pub pod: Pod,
+    /// What the pod's PersistentVolumeClaims require of a node.
+    pub volumes: VolumeFit,
+}
+
+/// What a pod's claims require of a node (Kubernetes' VolumeBinding and VolumeRestrictions).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum VolumeFit {
+    /// Any node (no claims, or claims bound to volumes usable everywhere).
+    #[default]
+    Any,
+    /// Nodes matching every one of these (node affinities of bound volumes).
+    Nodes(Vec<k8s_openapi::api::core::v1::NodeSelector>),
+    /// No node, for this reason (a missing claim, an unbound immediate claim).
+    Never(Reason),
 }
 
 impl PodRequest {
@@ -212,7 +226,101 @@ impl PodRequest {
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             tolerations: spec.tolerations.unwrap_or_default(),
             pod: p.clone(),
+            volumes: VolumeFit::Any,
         }
+    }
+}
+
+/// The claims, volumes and storage classes the scheduler knows, by name.
+#[derive(Default)]
+pub struct Volumes {
+    /// Claims by `namespace/name`.
+    pub claims: HashMap<String, k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    /// Volumes by name.
+    pub volumes: HashMap<String, k8s_openapi::api::core::v1::PersistentVolume>,
+    /// `volumeBindingMode` of each StorageClass.
+    pub binding_modes: HashMap<String, String>,
+}
+
+impl Volumes {
+    /// What the pod's claims require of a node, and the claims that wait for their first
+    /// consumer's node (to be told it once the pod has one).
+    #[must_use]
+    pub fn fit(&self, p: &Pod) -> (VolumeFit, Vec<String>) {
+        let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
+        let mut selectors = Vec::new();
+        let mut waiting = Vec::new();
+        let claims = p
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref());
+        for source in claims {
+            let key = format!("{namespace}/{}", source.claim_name);
+            let Some(claim) = self.claims.get(&key) else {
+                return (
+                    VolumeFit::Never(format!(
+                        "persistentvolumeclaim \"{}\" not found",
+                        source.claim_name
+                    )),
+                    Vec::new(),
+                );
+            };
+            if claim.metadata.deletion_timestamp.is_some() {
+                return (
+                    VolumeFit::Never(format!(
+                        "persistentvolumeclaim \"{}\" is being deleted",
+                        source.claim_name
+                    )),
+                    Vec::new(),
+                );
+            }
+            let bound = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .filter(|n| !n.is_empty());
+            match bound {
+                Some(name) => {
+                    let required = self
+                        .volumes
+                        .get(name)
+                        .and_then(|v| v.spec.as_ref()?.node_affinity.as_ref()?.required.clone());
+                    selectors.extend(required);
+                }
+                None => {
+                    let class = claim
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.storage_class_name.as_deref())
+                        .unwrap_or_default();
+                    let mode = self.binding_modes.get(class).map(String::as_str);
+                    if mode == Some("WaitForFirstConsumer") {
+                        if !claim
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .is_some_and(|a| a.contains_key("volume.kubernetes.io/selected-node"))
+                        {
+                            waiting.push(source.claim_name.clone());
+                        }
+                    } else {
+                        return (
+                            VolumeFit::Never(
+                                "pod has unbound immediate PersistentVolumeClaims".into(),
+                            ),
+                            Vec::new(),
+                        );
+                    }
+                }
+            }
+        }
+        let fit = if selectors.is_empty() {
+            VolumeFit::Any
+        } else {
+            VolumeFit::Nodes(selectors)
+        };
+        (fit, waiting)
     }
 }
 
@@ -258,6 +366,21 @@ pub fn filter(request: &PodRequest, node: &NodeInfo) -> Result<(), Reason> {
     }
     if !node_affinity_fits(request, node) {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    match &request.volumes {
+        VolumeFit::Any => {}
+        VolumeFit::Never(reason) => return Err(reason.clone()),
+        VolumeFit::Nodes(selectors) => {
+            let fits = selectors.iter().all(|required| {
+                required
+                    .node_selector_terms
+                    .iter()
+                    .any(|term| selector::node_term_matches(term, &node.labels, &node.name))
+            });
+            if !fits {
+                return Err("node(s) had volume node affinity conflict".into());
+            }
+        }
     }
     let requested = &request.placed.requests;
     let free = |allocatable: i64, used: i64| allocatable - used;
@@ -574,6 +697,84 @@ mod tests {
         assert_eq!(
             select(&tolerating, &nodes, &mut rand::rng()).unwrap(),
             "tainted"
+        );
+    }
+
+    #[test]
+    fn claims_decide_where_a_pod_may_go() {
+        let mut volumes = Volumes::default();
+        let claim = |name: &str, class: &str, bound: Option<&str>| {
+            serde_json::from_value::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"storageClassName": class, "volumeName": bound}
+            }))
+            .unwrap()
+        };
+        volumes.claims.insert(
+            "default/pinned".into(),
+            claim("pinned", "local", Some("pv-a")),
+        );
+        volumes
+            .claims
+            .insert("default/later".into(), claim("later", "local", None));
+        volumes
+            .claims
+            .insert("default/now".into(), claim("now", "", None));
+        volumes
+            .binding_modes
+            .insert("local".into(), "WaitForFirstConsumer".into());
+        volumes.volumes.insert(
+            "pv-a".into(),
+            serde_json::from_value(json!({"metadata": {"name": "pv-a"}, "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}]}}}}))
+            .unwrap(),
+        );
+        let pod_with = |claims: &[&str]| {
+            let volumes: Vec<serde_json::Value> = claims
+                .iter()
+                .map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+                .collect();
+            let mut p: Pod =
+                serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": [], "volumes": volumes}}))
+                .unwrap();
+            p.metadata.namespace = Some("default".into());
+            p
+        };
+        let a = node(
+            "a",
+            "4",
+            json!({"metadata": {"labels": {"kubernetes.io/hostname": "a"}}}),
+        );
+        let b = node(
+            "b",
+            "4",
+            json!({"metadata": {"labels": {"kubernetes.io/hostname": "b"}}}),
+        );
+        let nodes = [a, b];
+
+        let (fit, waiting) = volumes.fit(&pod_with(&["pinned", "later"]));
+        assert_eq!(waiting, ["later"]);
+        let mut request = PodRequest::of(&pod_with(&["pinned", "later"]));
+        request.volumes = fit;
+        assert_eq!(
+            select(&request, &nodes, &mut rand::rng()).unwrap(),
+            "a",
+            "the bound volume lives on a"
+        );
+
+        let (fit, _) = volumes.fit(&pod_with(&["now"]));
+        request.volumes = fit;
+        assert_eq!(
+            select(&request, &nodes, &mut rand::rng())
+                .unwrap_err()
+                .to_string(),
+            "0/2 nodes are available: 2 pod has unbound immediate PersistentVolumeClaims."
+        );
+        let (fit, _) = volumes.fit(&pod_with(&["missing"]));
+        assert_eq!(
+            fit,
+            VolumeFit::Never("persistentvolumeclaim \"missing\" not found".into())
         );
     }
 

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -77,6 +80,8 @@ struct State {
     queued: HashSet<String>,
     /// Where the next search over the nodes starts.
     next_start: usize,
+    /// Claims, volumes and classes (for pods with PersistentVolumeClaims).
+    volumes: plan::Volumes,
 }
 
 impl State {
@@ -258,6 +263,53 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
                 }
             })
     };
+    // claims, volumes and classes: a change may let waiting pods fit
+    let claim_events = watch_into(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        state.clone(),
+        wake.clone(),
+        |state, claim, live| {
+            let key = format!(
+                "{}/{}",
+                claim.metadata.namespace.as_deref().unwrap_or_default(),
+                claim.metadata.name.as_deref().unwrap_or_default()
+            );
+            if live {
+                state.volumes.claims.insert(key, claim);
+            } else {
+                state.volumes.claims.remove(&key);
+            }
+        },
+    );
+    let volume_events = watch_into(
+        Api::<PersistentVolume>::all(client.clone()),
+        state.clone(),
+        wake.clone(),
+        |state, volume, live| {
+            let name = volume.metadata.name.clone().unwrap_or_default();
+            if live {
+                state.volumes.volumes.insert(name, volume);
+            } else {
+                state.volumes.volumes.remove(&name);
+            }
+        },
+    );
+    let class_events = watch_into(
+        Api::<StorageClass>::all(client.clone()),
+        state.clone(),
+        wake.clone(),
+        |state, class, live| {
+            let name = class.metadata.name.clone().unwrap_or_default();
+            if live {
+                let mode = class
+                    .volume_binding_mode
+                    .unwrap_or_else(|| "Immediate".into());
+                state.volumes.binding_modes.insert(name, mode);
+            } else {
+                state.volumes.binding_modes.remove(&name);
+            }
+        },
+    );
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -271,9 +323,49 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         () = shutdown.cancelled() => {}
         () = node_events => {}
         () = pod_events => {}
+        () = claim_events => {}
+        () = volume_events => {}
+        () = class_events => {}
         () = worker => {}
     }
     info!("scheduler stopped");
+}
+
+/// Watches one kind into the state with `update(state, object, live)`; every change retries
+/// the unschedulable pods.
+async fn watch_into<K>(
+    api: Api<K>,
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
+    update: fn(&mut State, K, bool),
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let mut state = state.lock();
+        match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                update(&mut state, object, true);
+            }
+            Ok(watcher::Event::Delete(object)) => update(&mut state, object, false),
+            Ok(_) => continue,
+            Err(error) => {
+                warn!(%error, kind = %K::kind(&()), "watch failed");
+                continue;
+            }
+        }
+        state.flush_unschedulable();
+        drop(state);
+        wake.notify_one();
+    }
 }
 
 async fn schedule_loop(
@@ -316,7 +408,9 @@ async fn schedule_loop(
                 let pod = waiting.pod.clone();
                 let (attempts, since) = (waiting.attempts, waiting.since);
                 let attempt_started = Instant::now();
-                let request = PodRequest::of(&pod);
+                let mut request = PodRequest::of(&pod);
+                let (volumes, claims_to_place) = state.volumes.fit(&pod);
+                request.volumes = volumes;
                 // start where the previous search stopped, so every node gets its turn
                 let names: Vec<&String> = state.nodes.keys().collect();
                 let start = if names.is_empty() {
@@ -337,7 +431,15 @@ async fn schedule_loop(
                     state.assumed.insert(key.clone());
                     state.place(&key, node, request.placed.clone());
                 }
-                decision = Some((key, pod, result, attempts, since, attempt_started));
+                decision = Some((
+                    key,
+                    pod,
+                    result,
+                    attempts,
+                    since,
+                    attempt_started,
+                    claims_to_place,
+                ));
                 break;
             }
             decision
@@ -357,7 +459,8 @@ async fn schedule_loop(
             }
             metrics.pending(active, backoff, unschedulable);
         }
-        let Some((key, pod, result, attempts, since, attempt_started)) = next else {
+        let Some((key, pod, result, attempts, since, attempt_started, claims_to_place)) = next
+        else {
             let earliest = state
                 .lock()
                 .waiting
@@ -383,7 +486,12 @@ async fn schedule_loop(
                 let recorder = recorder.clone();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    let bound = bind(&client, &pod, &node).await;
+                    // claims waiting for their first consumer learn its node, then the
+                    // provisioner makes their volumes there
+                    let mut bound = select_node(&client, &pod, &claims_to_place, &node).await;
+                    if bound.is_ok() {
+                        bound = bind(&client, &pod, &node).await;
+                    }
                     drop(permit);
                     if let Some(metrics) = &config.metrics {
                         let outcome = if bound.is_ok() {
@@ -455,6 +563,22 @@ async fn schedule_loop(
             }
         }
     }
+}
+
+async fn select_node(
+    client: &kube::Client,
+    pod: &Pod,
+    claims: &[String],
+    node: &str,
+) -> kube::Result<()> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": node}}});
+    for claim in claims {
+        api.patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(())
 }
 
 fn backoff(config: &Config, attempts: u32) -> Duration {

@@ -566,6 +566,9 @@ impl TestCluster {
                 grace_period: (hollow.lease_period * 4).max(Duration::from_secs(4)),
                 period: Duration::from_millis(250),
             },
+            volumes: kelson_controllers::volume::Config {
+                directory: Some(server.dir.join("volumes")),
+            },
         };
         tokio::spawn(kelson_controllers::run_with(
             controllers_client,

@@ -746,3 +746,498 @@ async fn evictions_take_from_the_disruption_budget() {
         other => panic!("missing pod: {other:?}"),
     }
 }
+
+fn image_of(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonsets_run_one_pod_per_fitting_node_and_roll_out_node_by_node() {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    use k8s_openapi::api::core::v1::Node;
+    let cluster = TestCluster::start(3).await;
+    let client = cluster.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    // one node is tainted and keeps daemon pods off; the tolerated taint does not
+    nodes
+        .patch(
+            "hollow-2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}})),
+        )
+        .await
+        .unwrap();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "template": {"metadata": {"labels": {"app": "agent"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}
+    }))
+    .unwrap();
+    daemonsets
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+    let rolled = |image: &'static str, nodes: usize| {
+        let daemonsets = daemonsets.clone();
+        let pods = pods.clone();
+        async move {
+            eventually(
+                Duration::from_secs(30),
+                &format!("{nodes} pods of {image}, available"),
+                || async {
+                    let ds = daemonsets.get("agent").await.unwrap();
+                    let status = ds.status.clone()?;
+                    let running: Vec<Pod> = pods
+                        .list(&ListParams::default().labels("app=agent"))
+                        .await
+                        .unwrap()
+                        .items;
+                    let done = ds.metadata.generation == status.observed_generation
+                        && status.desired_number_scheduled == i32::try_from(nodes).unwrap()
+                        && status.updated_number_scheduled == Some(status.desired_number_scheduled)
+                        && status.number_available == Some(status.desired_number_scheduled)
+                        && running.len() == nodes
+                        && running.iter().all(|p| image_of(p) == image);
+                    done.then_some(running)
+                },
+            )
+            .await
+        }
+    };
+    let first = rolled("busybox:1", 2).await;
+    let mut on: Vec<String> = first
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["hollow-0", "hollow-1"], "one pod per untainted node");
+    // a toleration lets it onto the tainted node too
+    daemonsets
+        .patch(
+            "agent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {
+                "tolerations": [{"key": "gpu", "operator": "Exists"}]}}}})),
+        )
+        .await
+        .unwrap();
+    rolled("busybox:1", 3).await;
+
+    // an image change rolls node by node: never more than one node without an available pod
+    let watch_pods = pods.clone();
+    let observer = tokio::spawn(async move {
+        let mut stream =
+            watcher(watch_pods, watcher::Config::default().labels("app=agent")).boxed();
+        let mut state: std::collections::BTreeMap<String, Pod> = Default::default();
+        let mut min_ready = usize::MAX;
+        let mut synced = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    state.insert(p.metadata.name.clone().unwrap(), p);
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    state.remove(p.metadata.name.as_deref().unwrap());
+                }
+                Ok(watcher::Event::InitDone) => synced = true,
+                _ => continue,
+            }
+            if !synced {
+                // the initial listing arrives one pod at a time
+                continue;
+            }
+            let ready = state
+                .values()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none() && kelson_common::pod::is_ready(p)
+                })
+                .count();
+            min_ready = min_ready.min(ready);
+            if state.len() == 3
+                && state
+                    .values()
+                    .all(|p| image_of(p) == "busybox:2" && kelson_common::pod::is_ready(p))
+            {
+                return min_ready;
+            }
+        }
+        min_ready
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemonsets
+        .patch(
+            "agent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "c", "image": "busybox:2"}]}}}})),
+        )
+        .await
+        .unwrap();
+    rolled("busybox:2", 3).await;
+    let min_ready = tokio::time::timeout(Duration::from_secs(10), observer)
+        .await
+        .expect("the observer saw the end")
+        .unwrap();
+    assert!(
+        min_ready >= 2,
+        "maxUnavailable 1: at least 2 of 3 ready throughout, saw {min_ready}"
+    );
+
+    // every template is a revision, as `kubectl rollout history` reads them
+    let mut history: Vec<i64> = revisions
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    history.sort_unstable();
+    assert_eq!(history, [1, 2, 3]);
+
+    // a cordon does not move daemon pods; a NoExecute taint does
+    nodes
+        .patch(
+            "hollow-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    nodes
+        .patch(
+            "hollow-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": [{"key": "drain", "effect": "NoExecute"}]}})),
+        )
+        .await
+        .unwrap();
+    rolled("busybox:2", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_bind_to_volumes_or_get_provisioned_ones() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let cluster = TestCluster::start(2).await;
+    let client = cluster.client().await;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let create_claim = |name: &str, class: Option<&str>, size: &str| {
+        let claims = claims.clone();
+        let mut spec =
+            json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
+        if let Some(class) = class {
+            spec["storageClassName"] = json!(class);
+        }
+        let claim: PersistentVolumeClaim =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        async move { claims.create(&PostParams::default(), &claim).await.unwrap() }
+    };
+    let phase_of = |name: &'static str| {
+        let claims = claims.clone();
+        async move {
+            let claim = claims.get(name).await.unwrap();
+            (
+                claim.status.and_then(|s| s.phase).unwrap_or_default(),
+                claim.spec.and_then(|s| s.volume_name).unwrap_or_default(),
+            )
+        }
+    };
+
+    // a static volume: the smallest that fits is bound; a released one is kept (Retain)
+    for (name, size) in [("big", "10Gi"), ("small", "2Gi")] {
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                     "storageClassName": "manual", "persistentVolumeReclaimPolicy": "Retain",
+                     "hostPath": {"path": format!("/tmp/{name}")}}
+        }))
+        .unwrap();
+        volumes
+            .create(&PostParams::default(), &volume)
+            .await
+            .unwrap();
+    }
+    create_claim("static", Some("manual"), "1Gi").await;
+    eventually(
+        Duration::from_secs(20),
+        "the claim bound to small",
+        || async { (phase_of("static").await == ("Bound".into(), "small".into())).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the volume bound", || async {
+        let volume = volumes.get("small").await.unwrap();
+        (volume.status?.phase.as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+    claims
+        .delete("static", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the volume released", || async {
+        let volume = volumes.get("small").await.unwrap();
+        (volume.status?.phase.as_deref() == Some("Released")).then_some(())
+    })
+    .await;
+
+    // the default class waits for the first consumer, then provisions on its node
+    let default = classes.get("local-path").await.unwrap();
+    assert_eq!(
+        default.volume_binding_mode.as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    let created = create_claim("data", None, "1Gi").await;
+    assert_eq!(
+        created.spec.unwrap().storage_class_name.as_deref(),
+        Some("local-path"),
+        "the default class is filled in"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(phase_of("data").await, ("Pending".into(), String::new()));
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let (_, volume_name) = eventually(
+        Duration::from_secs(20),
+        "the claim provisioned and bound",
+        || async {
+            let state = phase_of("data").await;
+            (state.0 == "Bound").then_some(state)
+        },
+    )
+    .await;
+    let node = eventually(Duration::from_secs(20), "the pod running", || async {
+        let pod = pods.get("db").await.unwrap();
+        (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| pod.spec?.node_name)?
+    })
+    .await;
+    let provisioned = volumes.get(&volume_name).await.unwrap();
+    let affinity =
+        serde_json::to_value(provisioned.spec.as_ref().unwrap().node_affinity.clone()).unwrap();
+    assert_eq!(
+        affinity.pointer("/required/nodeSelectorTerms/0/matchExpressions/0/values/0"),
+        Some(&json!(node)),
+        "the volume lives on the pod's node"
+    );
+    assert!(volume_name.starts_with("pvc-"));
+    // deleting the claim deletes the provisioned volume (reclaim policy Delete)
+    pods.delete("db", &DeleteParams::default()).await.unwrap();
+    claims
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the provisioned volume deleted",
+        || async {
+            volumes
+                .get_opt(&volume_name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // an immediate claim nobody can provision keeps its pod unscheduled, saying why
+    let external: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "external"}, "provisioner": "example.com/nfs"
+    }))
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &external)
+        .await
+        .unwrap();
+    create_claim("remote", Some("external"), "1Gi").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stuck"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "remote"}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let message = eventually(Duration::from_secs(20), "the pod unschedulable", || async {
+        let pod = pods.get("stuck").await.unwrap();
+        let condition = pod
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+        condition.message
+    })
+    .await;
+    assert_eq!(
+        message,
+        "0/2 nodes are available: 2 pod has unbound immediate PersistentVolumeClaims."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quotas_count_usage_and_refuse_what_exceeds_them() {
+    use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota};
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(cluster.client_without_retries().await, "default");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "compute"},
+        "spec": {"hard": {"pods": "3", "requests.cpu": "1", "limits.memory": "1Gi", "count/deployments.apps": "1"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    let objects: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "objects"}, "spec": {"hard": {"configmaps": "3"}}
+    }))
+    .unwrap();
+    quotas
+        .create(&PostParams::default(), &objects)
+        .await
+        .unwrap();
+    let used = |name: &'static str| {
+        let quotas = quotas.clone();
+        async move {
+            let q = quotas.get(name).await.unwrap();
+            serde_json::to_value(q.status.and_then(|s| s.used)).unwrap()
+        }
+    };
+    eventually(Duration::from_secs(20), "the quotas' usage counted", || async {
+        let configmaps_used = used("objects").await;
+        (used("compute").await
+            == json!({"pods": "0", "requests.cpu": "0", "limits.memory": "0", "count/deployments.apps": "0"})
+            && configmaps_used == json!({"configmaps": "1"}))
+        .then_some(())
+    })
+    .await;
+    let pod = |name: &str, cpu: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                "resources": {"requests": {"cpu": cpu}, "limits": {"memory": "256Mi"}}}]}
+        }))
+        .unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("a", "400m"))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("b", "400m"))
+        .await
+        .unwrap();
+    // charged at once, before the controller recounts
+    assert_eq!(
+        used("compute").await,
+        json!({"pods": "2", "requests.cpu": "800m", "limits.memory": "512Mi", "count/deployments.apps": "0"})
+    );
+    let refused = pods
+        .create(&PostParams::default(), &pod("c", "400m"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(status.code, 403);
+    assert_eq!(
+        status.message,
+        "pods \"c\" is forbidden: exceeded quota: compute, requested: requests.cpu=400m, used: requests.cpu=800m, limited: requests.cpu=1"
+    );
+    let unbounded: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "d"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    let refused = pods
+        .create(&PostParams::default(), &unbounded)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains(
+            "failed quota: compute: must specify requests.cpu for: c; limits.memory for: c"
+        ),
+        "{refused}"
+    );
+    // deleting a pod frees its share once the controller recounts
+    pods.delete("a", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the deleted pod's share freed",
+        || async { (used("compute").await["requests.cpu"] == json!("400m")).then_some(()) },
+    )
+    .await;
+    pods.create(&PostParams::default(), &pod("c", "400m"))
+        .await
+        .unwrap();
+
+    // object counts (kube-root-ca.crt is one of the ConfigMaps): a fourth ConfigMap and a second
+    // Deployment are refused
+    for name in ["one", "two", "three"] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let result = configmaps.create(&PostParams::default(), &cm).await;
+        assert_eq!(result.is_ok(), name != "three", "{name}: {result:?}");
+    }
+    deployments
+        .create(&PostParams::default(), &deployment("web", 1, "busybox"))
+        .await
+        .unwrap();
+    let second = deployments
+        .create(&PostParams::default(), &deployment("api", 1, "busybox"))
+        .await
+        .unwrap_err();
+    assert!(
+        second
+            .to_string()
+            .contains("exceeded quota: compute, requested: count/deployments.apps=1"),
+        "{second}"
+    );
+    // the Deployment's pods ask 100m of cpu but set no memory limit: its ReplicaSet says why
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let message = eventually(Duration::from_secs(20), "a FailedCreate event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedCreate"))
+            .and_then(|e| e.message)
+    })
+    .await;
+    assert!(message.contains("must specify limits.memory"), "{message}");
+    // a new limit shows in the status at once
+    quotas
+        .patch(
+            "objects",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hard": {"configmaps": "5"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new hard limit in the status",
+        || async {
+            let q = quotas.get("objects").await.unwrap();
+            let hard = serde_json::to_value(q.status?.hard).unwrap();
+            (hard == json!({"configmaps": "5"})).then_some(())
+        },
+    )
+    .await;
+}

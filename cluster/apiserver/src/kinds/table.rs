@@ -244,6 +244,20 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             AGE,
             col("VolumeMode", "string", 1),
         ],
+        ("", "ResourceQuota") => vec![
+            NAME,
+            AGE,
+            col("Request", "string", 0),
+            col("Limit", "string", 0),
+        ],
+        ("storage.k8s.io", "StorageClass") => vec![
+            NAME,
+            col("Provisioner", "string", 0),
+            col("ReclaimPolicy", "string", 0),
+            col("VolumeBindingMode", "string", 0),
+            col("AllowVolumeExpansion", "string", 0),
+            AGE,
+        ],
         ("", "PersistentVolume") => vec![
             NAME,
             col("Capacity", "string", 0),
@@ -771,6 +785,63 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
                 )),
                 json!(created(object)),
                 json!(s(object, "/spec/volumeMode")),
+            ]
+        }
+        ("", "ResourceQuota") => {
+            // `resource: used/hard`, limits apart from the rest, as kubectl prints them
+            let (mut requests, mut limits) = (Vec::new(), Vec::new());
+            if let Some(hard) = object.pointer("/spec/hard").and_then(Value::as_object) {
+                let mut names: Vec<&String> = hard.keys().collect();
+                names.sort();
+                for resource in names {
+                    let used = object
+                        .pointer("/status/used")
+                        .and_then(|u| u.get(resource))
+                        .and_then(Value::as_str)
+                        .unwrap_or("0");
+                    let entry = format!(
+                        "{resource}: {used}/{}",
+                        hard[resource].as_str().unwrap_or_default()
+                    );
+                    if resource.starts_with("limits") {
+                        limits.push(entry);
+                    } else {
+                        requests.push(entry);
+                    }
+                }
+            }
+            vec![
+                name,
+                json!(created(object)),
+                json!(requests.join(", ")),
+                json!(limits.join(", ")),
+            ]
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let default = object
+                .pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                == Some(&json!("true"));
+            let shown = if default {
+                format!("{} (default)", name.as_str().unwrap_or_default())
+            } else {
+                name.as_str().unwrap_or_default().to_owned()
+            };
+            let or = |pointer: &str, default: &str| match s(object, pointer) {
+                "" => default.to_owned(),
+                set => set.to_owned(),
+            };
+            vec![
+                json!(shown),
+                json!(s(object, "/provisioner")),
+                json!(or("/reclaimPolicy", "Delete")),
+                json!(or("/volumeBindingMode", "Immediate")),
+                json!(
+                    object
+                        .pointer("/allowVolumeExpansion")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                ),
+                json!(created(object)),
             ]
         }
         ("", "PersistentVolume") => {

@@ -288,6 +288,9 @@ async fn create_object(
     if rt.group.is_empty() && rt.kind == "Pod" {
         crate::serviceaccount::mount_token(&mut object);
     }
+    if rt.group.is_empty() && rt.kind == "PersistentVolumeClaim" {
+        crate::admission::default_storage_class(server, &mut object).await?;
+    }
     strategy::prepare_create(rt, &mut object);
     causes.extend(validate::validate(rt, &object, None));
     if !causes.is_empty() {
@@ -304,6 +307,7 @@ async fn create_object(
         );
     }
     check_namespace(server, rt, &object).await?;
+    crate::admission::charge_quota(server, rt, &object, options.dry_run).await?;
     let reserved = if is_service(rt) {
         crate::services::allocate(server, &mut object, options.dry_run).await?
     } else {
