@@ -4,7 +4,10 @@
 //! the events show it, `kubectl create job --from=cronjob/…` runs it by hand, suspend stops it,
 //! and a bad schedule is refused with the field named. `kubectl drain` cordons a node and evicts
 //! its pods only as far as their PodDisruptionBudget allows, leaving daemon pods in place. A
-//! DaemonSet rolls out, shows its history and rolls back with `kubectl rollout`.
+//! DaemonSet and a StatefulSet (with its claims provisioned) roll out, show their history and
+//! roll back with `kubectl rollout`; quotas, storage classes and claims print as kubectl shows
+//! them. `kill -9` of the server mid-rollout: after a restart the rollout finishes with no
+//! duplicate or orphaned ReplicaSets or pods.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -505,5 +508,230 @@ fn quotas_classes_and_claims_as_kubectl_shows_them() {
     assert!(
         described.contains("requests.cpu  100m  150m"),
         "{described}"
+    );
+}
+
+const DB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36", command: [sleep, "3600"], volumeMounts: [{name: data, mountPath: /data}]}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#;
+
+#[test]
+fn a_statefulset_scales_in_order_and_rolls_back_with_kubectl() {
+    let (_cluster, k) = Cluster::start(2);
+    k.ok_with(&["apply", "-f", "-"], Some(DB));
+    let status = k.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "statefulset/db", "--timeout=60s"],
+        None,
+    );
+    assert!(
+        status.contains("partitioned roll out complete: 2 new pods"),
+        "{status}"
+    );
+    let row = k.ok(&["get", "statefulset", "db", "--no-headers"]);
+    assert!(row.starts_with("db ") && row.contains(" 2/2 "), "{row}");
+    let claims = k.ok(&[
+        "get",
+        "pvc",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+    ]);
+    assert_eq!(claims.trim(), "data-db-0=Bound data-db-1=Bound", "{claims}");
+
+    k.ok(&["scale", "statefulset/db", "--replicas=3"]);
+    k.ok_within(
+        Duration::from_secs(60),
+        &["rollout", "status", "statefulset/db", "--timeout=60s"],
+        None,
+    );
+    let pods = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert_eq!(pods, "db-0 db-1 db-2");
+
+    k.ok(&["set", "image", "statefulset/db", "c=busybox:1.37"]);
+    let done = k.ok_within(
+        Duration::from_secs(90),
+        &["rollout", "status", "statefulset/db", "--timeout=90s"],
+        None,
+    );
+    // partition defaults to 0, so kubectl reports a partitioned roll out, as against Kubernetes
+    assert!(
+        done.contains("partitioned roll out complete: 3 new pods have been updated"),
+        "{done}"
+    );
+    let history = k.ok(&["rollout", "history", "statefulset/db"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    let undo = k.ok(&["rollout", "undo", "statefulset/db"]);
+    assert!(undo.contains("rolled back"), "{undo}");
+    k.ok_within(
+        Duration::from_secs(90),
+        &["rollout", "status", "statefulset/db", "--timeout=90s"],
+        None,
+    );
+    let images = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(images, "busybox:1.36 busybox:1.36 busybox:1.36");
+}
+
+const ROLLING: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36", command: [httpd, -f]}]
+"#;
+
+/// ReplicaSets and live pods of `web`: (replicaset → replicas, pod → owner).
+fn web_objects(k: &Kubectl) -> (Vec<String>, Vec<(String, String)>) {
+    let sets = k.ok(&[
+        "get",
+        "replicasets",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.replicas}{\"\\n\"}{end}",
+    ]);
+    let pods = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.metadata.ownerReferences[0].name} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    // pods being deleted have a third field
+    let pods = pods
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 2)
+        .map(|l| {
+            let mut fields = l.split_whitespace();
+            (
+                fields.next().unwrap_or_default().to_owned(),
+                fields.next().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    (sets.lines().map(str::to_owned).collect(), pods)
+}
+
+#[test]
+fn kill_9_mid_rollout_then_the_rollout_finishes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    // the same address after the restart, so the hollow nodes find the server again
+    let listen = format!("--listen=127.0.0.1:{}", kelson_testing::git::free_port());
+    let mut server = KelsonProcess::server(Path::new(KELSON), &data, &[&listen]).unwrap();
+    let kubeconfig = server.kubeconfig();
+    // pods take a second to become ready, so the rollout is slow enough to interrupt
+    let _nodes = ChildGuard::spawn(
+        KELSON,
+        &[
+            "sim".to_owned(),
+            "--nodes=3".to_owned(),
+            "--start-delay-ms=1000".to_owned(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.display().to_string(),
+        ],
+    );
+    let k = Kubectl::new(33, &kubeconfig);
+    k.ok_with(&["apply", "-f", "-"], Some(ROLLING));
+    k.ok_within(
+        Duration::from_secs(90),
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+        None,
+    );
+    k.ok(&["set", "image", "deployment/web", "c=busybox:1.37"]);
+    // mid-rollout: both ReplicaSets have pods
+    let mid = wait_for(Duration::from_secs(30), "the rollout under way", || {
+        let (sets, pods) = web_objects(&k);
+        let scaled = sets.iter().filter(|s| !s.ends_with("=0")).count();
+        (scaled == 2 && pods.len() >= 6).then_some((sets, pods))
+    });
+    eprintln!("killing the server mid-rollout: {mid:?}");
+    server.kill();
+    let server = KelsonProcess::server(Path::new(KELSON), &data, &[&listen]).unwrap();
+    let k = Kubectl::new(33, &server.kubeconfig());
+    k.ok_within(
+        Duration::from_secs(120),
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+        None,
+    );
+    // settled: one old ReplicaSet at 0, one new at 6, exactly 6 live pods all owned by the new
+    // one, and it stays so
+    let new_set = wait_for(Duration::from_secs(30), "the rollout settled", || {
+        let (sets, pods) = web_objects(&k);
+        let live: Vec<&String> = sets.iter().filter(|s| s.ends_with("=6")).collect();
+        let done = sets.len() == 2
+            && sets.iter().filter(|s| s.ends_with("=0")).count() == 1
+            && live.len() == 1
+            && pods.len() == 6;
+        done.then(|| live[0].trim_end_matches("=6").to_owned())
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        let (sets, pods) = web_objects(&k);
+        assert_eq!(sets.len(), 2, "no duplicate ReplicaSet: {sets:?}");
+        assert_eq!(pods.len(), 6, "no duplicate pods: {pods:?}");
+        assert!(
+            pods.iter().all(|(_, owner)| *owner == new_set),
+            "every pod owned by {new_set}: {pods:?}"
+        );
+    }
+    let images = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert!(
+        images.split_whitespace().all(|i| i == "busybox:1.37"),
+        "{images}"
     );
 }

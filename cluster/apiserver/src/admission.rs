@@ -162,3 +162,85 @@ pub async fn charge_quota(
         1,
     ))
 }
+
+/// The PriorityClasses every cluster has (Kubernetes' system classes).
+pub const SYSTEM_CLASSES: [(&str, i64, &str); 2] = [
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+];
+
+/// Resolves a new pod's `priorityClassName` into `priority` and `preemptionPolicy` (Kubernetes'
+/// `Priority` admission): the named class, else the class marked `globalDefault`, else 0.
+///
+/// # Errors
+/// 403 when the class does not exist or the pod gives a priority of its own that differs.
+pub async fn priority(server: &ApiServer, pod: &mut Value) -> ApiResult<()> {
+    let Some(classes) = server
+        .registry
+        .lookup("scheduling.k8s.io", "v1", "priorityclasses")
+    else {
+        return Ok(());
+    };
+    let pod_name = meta::name(pod).to_owned();
+    let forbidden = |message: String| {
+        ApiError::forbidden(format!("pods \"{pod_name}\" is forbidden: {message}"))
+    };
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let named = spec
+        .get("priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let class = match &named {
+        Some(name) => Some(
+            server
+                .objects
+                .try_get(&classes, None, name)
+                .await?
+                .ok_or_else(|| forbidden(format!("no PriorityClass with name {name} was found")))?,
+        ),
+        None => server
+            .objects
+            .list(&classes, &classes.list_prefix(None), None, None, 0, |c| {
+                c.get("globalDefault") == Some(&json!(true))
+            })
+            .await?
+            .items
+            .into_iter()
+            .min_by_key(|c| c.get("value").and_then(Value::as_i64).unwrap_or(0)),
+    };
+    let value = class
+        .as_ref()
+        .and_then(|c| c.get("value"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+        && given != value
+    {
+        return Err(forbidden(format!(
+            "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+        )));
+    }
+    spec.insert("priority".into(), json!(value));
+    if let Some(class) = &class {
+        spec.insert("priorityClassName".into(), json!(meta::name(class)));
+        if !spec.contains_key("preemptionPolicy") {
+            let policy = class
+                .get("preemptionPolicy")
+                .cloned()
+                .unwrap_or_else(|| json!("PreemptLowerPriority"));
+            spec.insert("preemptionPolicy".into(), policy);
+        }
+    }
+    Ok(())
+}

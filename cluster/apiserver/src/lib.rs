@@ -190,6 +190,27 @@ impl ApiServer {
         self.advertised.read().clone()
     }
 
+    /// Creates a built-in object unless one of its name exists.
+    async fn create_missing(
+        &self,
+        rt: &registry::ResourceType,
+        mut object: serde_json::Value,
+    ) -> Result<(), error::ApiError> {
+        let name = meta::name(&object).to_owned();
+        if self.objects.try_get(rt, None, &name).await?.is_some() {
+            return Ok(());
+        }
+        meta::meta_mut(&mut object).insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta::meta_mut(&mut object).insert("creationTimestamp".into(), json!(meta::now()));
+        kinds::defaults::apply(&rt.group, &rt.kind, &mut object);
+        kinds::strategy::prepare_create(rt, &mut object);
+        match self.objects.create(rt, object).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.code == 409 => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Creates what every cluster has from the start and serves stored custom resources.
     ///
     /// # Errors
@@ -200,26 +221,21 @@ impl ApiServer {
             .lookup("", "v1", "namespaces")
             .expect("namespaces are built in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            if self
-                .objects
-                .try_get(&namespaces, None, name)
-                .await?
-                .is_some()
-            {
-                continue;
-            }
-            let mut object =
+            let object =
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            meta::meta_mut(&mut object)
-                .insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-            meta::meta_mut(&mut object).insert("creationTimestamp".into(), json!(meta::now()));
-            kinds::defaults::apply("", "Namespace", &mut object);
-            kinds::strategy::prepare_create(&namespaces, &mut object);
-            match self.objects.create(&namespaces, object).await {
-                Ok(_) => {}
-                Err(error) if error.code == 409 => {}
-                Err(error) => return Err(error),
-            }
+            self.create_missing(&namespaces, object).await?;
+        }
+        let priority_classes = self
+            .registry
+            .lookup("scheduling.k8s.io", "v1", "priorityclasses")
+            .expect("built in");
+        for (name, value, description) in admission::SYSTEM_CLASSES {
+            let object = json!({
+                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": name}, "value": value, "description": description,
+                "preemptionPolicy": "PreemptLowerPriority",
+            });
+            self.create_missing(&priority_classes, object).await?;
         }
         let crds = self
             .registry

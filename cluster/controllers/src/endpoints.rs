@@ -81,6 +81,16 @@ fn reference(pod: &Pod) -> ObjectReference {
     }
 }
 
+/// The DNS label of a pod under a headless Service: its `hostname` when its `subdomain` names
+/// the Service (StatefulSet pods: `db-0.db.<namespace>.svc`).
+fn hostname(service: &Service, pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    (spec.subdomain.as_deref() == service.metadata.name.as_deref())
+        .then(|| spec.hostname.clone())
+        .flatten()
+        .filter(|h| !h.is_empty())
+}
+
 /// A Service's ports as resolved on one pod: (name, port, protocol).
 type ResolvedPorts = Vec<(Option<String>, i32, String)>;
 
@@ -116,7 +126,7 @@ pub fn subsets(service: &Service, pods: &[&Arc<Pod>]) -> Vec<EndpointSubset> {
                 .unwrap_or_default(),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(reference(pod)),
-            hostname: None,
+            hostname: hostname(service, pod),
         };
         let entry = groups.entry(resolved).or_default();
         if kelson_common::pod::is_ready(pod) && !kelson_common::pod::is_terminating(pod) {
@@ -151,7 +161,7 @@ pub fn subsets(service: &Service, pods: &[&Arc<Pod>]) -> Vec<EndpointSubset> {
 
 /// The endpoints of the EndpointSlice.
 #[must_use]
-pub fn slice_endpoints(pods: &[&Arc<Pod>]) -> Vec<Endpoint> {
+pub fn slice_endpoints(service: &Service, pods: &[&Arc<Pod>]) -> Vec<Endpoint> {
     let mut endpoints: Vec<Endpoint> = pods
         .iter()
         .map(|pod| {
@@ -171,6 +181,7 @@ pub fn slice_endpoints(pods: &[&Arc<Pod>]) -> Vec<Endpoint> {
                 }),
                 node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
                 target_ref: Some(reference(pod)),
+                hostname: hostname(service, pod),
                 ..Endpoint::default()
             }
         })
@@ -236,7 +247,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Shared>) -> Result<Action
             ..ObjectMeta::default()
         },
         address_type: "IPv4".into(),
-        endpoints: slice_endpoints(&chosen),
+        endpoints: slice_endpoints(&service, &chosen),
         ports: Some(
             ports
                 .iter()
@@ -313,7 +324,7 @@ mod tests {
             first.not_ready_addresses.as_ref().unwrap()[0].ip,
             "10.0.0.1"
         );
-        let endpoints = slice_endpoints(&chosen);
+        let endpoints = slice_endpoints(&service, &chosen);
         assert_eq!(endpoints.len(), 3);
         assert_eq!(endpoints[0].conditions.as_ref().unwrap().ready, Some(false));
     }

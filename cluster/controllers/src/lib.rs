@@ -19,6 +19,7 @@ pub mod quota;
 pub mod replicaset;
 pub mod revision;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod volume;
 
 use std::future::Future;
@@ -26,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -382,6 +385,22 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
                 }),
             )
             .for_each(log_results);
+    let mut statefulsets = Informer::<StatefulSet>::new();
+    let statefulset_controller =
+        Controller::for_shared_stream(statefulsets.subscribe(), statefulsets.store.clone())
+            .owns_shared_stream(pods.subscribe())
+            .reconcile_on(pods.deleted_owners())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                statefulset::reconcile,
+                error_policy,
+                Arc::new(statefulset::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                    revisions: revisions.store.clone(),
+                }),
+            )
+            .for_each(log_results);
     let mut claims = Informer::<PersistentVolumeClaim>::new();
     let mut volumes = Informer::<PersistentVolume>::new();
     let mut classes = Informer::<StorageClass>::new();
@@ -508,6 +527,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     nodes.start(Api::all(client.clone()), &shutdown);
     daemonsets.start(Api::all(client.clone()), &shutdown);
     revisions.start(Api::all(client.clone()), &shutdown);
+    statefulsets.start(Api::all(client.clone()), &shutdown);
     claims.start(Api::all(client.clone()), &shutdown);
     volumes.start(Api::all(client.clone()), &shutdown);
     classes.start(Api::all(client.clone()), &shutdown);
@@ -529,6 +549,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         endpoints_controller,
         disruption_controller,
         daemonset_controller,
+        statefulset_controller,
         claim_controller,
         volume_controller,
         quota_controller,

@@ -634,6 +634,75 @@ pub fn select_among<'a, R: Rng>(
     Ok(best[rng.random_range(0..best.len())].name.clone())
 }
 
+/// Where a pod that fits nowhere could run by preempting lower-priority pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preemption {
+    /// The node.
+    pub node: String,
+    /// Keys of the pods to remove.
+    pub victims: Vec<String>,
+}
+
+/// kube-scheduler's preemption (`DefaultPreemption`): on each node, remove every pod of lower
+/// priority than the preemptor; if it then fits, give back as many victims as still let it fit
+/// (highest priority first), and pick the node whose victims have the lowest highest priority,
+/// then the fewest victims, then the lowest sum of priorities. Pods with
+/// `preemptionPolicy: Never` preempt nothing.
+#[must_use]
+pub fn preempt<'a>(
+    request: &PodRequest,
+    nodes: impl IntoIterator<Item = &'a NodeInfo>,
+) -> Option<Preemption> {
+    let spec = request.pod.spec.as_ref();
+    if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
+        return None;
+    }
+    let priority = request.placed.priority;
+    let mut best: Option<((i32, usize, i64), Preemption)> = None;
+    for node in nodes {
+        let mut lower: Vec<&PlacedPod> = node
+            .pods
+            .values()
+            .filter(|p| p.priority < priority)
+            .collect();
+        if lower.is_empty() {
+            continue;
+        }
+        let mut trial = node.clone();
+        for victim in &lower {
+            trial.remove_pod(&victim.key);
+        }
+        if filter(request, &trial).is_err() {
+            continue;
+        }
+        // reprieve: highest priority first, keep whoever still leaves room
+        lower.sort_by_key(|p| (std::cmp::Reverse(p.priority), p.key.clone()));
+        let mut victims = Vec::new();
+        for candidate in lower {
+            trial.add_pod(candidate.clone());
+            if filter(request, &trial).is_err() {
+                trial.remove_pod(&candidate.key);
+                victims.push(candidate);
+            }
+        }
+        let rank = (
+            victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN),
+            victims.len(),
+            victims.iter().map(|v| i64::from(v.priority)).sum::<i64>(),
+        );
+        if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+            best = Some((
+                rank,
+                Preemption {
+                    node: node.name.clone(),
+                    victims: victims.iter().map(|v| v.key.clone()).collect(),
+                },
+            ));
+        }
+    }
+    best.map(|(_, preemption)| preemption)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -698,6 +767,57 @@ mod tests {
             select(&tolerating, &nodes, &mut rand::rng()).unwrap(),
             "tainted"
         );
+    }
+
+    #[test]
+    fn preemption_takes_the_fewest_least_important_pods() {
+        let placed = |key: &str, cpu: i64, priority: i32| PlacedPod {
+            key: key.into(),
+            namespace: "d".into(),
+            labels: BTreeMap::new(),
+            requests: Resources {
+                cpu,
+                pods: 1,
+                ..Resources::default()
+            },
+            host_ports: vec![],
+            owner: None,
+            priority,
+        };
+        let mut a = node("a", "4", json!({}));
+        a.add_pod(placed("d/a-low", 2000, 10));
+        a.add_pod(placed("d/a-mid", 2000, 100));
+        let mut b = node("b", "4", json!({}));
+        b.add_pod(placed("d/b-low1", 1000, 10));
+        b.add_pod(placed("d/b-low2", 1000, 10));
+        b.add_pod(placed("d/b-high", 2000, 1000));
+        let nodes = [a, b];
+        let mut pod = request(
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
+        );
+        pod.placed.priority = 500;
+        assert!(
+            select(&pod, &nodes, &mut rand::rng()).is_err(),
+            "nothing fits as is"
+        );
+        // a: one victim of priority 10; b: two victims of priority 10 — a wins
+        assert_eq!(
+            preempt(&pod, &nodes),
+            Some(Preemption {
+                node: "a".into(),
+                victims: vec!["d/a-low".into()]
+            })
+        );
+        pod.placed.priority = 10;
+        assert_eq!(
+            preempt(&pod, &nodes),
+            None,
+            "only lower priorities are taken"
+        );
+        let mut never = pod;
+        never.placed.priority = 500;
+        never.pod.spec.as_mut().unwrap().preemption_policy = Some("Never".into());
+        assert_eq!(preempt(&never, &nodes), None);
     }
 
     #[test]

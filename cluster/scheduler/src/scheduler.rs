@@ -82,6 +82,31 @@ struct State {
     next_start: usize,
     /// Claims, volumes and classes (for pods with PersistentVolumeClaims).
     volumes: plan::Volumes,
+    /// Pods that preempted others, by key: the room they wait for on their node is kept from
+    /// pods of lower priority.
+    nominations: HashMap<String, Nomination>,
+}
+
+/// A preemptor's claim on a node while its victims terminate.
+struct Nomination {
+    node: String,
+    placed: PlacedPod,
+    since: Instant,
+}
+
+/// How long a nomination holds before the pod may preempt again.
+const NOMINATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One scheduling decision, carried out after the state lock is released.
+struct Decision {
+    key: String,
+    pod: Pod,
+    result: Result<String, plan::Unschedulable>,
+    attempts: u32,
+    since: Instant,
+    attempt_started: Instant,
+    claims_to_place: Vec<String>,
+    preemption: Option<plan::Preemption>,
 }
 
 impl State {
@@ -119,6 +144,24 @@ impl State {
         }
     }
 
+    /// Nodes as the pod sees them: with the room reserved for preemptors of at least its
+    /// priority (other than itself) taken.
+    fn reserved_for(&self, key: &str, priority: i32) -> HashMap<String, NodeInfo> {
+        let mut adjusted: HashMap<String, NodeInfo> = HashMap::new();
+        for (nominee, nomination) in &self.nominations {
+            if nominee == key || nomination.placed.priority < priority {
+                continue;
+            }
+            if let Some(node) = self.nodes.get(&nomination.node) {
+                adjusted
+                    .entry(nomination.node.clone())
+                    .or_insert_with(|| node.clone())
+                    .add_pod(nomination.placed.clone());
+            }
+        }
+        adjusted
+    }
+
     fn unplace(&mut self, key: &str) {
         if let Some(node) = self.placement.remove(key)
             && let Some(info) = self.nodes.get_mut(&node)
@@ -139,6 +182,7 @@ impl State {
             Some(node) => {
                 self.waiting.remove(&key);
                 self.assumed.remove(&key);
+                self.nominations.remove(&key);
                 if terminal {
                     if self.placement.contains_key(&key) {
                         self.unplace(&key);
@@ -183,6 +227,7 @@ impl State {
     fn forget_pod(&mut self, pod: &Pod) {
         let key = pod_key(pod);
         self.waiting.remove(&key);
+        self.nominations.remove(&key);
         self.assumed.remove(&key);
         if self.placement.contains_key(&key) {
             self.unplace(&key);
@@ -418,20 +463,48 @@ async fn schedule_loop(
                 } else {
                     state.next_start % names.len()
                 };
+                let reserved = if state.nominations.is_empty() {
+                    HashMap::new()
+                } else {
+                    state.reserved_for(&key, request.placed.priority)
+                };
                 let order = names
                     .iter()
                     .cycle()
                     .skip(start)
                     .take(names.len())
-                    .filter_map(|n| state.nodes.get(*n));
+                    .filter_map(|n| reserved.get(*n).or_else(|| state.nodes.get(*n)));
                 let enough = plan::feasible_nodes_to_find(names.len());
                 let result = plan::select_among(&request, order, enough, &mut rng);
-                state.next_start = start + enough.min(names.len()).max(1);
+                let next_start = start + enough.min(names.len()).max(1);
+                drop(reserved);
+                state.next_start = next_start;
+                // nothing fits: make room by preempting lower-priority pods, unless this pod
+                // already waits for room it made
+                let waits_for_room = state
+                    .nominations
+                    .get(&key)
+                    .is_some_and(|n| n.since.elapsed() < NOMINATION_TIMEOUT);
+                let preemption = match &result {
+                    Err(_) if !waits_for_room => plan::preempt(&request, state.nodes.values()),
+                    _ => None,
+                };
+                if let Some(preemption) = &preemption {
+                    state.nominations.insert(
+                        key.clone(),
+                        Nomination {
+                            node: preemption.node.clone(),
+                            placed: request.placed.clone(),
+                            since: Instant::now(),
+                        },
+                    );
+                }
                 if let Ok(node) = &result {
                     state.assumed.insert(key.clone());
+                    state.nominations.remove(&key);
                     state.place(&key, node, request.placed.clone());
                 }
-                decision = Some((
+                decision = Some(Decision {
                     key,
                     pod,
                     result,
@@ -439,7 +512,8 @@ async fn schedule_loop(
                     since,
                     attempt_started,
                     claims_to_place,
-                ));
+                    preemption,
+                });
                 break;
             }
             decision
@@ -459,7 +533,16 @@ async fn schedule_loop(
             }
             metrics.pending(active, backoff, unschedulable);
         }
-        let Some((key, pod, result, attempts, since, attempt_started, claims_to_place)) = next
+        let Some(Decision {
+            key,
+            pod,
+            result,
+            attempts,
+            since,
+            attempt_started,
+            claims_to_place,
+            preemption,
+        }) = next
         else {
             let earliest = state
                 .lock()
@@ -541,6 +624,15 @@ async fn schedule_loop(
                     );
                 }
                 let message = unschedulable.to_string();
+                if let Some(preemption) = preemption {
+                    info!(pod = %key, node = %preemption.node, victims = ?preemption.victims, "preempting");
+                    let client = client.clone();
+                    let recorder = recorder.clone();
+                    let pod = pod.clone();
+                    tokio::spawn(
+                        async move { preempt(&client, &recorder, &pod, &preemption).await },
+                    );
+                }
                 let report = {
                     let mut state = state.lock();
                     let Some(waiting) = state.waiting.get_mut(&key) else {
@@ -562,6 +654,64 @@ async fn schedule_loop(
                 }
             }
         }
+    }
+}
+
+/// Deletes the victims (each told by a `Preempted` event) and records the preemptor's
+/// `nominatedNodeName`.
+async fn preempt(
+    client: &kube::Client,
+    recorder: &Recorder,
+    preemptor: &Pod,
+    preemption: &plan::Preemption,
+) {
+    let uid = preemptor.metadata.uid.clone().unwrap_or_default();
+    for victim in &preemption.victims {
+        let Some((namespace, name)) = victim.split_once('/') else {
+            continue;
+        };
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        match api.delete(name, &kube::api::DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(error) => {
+                warn!(pod = %victim, %error, "could not preempt");
+                continue;
+            }
+        }
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Preempted".into(),
+            note: Some(format!(
+                "Preempted by pod {uid} on node {}",
+                preemption.node
+            )),
+            action: "Preempting".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            debug!(%error, "failed to record the Preempted event");
+        }
+    }
+    let namespace = preemptor.metadata.namespace.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({"status": {"nominatedNodeName": preemption.node}});
+    if let Err(error) = api
+        .patch_status(
+            preemptor.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        debug!(%error, "could not record the nominated node");
     }
 }
 

@@ -180,3 +180,135 @@ async fn a_silent_node_is_tainted_and_its_pods_move() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_pods_preempt_lower_ones() {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let classes: Api<PriorityClass> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let system = classes.get("system-node-critical").await.unwrap();
+    assert_eq!(system.value, 2_000_001_000);
+    for (name, value) in [("low", 10), ("high", 1000)] {
+        let class: PriorityClass =
+            serde_json::from_value(json!({"metadata": {"name": name}, "value": value})).unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+    }
+    let pod = |name: &str, class: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"priorityClassName": class, "containers": [{"name": "c", "image": "busybox",
+                "resources": {"requests": {"cpu": "2"}}}]}
+        }))
+        .unwrap()
+    };
+    // the hollow node has 4 cpus: two low pods fill it
+    for name in ["low-1", "low-2"] {
+        let created = pods
+            .create(&PostParams::default(), &pod(name, "low"))
+            .await
+            .unwrap();
+        assert_eq!(
+            created.spec.unwrap().priority,
+            Some(10),
+            "priority from the class"
+        );
+    }
+    let running = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.get_opt(name).await.unwrap().is_some_and(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status.and_then(|s| s.phase).as_deref() == Some("Running")
+            })
+        }
+    };
+    eventually(Duration::from_secs(20), "both low pods running", || async {
+        (running("low-1").await && running("low-2").await).then_some(())
+    })
+    .await;
+    // a low pod more only waits; a high one takes the room of one low pod
+    pods.create(&PostParams::default(), &pod("low-3", "low"))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("high", "high"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the high pod running", || async {
+        running("high").await.then_some(())
+    })
+    .await;
+    let low_running = [
+        running("low-1").await,
+        running("low-2").await,
+        running("low-3").await,
+    ];
+    assert_eq!(
+        low_running.iter().filter(|r| **r).count(),
+        1,
+        "one low pod was preempted and the waiting one did not take its room: {low_running:?}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let preempted = eventually(Duration::from_secs(10), "a Preempted event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Preempted"))
+    })
+    .await;
+    assert!(
+        preempted
+            .message
+            .unwrap_or_default()
+            .contains("on node hollow-0"),
+        "the event names the node"
+    );
+
+    // admission: unknown classes and priorities of one's own are refused
+    let unknown = pods
+        .create(&PostParams::default(), &pod("lost", "nonexistent"))
+        .await
+        .unwrap_err();
+    assert!(
+        unknown
+            .to_string()
+            .contains("no PriorityClass with name nonexistent was found"),
+        "{unknown}"
+    );
+    let mut own = pod("own", "high");
+    own.spec.as_mut().unwrap().priority = Some(5);
+    let refused = pods.create(&PostParams::default(), &own).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("the integer value of priority (5) must not be provided"),
+        "{refused}"
+    );
+    // a global default class applies to pods that name none
+    let default: PriorityClass = serde_json::from_value(
+        json!({"metadata": {"name": "normal"}, "value": 100, "globalDefault": true}),
+    )
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &default)
+        .await
+        .unwrap();
+    let plain: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &plain).await.unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(
+        (spec.priority, spec.priority_class_name.as_deref()),
+        (Some(100), Some("normal"))
+    );
+}

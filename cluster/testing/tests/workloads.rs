@@ -1241,3 +1241,198 @@ async fn resource_quotas_count_usage_and_refuse_what_exceeds_them() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulsets_start_in_order_keep_their_claims_and_update_down_to_the_partition() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let cluster = TestCluster::start(2).await;
+    let client = cluster.client().await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox:1",
+                                  "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}
+    }))
+    .unwrap();
+    // record the order in which pods are first seen
+    let watch_pods = pods.clone();
+    let order = tokio::spawn(async move {
+        let mut stream = watcher(watch_pods, watcher::Config::default().labels("app=db")).boxed();
+        let mut seen: Vec<String> = Vec::new();
+        let mut ready_before: Vec<usize> = Vec::new();
+        let mut state: std::collections::BTreeMap<String, Pod> = Default::default();
+        while let Some(Ok(event)) = stream.next().await {
+            if let watcher::Event::Apply(p) = event {
+                let name = p.metadata.name.clone().unwrap();
+                if !seen.contains(&name) {
+                    // how many earlier pods were ready when this one appeared
+                    let ready = state
+                        .values()
+                        .filter(|p| kelson_common::pod::is_ready(p))
+                        .count();
+                    seen.push(name.clone());
+                    ready_before.push(ready);
+                }
+                state.insert(name, p);
+                if seen.len() == 3 {
+                    return (seen, ready_before);
+                }
+            }
+        }
+        (seen, ready_before)
+    });
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (seen, ready_before) = tokio::time::timeout(Duration::from_secs(30), order)
+        .await
+        .expect("three pods")
+        .unwrap();
+    assert_eq!(seen, ["db-0", "db-1", "db-2"]);
+    assert_eq!(
+        ready_before,
+        [0, 1, 2],
+        "each pod waits for its predecessors to be ready"
+    );
+    let rolled = |image: &'static str, replicas: i32| {
+        let sets = sets.clone();
+        let pods = pods.clone();
+        async move {
+            eventually(
+                Duration::from_secs(40),
+                &format!("{replicas} pods of {image}"),
+                || async {
+                    let set = sets.get("db").await.unwrap();
+                    let status = set.status.clone()?;
+                    let running = pods
+                        .list(&ListParams::default().labels("app=db"))
+                        .await
+                        .unwrap()
+                        .items;
+                    let done = set.metadata.generation == status.observed_generation
+                        && status.ready_replicas == Some(replicas)
+                        && status.replicas == replicas
+                        && status.current_revision == status.update_revision
+                        && running.len() == usize::try_from(replicas).unwrap()
+                        && running
+                            .iter()
+                            .all(|p| image_of(p) == image && kelson_common::pod::is_ready(p));
+                    done.then_some(status)
+                },
+            )
+            .await
+        }
+    };
+    let first = rolled("busybox:1", 3).await;
+    let mut claim_names: Vec<String> = claims
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    claim_names.sort();
+    assert_eq!(claim_names, ["data-db-0", "data-db-1", "data-db-2"]);
+    let db1 = pods.get("db-1").await.unwrap();
+    assert_eq!(db1.spec.as_ref().unwrap().hostname.as_deref(), Some("db-1"));
+    assert_eq!(db1.spec.as_ref().unwrap().subdomain.as_deref(), Some("db"));
+    // under the governing headless Service each pod has its own DNS name
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    let headless = serde_json::from_value(json!({"metadata": {"name": "db"},
+        "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}}))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &headless)
+        .await
+        .unwrap();
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(client.clone(), "default");
+    eventually(Duration::from_secs(20), "endpoint hostnames", || async {
+        let mut names: Vec<String> = endpoints
+            .get_opt("db")
+            .await
+            .unwrap()?
+            .subsets?
+            .into_iter()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .filter_map(|a| a.hostname)
+            .collect();
+        names.sort();
+        (names == ["db-0", "db-1", "db-2"]).then_some(())
+    })
+    .await;
+
+    // a partitioned update changes only ordinals at or above the partition
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+            "template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "db-2 updated, the others not",
+        || async {
+            let images: Vec<String> = ["db-0", "db-1", "db-2"]
+                .iter()
+                .map(|n| async { pods.get_opt(n).await.unwrap() })
+                .collect::<futures::stream::FuturesOrdered<_>>()
+                .collect::<Vec<_>>()
+                .await
+                .iter()
+                .map(|p| p.as_ref().map(image_of).unwrap_or_default())
+                .collect();
+            let status = sets.get("db").await.unwrap().status?;
+            (images == ["busybox:1", "busybox:1", "busybox:2"]
+                && status.updated_replicas == Some(1)
+                && status.ready_replicas == Some(3))
+            .then_some(())
+        },
+    )
+    .await;
+    // dropping the partition finishes the update; the claims stay the same
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}})),
+    )
+    .await
+    .unwrap();
+    let second = rolled("busybox:2", 3).await;
+    assert_ne!(first.update_revision, second.update_revision);
+    let db0 = pods.get("db-0").await.unwrap();
+    let claim = db0
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert_eq!(
+        claim.persistent_volume_claim.unwrap().claim_name,
+        "data-db-0"
+    );
+
+    // scaling down removes the highest ordinal and keeps its claim (whenScaled: Retain)
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    rolled("busybox:2", 1).await;
+    assert!(pods.get_opt("db-0").await.unwrap().is_some());
+    assert!(claims.get_opt("data-db-2").await.unwrap().is_some());
+}

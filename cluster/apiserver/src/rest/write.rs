@@ -282,6 +282,9 @@ async fn create_object(
     metadata.insert("creationTimestamp".into(), json!(meta::now()));
 
     let mut causes = check_schema(rt, &mut object, options, warnings);
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        crate::admission::priority(server, &mut object).await?;
+    }
     if !rt.custom {
         defaults::apply(&rt.group, &rt.kind, &mut object);
     }
