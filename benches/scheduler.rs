@@ -11,8 +11,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kelson_kubelet::hollow::HollowConfig;
 use kelson_testing::TestCluster;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
 use serde_json::json;
+use std::collections::HashSet;
 
 #[tokio::main]
 async fn main() {
@@ -43,6 +45,11 @@ async fn main() {
             "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}))
         .unwrap()
     };
+    // count bindings from a watch: polling lists of 10 000 pods would load the very process
+    // being measured
+    let bound = tokio::spawn(wait_until(api.clone(), "bench=pods", pods, |p: &Pod| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+    }));
     let created = Instant::now();
     futures::stream::iter(0..pods)
         .map(|i| {
@@ -54,25 +61,7 @@ async fn main() {
         .collect::<Vec<_>>()
         .await;
     let create_time = created.elapsed();
-    loop {
-        let list = api
-            .list(&ListParams::default().labels("bench=pods"))
-            .await
-            .unwrap();
-        let bound = list
-            .items
-            .iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
-            .count();
-        if bound == pods {
-            break;
-        }
-        assert!(
-            created.elapsed() < Duration::from_secs(600),
-            "only {bound} of {pods} pods bound"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    bound.await.unwrap();
     let bind_time = created.elapsed();
     println!(
         "- {pods} pods created in {:.1} s; all bound {:.1} s after the first create: {:.0} pods/s end to end",
@@ -93,33 +82,16 @@ async fn main() {
                               "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}}]}}}
     }))
     .unwrap();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = tokio::spawn(wait_until(pods_api, "app=big", replicas, |p: &Pod| {
+        kelson_common::pod::phase(p) == "Running" && kelson_common::pod::is_ready(p)
+    }));
     let t = Instant::now();
     deployments
         .create(&PostParams::default(), &deployment)
         .await
         .unwrap();
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    loop {
-        let list = pods_api
-            .list(&ListParams::default().labels("app=big"))
-            .await
-            .unwrap();
-        let running = list
-            .items
-            .iter()
-            .filter(|p| {
-                kelson_common::pod::phase(p) == "Running" && kelson_common::pod::is_ready(p)
-            })
-            .count();
-        if running == replicas {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "only {running} of {replicas} running"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    running.await.unwrap();
     println!(
         "- a {replicas}-replica Deployment all Running and Ready after {:.1} s",
         t.elapsed().as_secs_f64()
@@ -128,4 +100,24 @@ async fn main() {
         "- process RSS at the end: {:.0} MiB",
         rss_mib(std::process::id())
     );
+}
+
+/// Waits (at most 10 minutes) until `count` pods with `labels` satisfy `done`, from a watch.
+async fn wait_until(api: Api<Pod>, labels: &'static str, count: usize, done: fn(&Pod) -> bool) {
+    let mut events = watcher(api, watcher::Config::default().labels(labels)).boxed();
+    let mut finished: HashSet<String> = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while finished.len() < count {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} pods done", finished.len()));
+        match event {
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) if done(&p) => {
+                finished.insert(p.metadata.name.unwrap_or_default());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("watch failed: {error}"),
+            None => panic!("watch ended"),
+        }
+    }
 }
