@@ -426,13 +426,15 @@ struct WatchEncoder {
 }
 
 impl WatchEncoder {
-    /// The event line for an unfiltered, non-Table watch, spliced from the stored bytes.
-    fn splice(&self, event: &Event) -> ApiResult<bytes::Bytes> {
-        let (event_type, value, revision) = match event {
+    /// The event line for a non-Table watch, spliced from the stored bytes; `event_type`
+    /// overrides the storage event's (a filtered watch sees objects enter and leave it).
+    fn splice(&self, event: &Event, event_type: Option<&str>) -> ApiResult<bytes::Bytes> {
+        let (stored_type, value, revision) = match event {
             Event::Created(kv) => ("ADDED", &kv.value, kv.mod_revision),
             Event::Updated { kv, .. } => ("MODIFIED", &kv.value, kv.mod_revision),
             Event::Deleted { prev, revision } => ("DELETED", &prev.value, *revision),
         };
+        let event_type = event_type.unwrap_or(stored_type);
         let object = Objects::response_bytes(&self.rt, &self.stored_prefix, value, revision)?;
         let mut line = Vec::with_capacity(object.len() + 32);
         line.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
@@ -632,7 +634,7 @@ async fn follow(
             }
             Some(Ok(WatchMessage::Event(event))) if filter.is_empty() && !encoder.table => {
                 last_sent = event.revision();
-                match encoder.splice(&event) {
+                match encoder.splice(&event, None) {
                     Ok(line) => Some(line),
                     Err(error) => {
                         tracing::warn!(error = %error.message, "undecodable object in watch");
@@ -643,6 +645,16 @@ async fn follow(
             Some(Ok(WatchMessage::Event(event))) => {
                 last_sent = event.revision();
                 match translate(&encoder.rt, &event, &filter) {
+                    // the object sent is the stored one: splice its bytes rather than encode
+                    Ok(Some((event_type, _))) if !encoder.table => {
+                        match encoder.splice(&event, Some(event_type)) {
+                            Ok(line) => Some(line),
+                            Err(error) => {
+                                tracing::warn!(error = %error.message, "undecodable object in watch");
+                                None
+                            }
+                        }
+                    }
                     Ok(Some((event_type, object))) => Some(encoder.line(event_type, object)),
                     Ok(None) => None,
                     Err(error) => {
