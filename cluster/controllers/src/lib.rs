@@ -466,10 +466,21 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     let pod_to_quotas = in_namespace_of(freed, quotas.store.clone());
     let quota_specs = {
         let seen = parking_lot::Mutex::new(std::collections::HashMap::<String, String>::new());
+        let store = quotas.store.clone();
         quotas.subscribe().filter(move |q| {
             let uid = q.metadata.uid.clone().unwrap_or_default();
             let spec = serde_json::to_string(&q.spec).unwrap_or_default();
-            let changed = seen.lock().insert(uid, spec.clone()) != Some(spec);
+            let mut seen = seen.lock();
+            let changed = seen.insert(uid, spec.clone()) != Some(spec);
+            // forget deleted quotas now and then
+            let live = store.state();
+            if seen.len() > live.len() + 16 {
+                let uids: std::collections::HashSet<&str> = live
+                    .iter()
+                    .filter_map(|q| q.metadata.uid.as_deref())
+                    .collect();
+                seen.retain(|uid, _| uids.contains(uid.as_str()));
+            }
             futures::future::ready(changed)
         })
     };
