@@ -251,29 +251,14 @@ pub fn parse(list: Option<&Value>) -> Option<Usage> {
 /// An amount as a quantity: `500m`, `2`, and binary suffixes for bytes (`64Mi`).
 #[must_use]
 pub fn format(resource: &str, millis: i128) -> String {
-    if millis % ONE != 0 {
-        return format!("{millis}m");
-    }
-    let units = millis / ONE;
+    let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
     let bytes = ["memory", "storage", "ephemeral-storage"]
         .iter()
         .any(|b| resource.ends_with(b));
-    if bytes && units != 0 {
-        for (suffix, power) in [
-            ("Ei", 60),
-            ("Pi", 50),
-            ("Ti", 40),
-            ("Gi", 30),
-            ("Mi", 20),
-            ("Ki", 10),
-        ] {
-            let scale = 1i128 << power;
-            if units % scale == 0 {
-                return format!("{}{suffix}", units / scale);
-            }
-        }
+    if bytes && millis % ONE == 0 {
+        return quantity::format_bytes(clamp(millis / ONE)).0;
     }
-    units.to_string()
+    quantity::format_cpu(clamp(millis)).0
 }
 
 /// Formats a usage as a quota's `status.used`.

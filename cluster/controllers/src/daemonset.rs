@@ -493,25 +493,13 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Shared>) -> Result<Action> {
         .filter_map(|p| p.labels().get(HASH_LABEL).cloned())
         .collect();
     let revisions = crate::context::owned_by(&ctx.revisions, Some(&namespace), &uid);
-    let history = revision::plan(
-        &revision::Owner {
-            name: name.clone(),
-            namespace: Some(namespace.clone()),
-            reference: ds
-                .controller_owner_ref(&())
-                .ok_or_else(|| Error::Invalid(format!("daemonset {key} has no uid")))?,
-            template: &spec.template,
-            collision_count: ds
-                .status
-                .as_ref()
-                .and_then(|s| s.collision_count)
-                .unwrap_or(0),
-            history_limit: spec.revision_history_limit.unwrap_or(10),
-            change_cause: ds.annotations().get(revision::CHANGE_CAUSE).cloned(),
-        },
-        &revisions,
-        &in_use,
-    );
+    let owner = revision::Owner::of(
+        &*ds,
+        &spec.template,
+        ds.status.as_ref().and_then(|s| s.collision_count),
+        spec.revision_history_limit,
+    )?;
+    let history = revision::plan(&owner, &revisions, &in_use);
     revision::apply(&ctx.context, &namespace, &history).await?;
 
     let live: Vec<Arc<Pod>> = pods

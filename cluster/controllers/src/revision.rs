@@ -84,6 +84,33 @@ pub struct Owner<'a> {
     pub change_cause: Option<String>,
 }
 
+impl<'a> Owner<'a> {
+    /// The history owner for a DaemonSet or StatefulSet with this template, collision count and
+    /// history limit.
+    ///
+    /// # Errors
+    /// When the object has no uid yet (it was never stored).
+    pub fn of<K: kube::Resource<DynamicType = ()>>(
+        object: &K,
+        template: &'a PodTemplateSpec,
+        collision_count: Option<i32>,
+        history_limit: Option<i32>,
+    ) -> Result<Self> {
+        let reference = object.controller_owner_ref(&()).ok_or_else(|| {
+            Error::Invalid(format!("{} {} has no uid", K::kind(&()), object.name_any()))
+        })?;
+        Ok(Self {
+            name: object.name_any(),
+            namespace: object.namespace(),
+            reference,
+            template,
+            collision_count: collision_count.unwrap_or(0),
+            history_limit: history_limit.unwrap_or(10),
+            change_cause: object.annotations().get(CHANGE_CAUSE).cloned(),
+        })
+    }
+}
+
 /// The pure decision: which revision is current and what to create, renumber and delete.
 /// `revisions` are those the owner controls; `in_use` the hashes its live pods carry.
 #[must_use]

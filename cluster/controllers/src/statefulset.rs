@@ -374,25 +374,13 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Shared>) -> Result<Action
         .filter_map(|name| name.strip_prefix(&format!("{}-", settings.name)))
         .map(str::to_owned)
         .collect();
-    let history = revision::plan(
-        &revision::Owner {
-            name: name.clone(),
-            namespace: Some(namespace.clone()),
-            reference: set
-                .controller_owner_ref(&())
-                .ok_or_else(|| Error::Invalid(format!("statefulset {key} has no uid")))?,
-            template: &spec.template,
-            collision_count: set
-                .status
-                .as_ref()
-                .and_then(|s| s.collision_count)
-                .unwrap_or(0),
-            history_limit: spec.revision_history_limit.unwrap_or(10),
-            change_cause: set.annotations().get(revision::CHANGE_CAUSE).cloned(),
-        },
-        &revisions,
-        &in_use,
-    );
+    let owner = revision::Owner::of(
+        &*set,
+        &spec.template,
+        set.status.as_ref().and_then(|s| s.collision_count),
+        spec.revision_history_limit,
+    )?;
+    let history = revision::plan(&owner, &revisions, &in_use);
     revision::apply(&ctx.context, &namespace, &history).await?;
     let update = format!("{name}-{}", history.hash);
     let current = set
