@@ -215,6 +215,41 @@ where
     })
 }
 
+/// Passes on only the objects whose `key` changed since they last passed (by uid): triggers
+/// that ignore writes a controller does not read, such as status heartbeats. What it remembers
+/// of deleted objects is dropped every 1024 objects.
+fn when_changed<K, V>(
+    objects: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    key: impl Fn(&K) -> V + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    V: PartialEq + Send + 'static,
+{
+    let seen = parking_lot::Mutex::new((0usize, std::collections::HashMap::<String, V>::new()));
+    objects.filter(move |object| {
+        let uid = object.meta().uid.clone().unwrap_or_default();
+        let value = key(object);
+        let mut guard = seen.lock();
+        let (passed, seen) = &mut *guard;
+        let changed = seen.get(&uid) != Some(&value);
+        if changed {
+            seen.insert(uid, value);
+        }
+        *passed += 1;
+        if *passed % 1024 == 0 {
+            let live: std::collections::HashSet<String> = store
+                .state()
+                .iter()
+                .filter_map(|o| o.meta().uid.clone())
+                .collect();
+            seen.retain(|uid, _| live.contains(uid));
+        }
+        futures::future::ready(changed)
+    })
+}
+
 fn error_policy<K: ResourceExt>(
     object: Arc<K>,
     error: &Error,
@@ -367,7 +402,18 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     let mut daemonsets = Informer::<DaemonSet>::new();
     let mut revisions = Informer::<ControllerRevision>::new();
     // a node joining, leaving or changing labels or taints may change where daemon pods run
-    let node_to_daemonsets = all_on(nodes.changes(), daemonsets.store.clone());
+    // (not their status heartbeats: placement reads labels, taints and cordons only)
+    let placement_changes = futures::stream::select(
+        when_changed(nodes.subscribe(), nodes.store.clone(), |n: &Node| {
+            (
+                n.metadata.labels.clone(),
+                n.spec.clone(),
+                n.metadata.deletion_timestamp.is_some(),
+            )
+        }),
+        nodes.deleted_objects(),
+    );
+    let node_to_daemonsets = all_on(placement_changes, daemonsets.store.clone());
     let daemonset_controller =
         Controller::for_shared_stream(daemonsets.subscribe(), daemonsets.store.clone())
             .owns_shared_stream(pods.subscribe())
@@ -464,26 +510,11 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         pods.deleted_objects(),
     );
     let pod_to_quotas = in_namespace_of(freed, quotas.store.clone());
-    let quota_specs = {
-        let seen = parking_lot::Mutex::new(std::collections::HashMap::<String, String>::new());
-        let store = quotas.store.clone();
-        quotas.subscribe().filter(move |q| {
-            let uid = q.metadata.uid.clone().unwrap_or_default();
-            let spec = serde_json::to_string(&q.spec).unwrap_or_default();
-            let mut seen = seen.lock();
-            let changed = seen.insert(uid, spec.clone()) != Some(spec);
-            // forget deleted quotas now and then
-            let live = store.state();
-            if seen.len() > live.len() + 16 {
-                let uids: std::collections::HashSet<&str> = live
-                    .iter()
-                    .filter_map(|q| q.metadata.uid.as_deref())
-                    .collect();
-                seen.retain(|uid, _| uids.contains(uid.as_str()));
-            }
-            futures::future::ready(changed)
-        })
-    };
+    let quota_specs = when_changed(
+        quotas.subscribe(),
+        quotas.store.clone(),
+        |q: &ResourceQuota| serde_json::to_string(&q.spec).unwrap_or_default(),
+    );
     let quota_controller = Controller::for_shared_stream(quota_specs, quotas.store.clone())
         .reconcile_on(pod_to_quotas)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
