@@ -588,12 +588,21 @@ async fn services_get_endpoints_of_their_ready_pods() {
         }
     };
     eventually(Duration::from_secs(30), "3 ready endpoints", || ready(3)).await;
+    // Endpoints and EndpointSlices are written independently, as in Kubernetes: the slice may
+    // trail the Endpoints object for a moment.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let slice = slices
-        .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
-        .await
-        .unwrap();
-    assert_eq!(slice.items[0].endpoints.len(), 3);
+    eventually(Duration::from_secs(30), "3 endpoints in the slice", || {
+        let slices = slices.clone();
+        async move {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
+                .await
+                .unwrap();
+            let endpoints: usize = list.items.iter().map(|s| s.endpoints.len()).sum();
+            (endpoints == 3).then_some(())
+        }
+    })
+    .await;
     deployments
         .patch_scale(
             "api",
