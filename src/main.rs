@@ -1,7 +1,7 @@
 //! The `kelson` binary: a thin CLI over the Kelson crates.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -447,6 +447,10 @@ struct ServerArgs {
     /// Do not run the controllers.
     #[arg(long)]
     disable_controller_manager: bool,
+    /// Address of the controller manager's Prometheus metrics (client-go's workqueue_* families
+    /// per controller; port 0 picks one: DATA_DIR/controller-manager/address).
+    #[arg(long, default_value = "127.0.0.1:10252")]
+    controller_manager_metrics_listen: SocketAddr,
     /// Do not run the GitOps reconciler (Applications are still served, but not synced).
     #[arg(long)]
     disable_gitops: bool,
@@ -511,6 +515,11 @@ async fn main() -> anyhow::Result<()> {
             if !args.server.disable_scheduler && args.server.scheduler_metrics_listen.port() != 0 {
                 ports.push(args.server.scheduler_metrics_listen);
             }
+            if !args.server.disable_controller_manager
+                && args.server.controller_manager_metrics_listen.port() != 0
+            {
+                ports.push(args.server.controller_manager_metrics_listen);
+            }
             if !args.server.disable_agent {
                 ports.extend(args.server.node.ports());
             }
@@ -565,6 +574,27 @@ fn parse_cidr(text: &str) -> Result<kelson_apiserver::services::Ipv4Cidr, String
     text.parse()
 }
 
+/// Serves one component's Prometheus metrics (as job `job`) until `shutdown`, writing the bound
+/// address to `address_file`.
+async fn serve_component_metrics(
+    listen: SocketAddr,
+    address_file: &Path,
+    job: &'static str,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let listener =
+        kelson_metrics::http::bind(listen, Some(address_file), &format!("{job}'s metrics")).await?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let render = kelson_metrics::http::Render::Text(render);
+        if let Err(error) = kelson_metrics::http::serve(listener, stop, job, render, true).await {
+            tracing::error!(error = format!("{error:#}"), job, "metrics stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Runs the server; `up` is set for `kelson up` and says whether to install the example.
 async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
@@ -611,26 +641,16 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         };
     if !args.disable_scheduler {
         let metrics = Arc::new(kelson_scheduler::metrics::SchedulerMetrics::new());
-        let listener = kelson_metrics::http::bind(
+        let render = metrics.clone();
+        serve_component_metrics(
             args.scheduler_metrics_listen,
-            Some(&data_dir.join("scheduler/address")),
-            "the scheduler's metrics",
+            &data_dir.join("scheduler/address"),
+            "kube-scheduler",
+            Arc::new(move || render.render()),
+            &shutdown,
         )
         .await
         .context("use --scheduler-metrics-listen to pick another address")?;
-        let render = metrics.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let render = kelson_metrics::http::Render::Text(Arc::new(move || render.render()));
-            if let Err(error) =
-                kelson_metrics::http::serve(listener, stop, "kube-scheduler", render, true).await
-            {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "the scheduler's metrics stopped"
-                );
-            }
-        });
         let config = kelson_scheduler::Config {
             metrics: Some(metrics),
             ..Default::default()
@@ -643,11 +663,23 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         );
     }
     if !args.disable_controller_manager {
+        let metrics = Arc::new(kelson_controllers::workqueue::Metrics::new());
+        let render = metrics.clone();
+        serve_component_metrics(
+            args.controller_manager_metrics_listen,
+            &data_dir.join("controller-manager/address"),
+            "kube-controller-manager",
+            Arc::new(move || render.render()),
+            &shutdown,
+        )
+        .await
+        .context("use --controller-manager-metrics-listen to pick another address")?;
         let options = kelson_controllers::Options {
             root_ca: std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok(),
             volumes: kelson_controllers::volume::Config {
                 directory: Some(data_dir.join("volumes")),
             },
+            metrics,
             ..Default::default()
         };
         lead(

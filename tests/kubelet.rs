@@ -933,6 +933,7 @@ fn up_runs_preflight_then_the_stack() {
             "--logs-listen=127.0.0.1:0",
             "--state-metrics-listen=127.0.0.1:0",
             "--scheduler-metrics-listen=127.0.0.1:0",
+            "--controller-manager-metrics-listen=127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("failed"))
@@ -956,6 +957,7 @@ fn up_runs_preflight_then_the_stack() {
                 "--logs-listen=127.0.0.1:0",
                 "--state-metrics-listen=127.0.0.1:0",
                 "--scheduler-metrics-listen=127.0.0.1:0",
+                "--controller-manager-metrics-listen=127.0.0.1:0",
                 "--disable-proxy",
             ])
             .arg(format!("--node-name={node}"))

@@ -1122,11 +1122,12 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
             .trim()
             .to_owned()
     };
-    let (state, gitops, node_exporter, scheduler) = (
+    let (state, gitops, node_exporter, scheduler, controllers) = (
         read("state-metrics/address"),
         read("gitops/address"),
         read("agent/node-exporter/address"),
         read("scheduler/address"),
+        read("controller-manager/address"),
     );
     // the service discovery answers with Prometheus' Kubernetes labels
     let sd = kubectl.ok(&["get", "--raw", "/kelson/v1/prometheus-sd?role=node"]);
@@ -1159,7 +1160,8 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
          \x20 - job_name: node-exporter\n    static_configs:\n      - targets: ['{node_exporter}']\n\
          \x20 - job_name: kube-state-metrics\n    static_configs:\n      - targets: ['{state}']\n\
          \x20 - job_name: kelson-gitops\n    static_configs:\n      - targets: ['{gitops}']\n\
-         \x20 - job_name: kube-scheduler\n    static_configs:\n      - targets: ['{scheduler}']\n",
+         \x20 - job_name: kube-scheduler\n    static_configs:\n      - targets: ['{scheduler}']\n\
+         \x20 - job_name: kube-controller-manager\n    static_configs:\n      - targets: ['{controllers}']\n",
         ca = tls.join("ca.crt").display()
     );
     let (_prometheus, port) = prometheus_with(&data.join("prometheus"), &jobs);
@@ -1171,6 +1173,7 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
         "kube-state-metrics",
         "kelson-gitops",
         "kube-scheduler",
+        "kube-controller-manager",
     ];
     let up = query_until(port, "up", |result| {
         jobs.iter().all(|job| {
@@ -1193,9 +1196,43 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
     // families exist with their queues)
     let pending = query(port, "scheduler_pending_pods{job=\"kube-scheduler\"}");
     assert_eq!(pending.len(), 4, "{pending:?}");
+    // the storage layer, as kube-apiserver's (every write timed; objects counted per resource)
+    let writes = query(
+        port,
+        "sum(etcd_requests_total{job=\"apiserver\",operation=\"create\",type=\"namespaces\"})",
+    );
+    assert!(writes.first().map_or(0.0, number) >= 1.0, "{writes:?}");
+    let latency = query(
+        port,
+        "count(etcd_request_duration_seconds_bucket{job=\"apiserver\",operation=\"get\"})",
+    );
+    assert!(latency.first().map_or(0.0, number) > 0.0, "{latency:?}");
+    let stored = query(
+        port,
+        "apiserver_storage_objects{job=\"apiserver\",resource=\"namespaces\"}",
+    );
+    assert!(stored.first().map_or(0.0, number) >= 4.0, "{stored:?}");
+    // each controller's workqueue, as kube-controller-manager's (the default ServiceAccount of
+    // every namespace went through the serviceaccount queue)
+    let adds = query(
+        port,
+        "workqueue_adds_total{job=\"kube-controller-manager\",name=\"serviceaccount\"}",
+    );
+    assert!(adds.first().map_or(0.0, number) >= 4.0, "{adds:?}");
+    let queues = query(
+        port,
+        "count(workqueue_depth{job=\"kube-controller-manager\",name=~\"deployment|replicaset|daemonset|statefulset|job|cronjob|endpoint|namespace\"})",
+    );
+    assert_eq!(queues.first().map_or(0.0, number), 8.0, "{queues:?}");
     // every component reports its process
     let processes = query(port, "count by (job) (process_resident_memory_bytes)");
-    for job in ["kubelet", "apiserver", "node-exporter", "kelson-gitops"] {
+    for job in [
+        "kubelet",
+        "apiserver",
+        "node-exporter",
+        "kelson-gitops",
+        "kube-controller-manager",
+    ] {
         assert!(
             processes.iter().any(|p| p["metric"]["job"] == job),
             "no process metrics from {job}: {processes:?}"

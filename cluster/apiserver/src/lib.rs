@@ -33,6 +33,7 @@ pub mod selectors;
 pub mod serve;
 pub mod serviceaccount;
 pub mod services;
+pub mod storage_metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -146,11 +147,16 @@ impl ApiServer {
     /// A server over `storage` with the built-in kinds.
     #[must_use]
     pub fn new(storage: Arc<dyn Storage>) -> Arc<Self> {
+        let metrics = metrics::Metrics::new();
+        let storage = Arc::new(storage_metrics::Metered::new(
+            storage,
+            metrics.storage.clone(),
+        ));
         Arc::new(Self {
             registry: Registry::with_builtins(),
             objects: Objects::new(storage),
             tokens: RwLock::new(Tokens::default()),
-            metrics: metrics::Metrics::new(),
+            metrics,
             advertised: RwLock::new("127.0.0.1:6443".into()),
             openapi_v3: openapi::V3Cache::default(),
             kubelet_client: RwLock::new(None),
@@ -450,6 +456,13 @@ pub async fn run_with_storage(
         shutdown.clone(),
     ));
     tokio::spawn(resource_metrics::sample(server.clone(), shutdown.clone()));
+    tokio::spawn(storage_metrics::count_periodically(
+        server.clone(),
+        matches!(config.storage, StorageConfig::Embedded)
+            .then(|| config.data_dir.join("storage").join("state.redb")),
+        Duration::from_secs(60),
+        shutdown.clone(),
+    ));
     tokio::spawn(compact_periodically(
         storage,
         config.compaction_interval,

@@ -13,6 +13,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     sli_duration: HistogramVec,
+    /// The storage layer's families.
+    pub storage: crate::storage_metrics::StorageMetrics,
 }
 
 const BUCKETS: &[f64] = &[
@@ -63,8 +65,10 @@ impl Metrics {
         registry
             .register(Box::new(sli_duration.clone()))
             .expect("unique");
+        let storage = crate::storage_metrics::StorageMetrics::register(&registry);
         Self {
             registry,
+            storage,
             requests,
             duration,
             sli_duration,

@@ -21,8 +21,8 @@ pub mod revision;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
+pub mod workqueue;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use workqueue::owners;
 
 pub use context::{Context, Error};
 
@@ -259,13 +260,21 @@ fn error_policy<K: ResourceExt>(
     Action::requeue(Duration::from_secs(2))
 }
 
-fn log_results<T: std::fmt::Debug, E: std::fmt::Display>(
-    result: Result<T, E>,
-) -> impl Future<Output = ()> {
-    if let Err(error) = result {
-        tracing::debug!(%error, "controller event");
+/// What a controller does with each result: the queue takes note, errors are logged.
+fn settled<T, R, Q>(
+    queue: Arc<workqueue::Queue>,
+) -> impl FnMut(Result<T, kube::runtime::controller::Error<R, Q>>) -> futures::future::Ready<()>
+where
+    R: std::error::Error,
+    Q: std::error::Error,
+{
+    move |result| {
+        queue.settle(&result);
+        if let Err(error) = result {
+            tracing::debug!(%error, queue = queue.name(), "controller event");
+        }
+        futures::future::ready(())
     }
-    futures::future::ready(())
 }
 
 /// Settings of the controller manager.
@@ -277,6 +286,8 @@ pub struct Options {
     pub root_ca: Option<String>,
     /// Volume binding and provisioning.
     pub volumes: volume::Config,
+    /// Where the controllers' workqueue metrics go.
+    pub metrics: Arc<workqueue::Metrics>,
 }
 
 /// Runs every controller with default settings until `shutdown`.
@@ -287,108 +298,123 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
 /// Runs every controller until `shutdown`.
 pub async fn run_with(client: kube::Client, options: Options, shutdown: CancellationToken) {
     let context = Arc::new(Context::new(client.clone()));
+    let metrics = options.metrics.clone();
     let mut pods = Informer::<Pod>::new();
     let mut replicasets = Informer::<ReplicaSet>::new();
     let mut deployments = Informer::<Deployment>::new();
 
-    let replicaset_controller =
-        Controller::for_shared_stream(replicasets.subscribe(), replicasets.store.clone())
-            .owns_shared_stream(pods.subscribe())
-            .reconcile_on(pods.deleted_owners())
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(
-                replicaset::reconcile,
-                error_policy,
-                Arc::new(replicaset::Shared {
-                    context: context.clone(),
-                    pods: pods.store.clone(),
-                }),
-            )
-            .for_each(log_results);
-    let deployment_controller =
-        Controller::for_shared_stream(deployments.subscribe(), deployments.store.clone())
-            .owns_shared_stream(replicasets.subscribe())
-            .reconcile_on(replicasets.deleted_owners())
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(
-                deployment::reconcile,
-                error_policy,
-                Arc::new(deployment::Shared {
-                    context: context.clone(),
-                    replicasets: replicasets.store.clone(),
-                    pods: pods.store.clone(),
-                }),
-            )
-            .for_each(log_results);
+    let queue = metrics.queue("replicaset");
+    let replicaset_controller = Controller::for_shared_stream(
+        queue.objects(replicasets.subscribe()),
+        replicasets.store.clone(),
+    )
+    .reconcile_on(queue.refs(owners::<ReplicaSet, _, _>(pods.subscribe())))
+    .reconcile_on(queue.refs(pods.deleted_owners()))
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        queue.reconciler(replicaset::reconcile),
+        error_policy,
+        Arc::new(replicaset::Shared {
+            context: context.clone(),
+            pods: pods.store.clone(),
+        }),
+    )
+    .for_each(settled(queue));
+    let queue = metrics.queue("deployment");
+    let deployment_controller = Controller::for_shared_stream(
+        queue.objects(deployments.subscribe()),
+        deployments.store.clone(),
+    )
+    .reconcile_on(queue.refs(owners::<Deployment, _, _>(replicasets.subscribe())))
+    .reconcile_on(queue.refs(replicasets.deleted_owners()))
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        queue.reconciler(deployment::reconcile),
+        error_policy,
+        Arc::new(deployment::Shared {
+            context: context.clone(),
+            replicasets: replicasets.store.clone(),
+            pods: pods.store.clone(),
+        }),
+    )
+    .for_each(settled(queue));
 
     let mut jobs = Informer::<Job>::new();
-    let job_controller = Controller::for_shared_stream(jobs.subscribe(), jobs.store.clone())
-        .owns_shared_stream(pods.subscribe())
-        .reconcile_on(pods.deleted_owners())
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(
-            job::reconcile,
-            error_policy,
-            Arc::new(job::Shared {
-                context: context.clone(),
-                pods: pods.store.clone(),
-            }),
-        )
-        .for_each(log_results);
-    let mut cronjobs = Informer::<CronJob>::new();
-    let cronjob_controller =
-        Controller::for_shared_stream(cronjobs.subscribe(), cronjobs.store.clone())
-            .owns_shared_stream(jobs.subscribe())
-            .reconcile_on(jobs.deleted_owners())
+    let queue = metrics.queue("job");
+    let job_controller =
+        Controller::for_shared_stream(queue.objects(jobs.subscribe()), jobs.store.clone())
+            .reconcile_on(queue.refs(owners::<Job, _, _>(pods.subscribe())))
+            .reconcile_on(queue.refs(pods.deleted_owners()))
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(
-                cronjob::reconcile,
+                queue.reconciler(job::reconcile),
+                error_policy,
+                Arc::new(job::Shared {
+                    context: context.clone(),
+                    pods: pods.store.clone(),
+                }),
+            )
+            .for_each(settled(queue));
+    let mut cronjobs = Informer::<CronJob>::new();
+    let queue = metrics.queue("cronjob");
+    let cronjob_controller =
+        Controller::for_shared_stream(queue.objects(cronjobs.subscribe()), cronjobs.store.clone())
+            .reconcile_on(queue.refs(owners::<CronJob, _, _>(jobs.subscribe())))
+            .reconcile_on(queue.refs(jobs.deleted_owners()))
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                queue.reconciler(cronjob::reconcile),
                 error_policy,
                 Arc::new(cronjob::Shared {
                     context: context.clone(),
                     jobs: jobs.store.clone(),
                 }),
             )
-            .for_each(log_results);
+            .for_each(settled(queue));
     let mut autoscalers = Informer::<HorizontalPodAutoscaler>::new();
-    let autoscaler_controller =
-        Controller::for_shared_stream(autoscalers.subscribe(), autoscalers.store.clone())
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(
-                hpa::reconcile,
-                error_policy,
-                Arc::new(hpa::Shared {
-                    context: context.clone(),
-                    pods: pods.store.clone(),
-                    recommendations: parking_lot::Mutex::default(),
-                }),
-            )
-            .for_each(log_results);
+    let queue = metrics.queue("horizontalpodautoscaler");
+    let autoscaler_controller = Controller::for_shared_stream(
+        queue.objects(autoscalers.subscribe()),
+        autoscalers.store.clone(),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        queue.reconciler(hpa::reconcile),
+        error_policy,
+        Arc::new(hpa::Shared {
+            context: context.clone(),
+            pods: pods.store.clone(),
+            recommendations: parking_lot::Mutex::default(),
+        }),
+    )
+    .for_each(settled(queue));
     let mut services = Informer::<Service>::new();
     // any pod change may change the endpoints of the Services in its namespace
     let pod_to_services = in_namespace_of(pods.changes(), services.store.clone());
+    let queue = metrics.queue("endpoint");
     let endpoints_controller =
-        Controller::for_shared_stream(services.subscribe(), services.store.clone())
-            .reconcile_on(pod_to_services)
+        Controller::for_shared_stream(queue.objects(services.subscribe()), services.store.clone())
+            .reconcile_on(queue.refs(pod_to_services))
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(
-                endpoints::reconcile,
+                queue.reconciler(endpoints::reconcile),
                 error_policy,
                 Arc::new(endpoints::Shared {
                     context: context.clone(),
                     pods: pods.store.clone(),
                 }),
             )
-            .for_each(log_results);
+            .for_each(settled(queue));
     let mut budgets = Informer::<PodDisruptionBudget>::new();
     // a pod's readiness or deletion changes the budgets of its namespace
     let pod_to_budgets = in_namespace_of(pods.changes(), budgets.store.clone());
+    let queue = metrics.queue("disruption");
     let disruption_controller =
-        Controller::for_shared_stream(budgets.subscribe(), budgets.store.clone())
-            .reconcile_on(pod_to_budgets)
+        Controller::for_shared_stream(queue.objects(budgets.subscribe()), budgets.store.clone())
+            .reconcile_on(queue.refs(pod_to_budgets))
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(
-                disruption::reconcile,
+                queue.reconciler(disruption::reconcile),
                 error_policy,
                 Arc::new(disruption::Shared {
                     context: context.clone(),
@@ -397,7 +423,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
                     deployments: deployments.store.clone(),
                 }),
             )
-            .for_each(log_results);
+            .for_each(settled(queue));
     let mut nodes = Informer::<Node>::new();
     let mut daemonsets = Informer::<DaemonSet>::new();
     let mut revisions = Informer::<ControllerRevision>::new();
@@ -414,39 +440,45 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         nodes.deleted_objects(),
     );
     let node_to_daemonsets = all_on(placement_changes, daemonsets.store.clone());
-    let daemonset_controller =
-        Controller::for_shared_stream(daemonsets.subscribe(), daemonsets.store.clone())
-            .owns_shared_stream(pods.subscribe())
-            .reconcile_on(pods.deleted_owners())
-            .reconcile_on(node_to_daemonsets)
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(
-                daemonset::reconcile,
-                error_policy,
-                Arc::new(daemonset::Shared {
-                    context: context.clone(),
-                    pods: pods.store.clone(),
-                    nodes: nodes.store.clone(),
-                    revisions: revisions.store.clone(),
-                }),
-            )
-            .for_each(log_results);
+    let queue = metrics.queue("daemonset");
+    let daemonset_controller = Controller::for_shared_stream(
+        queue.objects(daemonsets.subscribe()),
+        daemonsets.store.clone(),
+    )
+    .reconcile_on(queue.refs(owners::<DaemonSet, _, _>(pods.subscribe())))
+    .reconcile_on(queue.refs(pods.deleted_owners()))
+    .reconcile_on(queue.refs(node_to_daemonsets))
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        queue.reconciler(daemonset::reconcile),
+        error_policy,
+        Arc::new(daemonset::Shared {
+            context: context.clone(),
+            pods: pods.store.clone(),
+            nodes: nodes.store.clone(),
+            revisions: revisions.store.clone(),
+        }),
+    )
+    .for_each(settled(queue));
     let mut statefulsets = Informer::<StatefulSet>::new();
-    let statefulset_controller =
-        Controller::for_shared_stream(statefulsets.subscribe(), statefulsets.store.clone())
-            .owns_shared_stream(pods.subscribe())
-            .reconcile_on(pods.deleted_owners())
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(
-                statefulset::reconcile,
-                error_policy,
-                Arc::new(statefulset::Shared {
-                    context: context.clone(),
-                    pods: pods.store.clone(),
-                    revisions: revisions.store.clone(),
-                }),
-            )
-            .for_each(log_results);
+    let queue = metrics.queue("statefulset");
+    let statefulset_controller = Controller::for_shared_stream(
+        queue.objects(statefulsets.subscribe()),
+        statefulsets.store.clone(),
+    )
+    .reconcile_on(queue.refs(owners::<StatefulSet, _, _>(pods.subscribe())))
+    .reconcile_on(queue.refs(pods.deleted_owners()))
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        queue.reconciler(statefulset::reconcile),
+        error_policy,
+        Arc::new(statefulset::Shared {
+            context: context.clone(),
+            pods: pods.store.clone(),
+            revisions: revisions.store.clone(),
+        }),
+    )
+    .for_each(settled(queue));
     let mut claims = Informer::<PersistentVolumeClaim>::new();
     let mut volumes = Informer::<PersistentVolume>::new();
     let mut classes = Informer::<StorageClass>::new();
@@ -485,18 +517,29 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
             .collect();
         futures::stream::iter(refs)
     });
-    let claim_controller = Controller::for_shared_stream(claims.subscribe(), claims.store.clone())
-        .reconcile_on(volume_to_claims)
-        .reconcile_on(all_on(classes.changes(), claims.store.clone()))
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(volume::reconcile_claim, error_policy, volume_shared.clone())
-        .for_each(log_results);
-    let volume_controller =
-        Controller::for_shared_stream(volumes.subscribe(), volumes.store.clone())
-            .reconcile_on(claim_to_volumes)
+    let queue = metrics.queue("claims");
+    let claim_controller =
+        Controller::for_shared_stream(queue.objects(claims.subscribe()), claims.store.clone())
+            .reconcile_on(queue.refs(volume_to_claims))
+            .reconcile_on(queue.refs(all_on(classes.changes(), claims.store.clone())))
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(volume::reconcile_volume, error_policy, volume_shared)
-            .for_each(log_results);
+            .run(
+                queue.reconciler(volume::reconcile_claim),
+                error_policy,
+                volume_shared.clone(),
+            )
+            .for_each(settled(queue));
+    let queue = metrics.queue("volumes");
+    let volume_controller =
+        Controller::for_shared_stream(queue.objects(volumes.subscribe()), volumes.store.clone())
+            .reconcile_on(queue.refs(claim_to_volumes))
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                queue.reconciler(volume::reconcile_volume),
+                error_policy,
+                volume_shared,
+            )
+            .for_each(settled(queue));
     if options.volumes.directory.is_some() {
         volume::ensure_default_class(&client).await;
     }
@@ -515,38 +558,47 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
         quotas.store.clone(),
         |q: &ResourceQuota| serde_json::to_string(&q.spec).unwrap_or_default(),
     );
-    let quota_controller = Controller::for_shared_stream(quota_specs, quotas.store.clone())
-        .reconcile_on(pod_to_quotas)
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(
-            quota::reconcile,
-            error_policy,
-            Arc::new(quota::Shared {
-                context: context.clone(),
-            }),
-        )
-        .for_each(log_results);
-    let serviceaccount_controller = Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+    let queue = metrics.queue("resourcequota_primary");
+    let quota_controller =
+        Controller::for_shared_stream(queue.objects(quota_specs), quotas.store.clone())
+            .reconcile_on(queue.refs(pod_to_quotas))
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                queue.reconciler(quota::reconcile),
+                error_policy,
+                Arc::new(quota::Shared {
+                    context: context.clone(),
+                }),
+            )
+            .for_each(settled(queue));
+    let mut namespaces = Informer::<Namespace>::new();
+    let queue = metrics.queue("serviceaccount");
+    let serviceaccount_controller = Controller::for_shared_stream(
+        queue.objects(namespaces.subscribe()),
+        namespaces.store.clone(),
     )
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
     .run(
-        serviceaccount::reconcile,
+        queue.reconciler(serviceaccount::reconcile),
         error_policy,
         Arc::new(serviceaccount::Shared {
             context: context.clone(),
             root_ca: options.root_ca.clone(),
         }),
     )
-    .for_each(log_results);
-    let namespace_controller = Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+    .for_each(settled(queue));
+    let queue = metrics.queue("namespace");
+    let namespace_controller = Controller::for_shared_stream(
+        queue.objects(namespaces.subscribe()),
+        namespaces.store.clone(),
     )
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(namespace::reconcile, error_policy, context.clone())
-    .for_each(log_results);
+    .run(
+        queue.reconciler(namespace::reconcile),
+        error_policy,
+        context.clone(),
+    )
+    .for_each(settled(queue));
     let collector = gc::run(client.clone(), shutdown.clone());
     let mut leases = Informer::<Lease>::new();
     let node_lifecycle = nodelifecycle::run(
@@ -574,6 +626,7 @@ pub async fn run_with(client: kube::Client, options: Options, shutdown: Cancella
     volumes.start(Api::all(client.clone()), &shutdown);
     classes.start(Api::all(client.clone()), &shutdown);
     quotas.start(Api::all(client.clone()), &shutdown);
+    namespaces.start(Api::all(client.clone()), &shutdown);
     leases.start(
         Api::namespaced(client.clone(), "kube-node-lease"),
         &shutdown,

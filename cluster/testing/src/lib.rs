@@ -254,6 +254,12 @@ impl KelsonProcess {
         {
             command.arg("--scheduler-metrics-listen=127.0.0.1:0");
         }
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--controller-manager-metrics-listen"))
+        {
+            command.arg("--controller-manager-metrics-listen=127.0.0.1:0");
+        }
         // tests share the host's network: only a test that gives the proxy's metrics address
         // runs a service proxy
         if !args.iter().any(|a| a.starts_with("--proxy-metrics-listen")) {
@@ -569,6 +575,7 @@ impl TestCluster {
             volumes: kelson_controllers::volume::Config {
                 directory: Some(server.dir.join("volumes")),
             },
+            ..Default::default()
         };
         tokio::spawn(kelson_controllers::run_with(
             controllers_client,

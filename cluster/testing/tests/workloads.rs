@@ -489,6 +489,15 @@ async fn cronjobs_start_missed_runs_once_and_keep_their_history() {
     })
     .await;
     assert_eq!(started.len(), 1, "one run for ten missed minutes");
+    // no later minute's run from here on (the history limit still applies while suspended)
+    cronjobs
+        .patch(
+            "report",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
     let job = &started[0];
     let minute = job
         .metadata
