@@ -13,6 +13,7 @@ mod app;
 mod logs;
 mod node_exporter;
 mod state_metrics;
+mod telemetry;
 
 /// Kelson: a Kubernetes distribution whose desired state comes from Git.
 #[derive(Parser)]
@@ -21,6 +22,10 @@ struct Cli {
     /// Log filter, e.g. `info` or `kelson_apiserver=debug`.
     #[arg(long, env = "KELSON_LOG", default_value = "info", global = true)]
     log: String,
+    /// Export traces (API requests, controller reconciles, GitOps syncs, pod starts) to this
+    /// OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`; log lines then carry trace ids.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +64,21 @@ enum Command {
     /// Search and follow the logs indexed on a node: `kelson logs search QUERY`, `kelson logs
     /// tail`.
     Logs(logs::LogsArgs),
+}
+
+impl Command {
+    /// The OpenTelemetry service name of this command's spans.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Server(_) | Command::Up(_) => "kelson-server",
+            Command::Agent(_) | Command::Sim(_) => "kelson-agent",
+            Command::Reconciler(_) => "kelson-reconciler",
+            Command::App(_) | Command::Logs(_) => "kelson-cli",
+            Command::NodeExporter(_) => "kelson-node-exporter",
+            Command::StateMetrics(_) => "kelson-state-metrics",
+            Command::Logpipe(_) => "kelson-logpipe",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -496,12 +516,17 @@ fn shutdown_signal() -> CancellationToken {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = telemetry::Telemetry::init(
+        &cli.log,
+        cli.otlp_endpoint.as_deref(),
+        cli.command.service_name(),
+    )?;
+    let result = run(cli).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args, None).await?,
         Command::Up(args) => {

@@ -713,13 +713,19 @@ impl RealNode {
     }
 
     fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, &[])
+    }
+
+    fn start_with(prefix: &str, args: &[&str]) -> Self {
         let node = format!("e2e-{prefix}-{}", std::process::id());
         let cleanup = RuntimeCleanup::new(&node);
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("server");
         std::fs::create_dir_all(&data).unwrap();
         let node_arg = format!("--node-name={node}");
-        let server = KelsonProcess::server(Path::new(KELSON), &data, &[&node_arg]).unwrap();
+        let mut all = vec![node_arg.as_str()];
+        all.extend(args);
+        let server = KelsonProcess::server(Path::new(KELSON), &data, &all).unwrap();
         let kubectl = Kubectl::new(33, &server.kubeconfig());
         Self {
             node,
@@ -1192,6 +1198,27 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
         "count by (le) (apiserver_request_sli_duration_seconds_bucket{job=\"apiserver\",le=~\"1|5|30\"})",
     );
     assert_eq!(buckets.len(), 3, "{buckets:?}");
+    // with the labels the mixin's availability rules select on (verbs as kube-apiserver
+    // writes them, scope, subresource)
+    let reads = query(
+        port,
+        "sum by (verb, scope) (apiserver_request_sli_duration_seconds_count{job=\"apiserver\",\
+         verb=~\"LIST|GET\",subresource!~\"proxy|attach|log|exec|portforward\",\
+         scope=~\"resource|namespace|cluster\"})",
+    );
+    assert!(
+        reads.iter().any(|r| r["metric"]["verb"] == "LIST")
+            && reads.iter().any(|r| r["metric"]["verb"] == "GET"),
+        "{reads:?}"
+    );
+    let api_writes = query(
+        port,
+        "sum(apiserver_request_total{job=\"apiserver\",verb=~\"POST|PUT|PATCH|APPLY|DELETE\",component=\"apiserver\",code=~\"2..\"})",
+    );
+    assert!(
+        api_writes.first().map_or(0.0, number) > 0.0,
+        "{api_writes:?}"
+    );
     // the scheduler counted the node's pods it placed (the test's own pods: none here, so the
     // families exist with their queues)
     let pending = query(port, "scheduler_pending_pods{job=\"kube-scheduler\"}");
@@ -1238,4 +1265,250 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
             "no process metrics from {job}: {processes:?}"
         );
     }
+}
+
+/// One span as an OTLP collector received it.
+#[derive(Clone, Debug)]
+struct ReceivedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: BTreeMap<String, String>,
+}
+
+/// An OTLP/gRPC trace collector on 127.0.0.1 keeping what it receives.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<parking_lot::Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+        let text = |attributes: &[KeyValue]| -> BTreeMap<String, String> {
+            attributes
+                .iter()
+                .filter_map(|kv| {
+                    let value = match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) => s.clone(),
+                        Value::BoolValue(b) => b.to_string(),
+                        Value::IntValue(i) => i.to_string(),
+                        Value::DoubleValue(d) => d.to_string(),
+                        _ => return None,
+                    };
+                    Some((kv.key.clone(), value))
+                })
+                .collect()
+        };
+        let mut received = self.0.lock();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .map(|r| text(&r.attributes))
+                .and_then(|a| a.get("service.name").cloned())
+                .unwrap_or_default();
+            for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                received.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent: hex::encode(&span.parent_span_id),
+                    attributes: text(&span.attributes),
+                });
+            }
+        }
+        Ok(tonic::Response::new(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse {
+                partial_success: None,
+            },
+        ))
+    }
+}
+
+impl Collector {
+    /// Starts one on a free port; the runtime serving it and the port.
+    fn start() -> (Self, tokio::runtime::Runtime, u16) {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let collector = Self::default();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let port = free_port();
+        let service = TraceServiceServer::new(collector.clone());
+        runtime.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(([127, 0, 0, 1], port).into())
+                .await
+        });
+        wait_listening(port, "the trace collector");
+        (collector, runtime, port)
+    }
+
+    /// Waits until `found` picks something out of the spans received so far.
+    fn until<T>(&self, what: &str, found: impl Fn(&[ReceivedSpan]) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(value) = found(&self.0.lock()) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} among {:#?}",
+                self.0
+                    .lock()
+                    .iter()
+                    .map(|s| &s.name)
+                    .collect::<BTreeSet<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+#[test]
+fn traces_follow_requests_reconciles_gitops_syncs_and_pod_starts() {
+    let (collector, _runtime, port) = Collector::start();
+    let endpoint = format!("--otlp-endpoint=http://127.0.0.1:{port}");
+    let cluster = RealNode::start_with(
+        "traces",
+        &[&endpoint, "--log=info,kelson_apiserver::rest=debug"],
+    );
+    let (node, kubectl) = (cluster.node.as_str(), &cluster.kubectl);
+    kubectl_until(kubectl, &["get", "node", node], 30);
+
+    // a request that names its caller's trace joins it
+    let data = cluster.data();
+    let token = std::fs::read_to_string(data.join("tokens.csv")).unwrap();
+    let token = token.split(',').next().unwrap().to_owned();
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let curl = std::process::Command::new("curl")
+        .args(["-sSf", "--cacert"])
+        .arg(data.join("tls/ca.crt"))
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-H")
+        .arg(format!("traceparent: 00-{caller_trace}-{caller_span}-01"))
+        .arg(format!(
+            "{}/api/v1/namespaces/default/configmaps",
+            cluster.server.url
+        ))
+        .output()
+        .unwrap();
+    assert!(curl.status.success(), "{curl:?}");
+    let joined = collector.until("span of the traced request", |spans| {
+        spans
+            .iter()
+            .find(|s| s.trace_id == caller_trace && s.parent == caller_span)
+            .cloned()
+    });
+    assert_eq!(joined.service, "kelson-server");
+    assert_eq!(joined.name, "list configmaps");
+    assert_eq!(joined.attributes["http.response.status_code"], "200");
+    // and its log line names the trace
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("trace_id={caller_trace}")) && l.contains("request")),
+        "no log line with the trace id"
+    );
+
+    // a Deployment: its creation, the controllers' reconciles (their API calls inside their
+    // traces), and its pod's start on the node
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "traced"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "traced"}},
+            "template": {"metadata": {"labels": {"app": "traced"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "main",
+                    "image": "busybox:1.35", "command": ["sleep", "3600"]}]}}}});
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&deployment.to_string()));
+    kubectl_until(
+        kubectl,
+        &["rollout", "status", "deployment/traced", "--timeout=5s"],
+        90,
+    );
+    collector.until("span of the Deployment's creation", |spans| {
+        spans
+            .iter()
+            .find(|s| s.name == "patch deployments" || s.name == "create deployments")
+            .cloned()
+    });
+    let (reconcile, call) = collector.until("ReplicaSet reconcile creating a pod", |spans| {
+        spans
+            .iter()
+            .filter(|s| s.name == "reconcile" && s.attributes["controller"] == "replicaset")
+            .find_map(|r| {
+                let call = spans
+                    .iter()
+                    .find(|s| s.parent == r.span_id && s.name == "create pods")?;
+                Some((r.clone(), call.clone()))
+            })
+    });
+    assert_eq!(reconcile.trace_id, call.trace_id);
+    let started = collector.until("pod start", |spans| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "pod start"
+                    && s.attributes
+                        .get("pod")
+                        .is_some_and(|p| p.starts_with("traced-"))
+            })
+            .cloned()
+    });
+    collector.until("container start inside the pod start", |spans| {
+        spans
+            .iter()
+            .find(|s| s.name == "start container" && s.trace_id == started.trace_id)
+            .cloned()
+    });
+
+    // a GitOps sync: the source rendered and applied, inside one trace
+    let repo = kelson_testing::git::GitRepo::new(cluster._dir.path(), "app");
+    repo.write(
+        "apps/settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: traced-settings\ndata:\n  color: blue\n",
+    );
+    let sha = repo.commit("settings");
+    let application = format!(
+        "apiVersion: gitops.kelson.dev/v1alpha1\nkind: Application\nmetadata:\n  name: traced\n  \
+         namespace: default\nspec:\n  source:\n    repoURL: {}\n    targetRevision: main\n    \
+         path: apps\n  syncPolicy:\n    automated: {{prune: true}}\n",
+        repo.url()
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&application));
+    let sync = collector.until("GitOps sync", |spans| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "gitops sync"
+                    && s.attributes["application"] == "traced"
+                    && s.attributes.get("revision") == Some(&sha)
+            })
+            .cloned()
+    });
+    collector.until("apply inside the sync", |spans| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "apply"
+                    && s.trace_id == sync.trace_id
+                    && s.attributes.get("object").map(String::as_str) == Some("traced-settings")
+            })
+            .cloned()
+    });
 }

@@ -79,6 +79,7 @@ pub fn apply_params(dry_run: bool) -> PatchParams {
 }
 
 /// Applies `object` (dry-run or for real) and returns what the server stored or would store.
+#[tracing::instrument(name = "apply", skip_all, fields(object = name, dry_run))]
 pub async fn apply(
     api: &Api<DynamicObject>,
     name: &str,

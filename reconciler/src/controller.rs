@@ -23,7 +23,7 @@ use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::api::{
     APP_LABEL, Application, ApplicationStatus, Condition, HealthStatus, HistoryEntry,
@@ -354,6 +354,7 @@ struct Attempt {
 
 impl Context {
     /// Renders `commit` of the Application's source (cached by commit, path and options).
+    #[tracing::instrument(name = "render", skip_all, fields(commit = %commit.sha))]
     async fn render(
         &self,
         app: &Application,
@@ -762,6 +763,7 @@ async fn dependency_pending(app: &Application, ctx: &Context) -> Result<Option<S
 }
 
 /// Waits until every object is healthy (or suspended); what is not, at the deadline.
+#[tracing::instrument(name = "wait healthy", skip_all, fields(objects = objects.len()))]
 async fn wait_healthy(
     kinds: &Kinds,
     objects: &[(ApiResource, ObjectId)],
@@ -833,7 +835,23 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
     ctx.triggers.register(&app);
     let mut attempt = Attempt::default();
     if !app.spec.suspend {
-        sync(&app, &ctx, &previous, sync_requested, &mut attempt).await?;
+        let span = tracing::info_span!(
+            "gitops sync",
+            application = %app.name_any(),
+            namespace = %app.namespace().unwrap_or_default(),
+            revision = tracing::field::Empty,
+            synced = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        kelson_common::trace::record_trace_id(&span);
+        let result = sync(&app, &ctx, &previous, sync_requested, &mut attempt)
+            .instrument(span.clone())
+            .await;
+        if let Some(commit) = &attempt.commit {
+            span.record("revision", commit.sha.as_str());
+        }
+        span.record("synced", attempt.synced);
+        result?;
     }
     let mut status = next_status(
         &app,
@@ -1312,6 +1330,7 @@ async fn credentials_of(
 
 /// Checks the signature(s) of `sha` against the trusted keys of the Application's Secret;
 /// the signer, or why the commit is refused.
+#[tracing::instrument(name = "verify commit", skip_all, fields(commit = sha))]
 async fn verify_commit(
     app: &Application,
     ctx: &Context,
@@ -1367,6 +1386,7 @@ fn kube_message(error: &kube::Error) -> String {
 
 /// Deletes one inventory entry if it is still ours and not protected; the deleted object's
 /// display name, None when there was nothing (left) to delete.
+#[tracing::instrument(name = "prune", skip_all, fields(object = %entry.id))]
 async fn prune(
     target: &Target,
     app: &Application,

@@ -184,6 +184,8 @@ impl ApiServer {
         let service = tower::ServiceBuilder::new()
             .map_request(move |mut request: http::Request<kube::client::Body>| {
                 request.extensions_mut().insert(identity.clone());
+                // the caller's span (a reconcile, say) becomes the request span's parent
+                kelson_common::trace::inject(request.headers_mut());
                 request.map(axum::body::Body::new)
             })
             .service(self.router());

@@ -13,3 +13,4 @@ pub mod proxy;
 pub mod quantity;
 pub mod quota;
 pub mod selector;
+pub mod trace;

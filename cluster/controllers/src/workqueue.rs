@@ -308,7 +308,9 @@ impl Queue {
                 controller = queue.name,
                 namespace = key.0.as_deref().unwrap_or(""),
                 name = %key.1,
+                trace_id = tracing::field::Empty,
             );
+            kelson_common::trace::record_trace_id(&span);
             queue.start(key.clone());
             let work = span.in_scope(|| reconcile(object, context));
             let queue = queue.clone();

@@ -12,7 +12,9 @@ pub mod read;
 pub mod write;
 
 use std::sync::Arc;
+
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -201,8 +203,86 @@ fn is_public(path: &str) -> bool {
             .any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
-/// Handles one HTTP request.
+/// Handles one HTTP request, in a span named for what it did (`create pods`) that continues
+/// the caller's trace when it sends a `traceparent` header.
 pub async fn handle(server: Arc<ApiServer>, request: Request<Body>) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    kelson_common::trace::continue_from(&span, request.headers());
+    kelson_common::trace::record_trace_id(&span);
+    handle_in(server, request, span.clone())
+        .instrument(span)
+        .await
+}
+
+/// What a request was, as kube-apiserver labels its metrics.
+#[derive(Clone, Debug, Default)]
+pub struct RequestInfo {
+    /// Kubernetes' verb: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`, `connect` (empty for requests that are not for resources).
+    pub verb: &'static str,
+    /// API group.
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Resource (plural).
+    pub resource: String,
+    /// Subresource, if any.
+    pub subresource: String,
+    /// `resource` (one object), `namespace` or `cluster` (empty when not for resources).
+    pub scope: &'static str,
+    /// `?dryRun=All`.
+    pub dry_run: bool,
+    /// A server-side apply patch.
+    pub apply: bool,
+}
+
+impl RequestInfo {
+    /// How spans name the request: `create pods`, `get pods/log`, `GET /version`.
+    #[must_use]
+    pub fn name(&self, method: &Method, path: &str) -> String {
+        if self.verb.is_empty() {
+            return format!("{method} {path}");
+        }
+        match self.subresource.as_str() {
+            "" => format!("{} {}", self.verb, self.resource),
+            sub => format!("{} {}/{sub}", self.verb, self.resource),
+        }
+    }
+}
+
+/// Records what a request did on its span, its metrics and (at debug level) a log line.
+fn finished(
+    server: &ApiServer,
+    span: &tracing::Span,
+    info: &RequestInfo,
+    name: String,
+    code: u16,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    server.metrics.observe(info, code, elapsed);
+    tracing::debug!(
+        request = %name,
+        code,
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    span.record("http.response.status_code", code);
+    kelson_common::trace::rename(span, name);
+}
+
+async fn handle_in(
+    server: Arc<ApiServer>,
+    request: Request<Body>,
+    span: tracing::Span,
+) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
@@ -211,19 +291,32 @@ pub async fn handle(server: Arc<ApiServer>, request: Request<Body>) -> Response 
         return ApiError::unauthorized().into_response();
     };
     if let Some(target) = crate::proxy::target(&path) {
-        let resource = match &target {
-            crate::proxy::Target::Pod { subresource, .. } => format!("pods/{subresource}"),
-            crate::proxy::Target::Node { .. } => "nodes/proxy".to_owned(),
+        let (resource, subresource, scope) = match &target {
+            crate::proxy::Target::Pod { subresource, .. } => {
+                ("pods", subresource.clone(), "resource")
+            }
+            crate::proxy::Target::Node { .. } => ("nodes", "proxy".to_owned(), "resource"),
         };
+        let info = RequestInfo {
+            verb: "connect",
+            version: "v1".into(),
+            resource: resource.into(),
+            subresource,
+            scope,
+            ..RequestInfo::default()
+        };
+        let name = info.name(&parts.method, &path);
         let request = Request::from_parts(parts, body);
         let response = crate::proxy::forward(&server, target, request)
             .await
             .unwrap_or_else(IntoResponse::into_response);
-        server.metrics.observe(
-            "connect",
-            &resource,
+        finished(
+            &server,
+            &span,
+            &info,
+            name,
             response.status().as_u16(),
-            started.elapsed(),
+            started,
         );
         return response;
     }
@@ -234,13 +327,17 @@ pub async fn handle(server: Arc<ApiServer>, request: Request<Body>) -> Response 
         user,
         body,
     };
-    let (verb, resource, response) = route(&server, &path, req).await;
+    let method = req.method.clone();
+    let (info, response) = route(&server, &path, req).await;
     let response = response.unwrap_or_else(IntoResponse::into_response);
-    server.metrics.observe(
-        &verb,
-        &resource,
+    let name = info.name(&method, &path);
+    finished(
+        &server,
+        &span,
+        &info,
+        name,
         response.status().as_u16(),
-        started.elapsed(),
+        started,
     );
     response
 }
@@ -249,7 +346,7 @@ async fn route(
     server: &Arc<ApiServer>,
     path: &str,
     req: Req,
-) -> (String, String, ApiResult<Response>) {
+) -> (RequestInfo, ApiResult<Response>) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let get = req.method == Method::GET;
     let result = match segments.as_slice() {
@@ -290,17 +387,29 @@ async fn route(
                 .rev()
                 .find(|p| matches!(**p, "nodes" | "pods"))
                 .map_or_else(String::new, |r| (*r).to_owned());
-            let verb = if rest.len() % 2 == 1 { "list" } else { "get" };
+            let (verb, scope) = match (rest.len() % 2 == 1, rest.first()) {
+                (true, Some(&"namespaces")) => ("list", "namespace"),
+                (true, _) => ("list", "cluster"),
+                (false, _) => ("get", "resource"),
+            };
             let response =
                 crate::resource_metrics::handle(server, rest, &req.method, &req.query).await;
-            return (verb.to_owned(), resource, response);
+            let info = RequestInfo {
+                verb,
+                group: crate::resource_metrics::GROUP.into(),
+                version: crate::resource_metrics::VERSION.into(),
+                resource,
+                scope,
+                ..RequestInfo::default()
+            };
+            return (info, response);
         }
         ["apis", group, version, rest @ ..] => {
             return resource(server, group, version, rest, req).await;
         }
         _ => Err(ApiError::no_route()),
     };
-    ("get".into(), String::new(), result)
+    (RequestInfo::default(), result)
 }
 
 fn health() -> Response {
@@ -318,31 +427,38 @@ async fn resource(
     version: &str,
     parts: &[&str],
     req: Req,
-) -> (String, String, ApiResult<Response>) {
+) -> (RequestInfo, ApiResult<Response>) {
     let Some(request) = parse_resource_path(group, version, parts) else {
-        return ("unknown".into(), String::new(), Err(ApiError::no_route()));
+        return (RequestInfo::default(), Err(ApiError::no_route()));
+    };
+    let mut info = RequestInfo {
+        verb: verb_of(&req, &request),
+        group: group.to_owned(),
+        version: version.to_owned(),
+        resource: request.resource.clone(),
+        subresource: request.subresource.clone().unwrap_or_default(),
+        scope: match (&request.name, &request.namespace) {
+            (Some(_), _) => "resource",
+            (None, Some(_)) => "namespace",
+            (None, None) => "cluster",
+        },
+        dry_run: req.query.get("dryRun") == Some("All"),
+        apply: req.method == Method::PATCH
+            && req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/apply-patch")),
     };
     let Some(rt) = server.registry.lookup(group, version, &request.resource) else {
-        return (
-            "unknown".into(),
-            request.resource.clone(),
-            Err(ApiError::no_route()),
-        );
+        return (info, Err(ApiError::no_route()));
     };
     if request.namespace.is_some() && !rt.namespaced {
-        return (
-            "unknown".into(),
-            rt.plural.clone(),
-            Err(ApiError::no_route()),
-        );
+        return (info, Err(ApiError::no_route()));
     }
-    let verb = verb_of(&req, &request);
-    let resource_label = match &request.subresource {
-        Some(sub) => format!("{}/{sub}", rt.plural),
-        None => rt.plural.clone(),
-    };
+    info.resource.clone_from(&rt.plural);
     let result = dispatch(server, rt, request, req).await;
-    (verb.to_owned(), resource_label, result)
+    (info, result)
 }
 
 fn verb_of(req: &Req, request: &ResourceRequest) -> &'static str {

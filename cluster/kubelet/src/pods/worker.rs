@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use super::PodContext;
 use super::plan::{
@@ -65,6 +65,9 @@ pub(crate) struct Worker {
     first_seen: std::time::Instant,
     /// How long the pod took to run all its containers, once it did.
     start_observed: Option<Duration>,
+    /// The `pod start` span, open from when the worker first saw the pod until all its
+    /// containers run; each sync until then is a child of it.
+    start_span: Option<tracing::Span>,
 }
 
 /// Runs the worker of one pod until the pod is gone (a `None` arrives) or `shutdown`.
@@ -74,6 +77,14 @@ pub(crate) async fn run(
     mut pods: watch::Receiver<Option<Arc<Pod>>>,
     shutdown: CancellationToken,
 ) {
+    let start_span = tracing::info_span!(
+        "pod start",
+        namespace = %key.namespace,
+        pod = %key.name,
+        uid = %key.uid,
+        trace_id = tracing::field::Empty,
+    );
+    kelson_common::trace::record_trace_id(&start_span);
     let mut worker = Worker {
         ctx,
         key,
@@ -92,6 +103,7 @@ pub(crate) async fn run(
         backoff_reported: std::collections::HashSet::new(),
         first_seen: std::time::Instant::now(),
         start_observed: None,
+        start_span: Some(start_span),
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -106,7 +118,11 @@ pub(crate) async fn run(
             }
             Some(pod) => {
                 let started = std::time::Instant::now();
-                let result = worker.sync(&pod).await;
+                let span = worker.start_span.as_ref().map_or_else(
+                    tracing::Span::none,
+                    |start| tracing::info_span!(parent: start, "sync pod"),
+                );
+                let result = worker.sync(&pod).instrument(span).await;
                 worker
                     .ctx
                     .metrics
@@ -404,7 +420,8 @@ impl Worker {
                         &self.ctx.node.dns,
                         *attempt,
                     );
-                    match self.ctx.cri.run_pod_sandbox(config).await {
+                    let run = self.ctx.cri.run_pod_sandbox(config);
+                    match run.instrument(tracing::info_span!("run sandbox")).await {
                         Ok(id) => {
                             debug!(pod = %self.key.name, sandbox = %id, "sandbox started");
                             progressed = true;
@@ -510,6 +527,8 @@ impl Worker {
         {
             let elapsed = self.first_seen.elapsed();
             self.start_observed = Some(elapsed);
+            // ends once this sync does
+            self.start_span = None;
             self.ctx
                 .metrics
                 .pod_start_duration
@@ -559,6 +578,7 @@ impl Worker {
     }
 
     /// Makes sure the image is present, honouring the pull policy and the pull back-off.
+    #[tracing::instrument(name = "ensure image", skip_all, fields(container = %container.name))]
     async fn ensure_image(&mut self, container: &Container) -> Result<String, StartFailure> {
         let image = container.image.clone().unwrap_or_default();
         let name = container.name.as_str();
@@ -702,6 +722,7 @@ impl Worker {
         Ok(sources)
     }
 
+    #[tracing::instrument(name = "start container", skip_all, fields(container = %container.name, attempt))]
     async fn start_container(
         &mut self,
         pod: &Pod,
