@@ -141,6 +141,7 @@ impl Cgroups {
             readings.shares = self
                 .number("", cgroup, "cpu.weight")
                 .map(|w| (((w - 1.0) * 262_142.0) / 9999.0 + 2.0).round());
+            readings.io = parse_io_stat(&self.read("", cgroup, "io.stat").unwrap_or_default());
         } else {
             let cpuacct = stat(self.read("cpuacct", cgroup, "cpuacct.stat"));
             readings.user_seconds = cpuacct.get("user").map(|t| t / USER_HZ);
@@ -162,9 +163,114 @@ impl Cgroups {
             readings.quota = self.number("cpu", cgroup, "cpu.cfs_quota_us");
             readings.period = self.number("cpu", cgroup, "cpu.cfs_period_us");
             readings.shares = self.number("cpu", cgroup, "cpu.shares");
+            // the throttle files count IO at every level; the others only for CFQ
+            let blkio = |name: &str| {
+                self.read("blkio", cgroup, &format!("blkio.throttle.{name}"))
+                    .or_else(|| self.read("blkio", cgroup, &format!("blkio.{name}")))
+                    .unwrap_or_default()
+            };
+            readings.io = parse_blkio(
+                &blkio("io_service_bytes_recursive"),
+                &blkio("io_serviced_recursive"),
+            );
         }
         readings
     }
+}
+
+/// Block IO of one device, as a cgroup counted it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceIo {
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+    /// Bytes read.
+    pub read_bytes: f64,
+    /// Bytes written.
+    pub write_bytes: f64,
+    /// Reads completed.
+    pub reads: f64,
+    /// Writes completed.
+    pub writes: f64,
+}
+
+fn device_of(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// cgroup v2 `io.stat`: `8:0 rbytes=… wbytes=… rios=… wios=… dbytes=… dios=…` per device.
+#[must_use]
+pub fn parse_io_stat(text: &str) -> Vec<DeviceIo> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (major, minor) = device_of(fields.next()?)?;
+            let mut io = DeviceIo {
+                major,
+                minor,
+                ..DeviceIo::default()
+            };
+            for (key, value) in fields.filter_map(|f| f.split_once('=')) {
+                let value = value.parse().unwrap_or(0.0);
+                match key {
+                    "rbytes" => io.read_bytes = value,
+                    "wbytes" => io.write_bytes = value,
+                    "rios" => io.reads = value,
+                    "wios" => io.writes = value,
+                    _ => {}
+                }
+            }
+            Some(io)
+        })
+        .collect()
+}
+
+/// cgroup v1 `blkio.*io_service_bytes_recursive` and `blkio.*io_serviced_recursive`:
+/// `8:0 Read 4096` lines per device and operation.
+#[must_use]
+pub fn parse_blkio(bytes: &str, serviced: &str) -> Vec<DeviceIo> {
+    let mut devices: std::collections::BTreeMap<(u32, u32), DeviceIo> =
+        std::collections::BTreeMap::new();
+    for (text, counts) in [(bytes, false), (serviced, true)] {
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(device), Some(operation), Some(value)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let (Some((major, minor)), Ok(value)) = (device_of(device), value.parse::<f64>())
+            else {
+                continue;
+            };
+            let io = devices.entry((major, minor)).or_insert_with(|| DeviceIo {
+                major,
+                minor,
+                ..DeviceIo::default()
+            });
+            match (operation, counts) {
+                ("Read", false) => io.read_bytes = value,
+                ("Write", false) => io.write_bytes = value,
+                ("Read", true) => io.reads = value,
+                ("Write", true) => io.writes = value,
+                _ => {}
+            }
+        }
+    }
+    devices.into_values().collect()
+}
+
+/// The `/dev` name of a block device (`/dev/vda`), from sysfs under `sys_block`
+/// (`/sys/dev/block`).
+#[must_use]
+pub fn device_name(sys_block: &Path, major: u32, minor: u32) -> Option<String> {
+    let uevent = std::fs::read_to_string(sys_block.join(format!("{major}:{minor}/uevent"))).ok()?;
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .map(|name| format!("/dev/{name}"))
 }
 
 /// What the cgroup files say about one cgroup (`None` where a file is missing).
@@ -202,6 +308,8 @@ pub struct Readings {
     pub period: Option<f64>,
     /// CPU shares.
     pub shares: Option<f64>,
+    /// Block IO per device.
+    pub io: Vec<DeviceIo>,
 }
 
 /// The labels of one row, in cAdvisor's order (sorted by name).
@@ -349,6 +457,41 @@ fn usage_rows(
             &labels,
             failures,
         );
+    }
+    io_rows(out, row, &readings.io, Path::new("/sys/dev/block"));
+}
+
+/// cAdvisor's per-device IO counters of one row (devices sysfs cannot name are left out).
+fn io_rows(out: &mut Families, row: &Row, io: &[DeviceIo], sys_block: &Path) {
+    for device in io {
+        let Some(name) = device_name(sys_block, device.major, device.minor) else {
+            continue;
+        };
+        let labels = row.with(("device", &name));
+        for (family, help, value) in [
+            (
+                "container_fs_reads_bytes_total",
+                "Cumulative count of bytes read",
+                device.read_bytes,
+            ),
+            (
+                "container_fs_writes_bytes_total",
+                "Cumulative count of bytes written",
+                device.write_bytes,
+            ),
+            (
+                "container_fs_reads_total",
+                "Cumulative count of reads completed",
+                device.reads,
+            ),
+            (
+                "container_fs_writes_total",
+                "Cumulative count of writes completed",
+                device.writes,
+            ),
+        ] {
+            out.counter(family, help, &labels, value);
+        }
     }
 }
 
@@ -885,6 +1028,90 @@ mod tests {
                 "namespace",
                 "pod"
             ]
+        );
+    }
+
+    #[test]
+    fn block_io_is_read_per_device_on_v1_and_v2_and_named_from_sysfs() {
+        let v2 = parse_io_stat(
+            "254:0 rbytes=1048576 wbytes=4096 rios=16 wios=1 dbytes=0 dios=0\n7:3 rbytes=0\n",
+        );
+        assert_eq!(
+            v2[0],
+            DeviceIo {
+                major: 254,
+                minor: 0,
+                read_bytes: 1_048_576.0,
+                write_bytes: 4096.0,
+                reads: 16.0,
+                writes: 1.0,
+            }
+        );
+        assert_eq!(v2.len(), 2);
+        let v1 = parse_blkio(
+            "254:0 Read 1048576\n254:0 Write 4096\n254:0 Sync 0\n254:0 Total 1052672\nTotal 1052672\n",
+            "254:0 Read 16\n254:0 Write 1\n254:0 Total 17\nTotal 17\n",
+        );
+        assert_eq!(v1, vec![v2[0].clone()]);
+        // an empty file (a machine without per-cgroup block accounting) gives no devices
+        assert!(parse_blkio("Total 0\n", "Total 0\n").is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "254:0/uevent",
+            "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n",
+        );
+        assert_eq!(device_name(dir.path(), 254, 0).as_deref(), Some("/dev/vda"));
+        assert_eq!(device_name(dir.path(), 7, 3), None);
+        let row = Row {
+            container: "c",
+            id: "/x",
+            image: "i",
+            name: "n",
+            namespace: "ns",
+            pod: "p",
+        };
+        let mut out = Families::new();
+        io_rows(&mut out, &row, &v2, dir.path());
+        let text = out.render();
+        assert!(
+            text.contains(
+                "container_fs_reads_bytes_total{container=\"c\",device=\"/dev/vda\",id=\"/x\",image=\"i\",name=\"n\",namespace=\"ns\",pod=\"p\"} 1048576"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE container_fs_writes_total counter"));
+        assert!(!text.contains("7:3"), "unnamed devices are left out");
+    }
+
+    #[test]
+    fn v1_block_io_comes_from_the_throttle_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let cgroup = "kubepods/podu3/c3";
+        std::fs::create_dir_all(root.join("memory").join(cgroup)).unwrap();
+        write(
+            root,
+            &format!("blkio/{cgroup}/blkio.throttle.io_service_bytes_recursive"),
+            "8:0 Read 512\n8:0 Write 1024\nTotal 1536\n",
+        );
+        write(
+            root,
+            &format!("blkio/{cgroup}/blkio.throttle.io_serviced_recursive"),
+            "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
+        );
+        let io = Cgroups::at(root).readings("/kubepods/podu3/c3").io;
+        assert_eq!(
+            io,
+            vec![DeviceIo {
+                major: 8,
+                minor: 0,
+                read_bytes: 512.0,
+                write_bytes: 1024.0,
+                reads: 1.0,
+                writes: 2.0,
+            }]
         );
     }
 }
