@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kelson_common::client_metrics::ClientMetrics;
 use tokio_util::sync::CancellationToken;
 
 mod app;
@@ -649,13 +650,15 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     };
     let identity = format!("{}_{}", hostname(), std::process::id());
     // each component reaches the API server in-process, as its own user, under leader election
+    // (its client requests counted in `requests`, client-go's rest_client_* families)
     let lead =
         |component: &str,
+         requests: &Arc<ClientMetrics>,
          work: Box<dyn Fn(kube::Client, CancellationToken) -> Work + Send + Sync>| {
-            let client = running.server.client(kelson_apiserver::auth::User::new(
-                format!("system:{component}"),
-                vec![],
-            ));
+            let client = running.server.counted_client(
+                kelson_apiserver::auth::User::new(format!("system:{component}"), vec![]),
+                Some(requests),
+            );
             let election = kelson_common::leader::Election::new(component, &identity);
             tokio::spawn(kelson_common::leader::run_when_leader(
                 client.clone(),
@@ -666,12 +669,13 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         };
     if !args.disable_scheduler {
         let metrics = Arc::new(kelson_scheduler::metrics::SchedulerMetrics::new());
-        let render = metrics.clone();
+        let requests = Arc::new(ClientMetrics::new());
+        let (render, counted) = (metrics.clone(), requests.clone());
         serve_component_metrics(
             args.scheduler_metrics_listen,
             &data_dir.join("scheduler/address"),
             "kube-scheduler",
-            Arc::new(move || render.render()),
+            Arc::new(move || render.render() + &counted.render()),
             &shutdown,
         )
         .await
@@ -682,6 +686,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         };
         lead(
             "kube-scheduler",
+            &requests,
             Box::new(move |client, leading| {
                 Box::pin(kelson_scheduler::run(client, config.clone(), leading))
             }),
@@ -689,12 +694,13 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     }
     if !args.disable_controller_manager {
         let metrics = Arc::new(kelson_controllers::workqueue::Metrics::new());
-        let render = metrics.clone();
+        let requests = Arc::new(ClientMetrics::new());
+        let (render, counted) = (metrics.clone(), requests.clone());
         serve_component_metrics(
             args.controller_manager_metrics_listen,
             &data_dir.join("controller-manager/address"),
             "kube-controller-manager",
-            Arc::new(move || render.render()),
+            Arc::new(move || render.render() + &counted.render()),
             &shutdown,
         )
         .await
@@ -709,6 +715,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
         };
         lead(
             "kube-controller-manager",
+            &requests,
             Box::new(move |client, leading| {
                 Box::pin(kelson_controllers::run_with(
                     client,
@@ -749,8 +756,10 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     if !args.disable_gitops {
         let mut config = kelson_reconciler::Config::new(data_dir.join("gitops"));
         config.listen = Some(args.gitops_listen);
+        let requests = config.client_metrics.clone();
         lead(
             "kelson-gitops",
+            &requests,
             Box::new(move |client, leading| {
                 let config = config.clone();
                 Box::pin(async move {
@@ -808,10 +817,13 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             key,
             ca: running.pki.ca_cert.clone(),
         });
-        let client = running.server.client(kelson_apiserver::auth::User::new(
-            format!("system:node:{}", agent.node_name),
-            vec!["system:nodes".into()],
-        ));
+        let client = running.server.counted_client(
+            kelson_apiserver::auth::User::new(
+                format!("system:node:{}", agent.node_name),
+                vec!["system:nodes".into()],
+            ),
+            Some(&agent.client_metrics),
+        );
         agent.logs = args
             .node
             .logs
@@ -847,27 +859,48 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
 /// A client from the kubeconfig at `path`, or from the environment ($KUBECONFIG,
 /// ~/.kube/config, in-cluster) without one.
 pub(crate) async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match path {
+    Ok(kube::Client::try_from(kube_config(path).await?)?)
+}
+
+/// The client settings from the kubeconfig at `path` or from the environment.
+async fn kube_config(path: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("failed to read {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
         None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
+}
+
+/// A client whose requests `metrics` counts, labelled with the server's `host:port`.
+fn counted_client(
+    config: kube::Config,
+    metrics: &Arc<ClientMetrics>,
+) -> anyhow::Result<kube::Client> {
+    let host = config
+        .cluster_url
+        .authority()
+        .map_or_else(String::new, ToString::to_string);
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&metrics.layer(&host))
+        .build())
 }
 
 /// `kelson reconciler`: the GitOps reconciler alone, against any cluster.
 async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let mut config = kelson_reconciler::Config::new(args.data_dir);
+    config.listen = Some(args.listen);
+    config.namespace = args.namespace.clone();
+    let client = counted_client(
+        kube_config(args.kubeconfig.as_deref()).await?,
+        &config.client_metrics,
+    )?;
     kelson_reconciler::install_crds(&client)
         .await
         .context("failed to install the Application definition")?;
     let shutdown = shutdown_signal();
-    let mut config = kelson_reconciler::Config::new(args.data_dir);
-    config.listen = Some(args.listen);
-    config.namespace = args.namespace.clone();
     let identity = format!("{}_{}", hostname(), std::process::id());
     let mut election = kelson_common::leader::Election::new("kelson-gitops", &identity);
     election.namespace = args.namespace;
@@ -924,13 +957,13 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut config = kube::Config::new(url.clone());
     config.root_cert = Some(roots);
     config.auth_info.token = Some(secret.to_owned().into());
-    let client = kube::Client::try_from(config)?;
 
     let shutdown = shutdown_signal();
     args.node
         .start_node_exporter(&args.data_dir, shutdown.clone())
         .await?;
     let mut agent = args.node.agent_config(args.data_dir);
+    let client = counted_client(config, &agent.client_metrics)?;
     let request = serde_json::json!({
         "nodeName": agent.node_name,
         "addresses": kubelet_certificate_names(&agent),

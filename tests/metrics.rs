@@ -1251,6 +1251,22 @@ fn prometheus_discovers_and_scrapes_every_endpoint() {
         "count(workqueue_depth{job=\"kube-controller-manager\",name=~\"deployment|replicaset|daemonset|statefulset|job|cronjob|endpoint|namespace\"})",
     );
     assert_eq!(queues.first().map_or(0.0, number), 8.0, "{queues:?}");
+    // every API client's requests, as client-go counts them (the mixin's KubeClientErrors)
+    let clients = query(
+        port,
+        "count by (job) (rest_client_requests_total{code=~\"2..\",method=\"GET\"})",
+    );
+    for job in [
+        "kubelet",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kelson-gitops",
+    ] {
+        assert!(
+            clients.iter().any(|c| c["metric"]["job"] == job),
+            "no client requests from {job}: {clients:?}"
+        );
+    }
     // every component reports its process
     let processes = query(port, "count by (job) (process_resident_memory_bytes)");
     for job in [

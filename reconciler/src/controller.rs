@@ -58,6 +58,8 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// Namespace of the webhook Secret.
     pub namespace: String,
+    /// Counts the requests of the reconciler's API client (served with its metrics).
+    pub client_metrics: Arc<kelson_common::client_metrics::ClientMetrics>,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             default_interval: Duration::from_secs(60),
             listen: None,
             namespace: "kube-system".into(),
+            client_metrics: Arc::default(),
         }
     }
 
@@ -1681,7 +1684,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().with_requests(config.client_metrics.clone()));
     let push_triggers = Triggers::new(trigger.clone());
     let _ = std::fs::remove_file(config.data_dir.join("address"));
     if let Some(listen) = config.listen {

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub drift: IntCounterVec,
     /// Objects applied and pruned, by Application.
     pub objects: IntCounterVec,
+    /// The reconciler's API client requests (client-go's rest_client_* families).
+    requests: std::sync::Arc<kelson_common::client_metrics::ClientMetrics>,
 }
 
 impl Default for Metrics {
@@ -95,7 +97,18 @@ impl Metrics {
                 &["namespace", "name", "operation"],
             ),
             registry,
+            requests: std::sync::Arc::default(),
         }
+    }
+
+    /// Serves the API client's request counts with the rest.
+    #[must_use]
+    pub fn with_requests(
+        mut self,
+        requests: std::sync::Arc<kelson_common::client_metrics::ClientMetrics>,
+    ) -> Self {
+        self.requests = requests;
+        self
     }
 
     /// The text exposition of every metric.
@@ -104,6 +117,6 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding");
-        String::from_utf8(buffer).unwrap_or_default()
+        String::from_utf8(buffer).unwrap_or_default() + &self.requests.render()
     }
 }

@@ -180,8 +180,20 @@ impl ApiServer {
     /// scheduler, controllers and other components of `kelson server` talk to it.
     #[must_use]
     pub fn client(self: &Arc<Self>, user: User) -> kube::Client {
+        self.counted_client(user, None)
+    }
+
+    /// [`ApiServer::client`] whose requests `metrics` counts (client-go's `rest_client_*`).
+    #[must_use]
+    pub fn counted_client(
+        self: &Arc<Self>,
+        user: User,
+        metrics: Option<&Arc<kelson_common::client_metrics::ClientMetrics>>,
+    ) -> kube::Client {
         let identity = auth::ClientIdentity(user);
+        let host = self.advertised_address();
         let service = tower::ServiceBuilder::new()
+            .option_layer(metrics.map(|m| m.layer(&host)))
             .map_request(move |mut request: http::Request<kube::client::Body>| {
                 request.extensions_mut().insert(identity.clone());
                 // the caller's span (a reconcile, say) becomes the request span's parent

@@ -2,6 +2,7 @@
 //! controllers, kubelet): [`events`] publishing, CronJob [`cron`] schedules, [`quantity`] and [`duration`] parsing, [`selector`] matching on typed label selectors,
 //! [`pod`] and [`node`] state as Kubernetes defines it, the HTTP [`proxy`] with upgrades, Lease-based [`leader`] election and the host's [`net`] address.
 
+pub mod client_metrics;
 pub mod cron;
 pub mod duration;
 pub mod events;

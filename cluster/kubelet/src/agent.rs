@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster zone (`--cluster-domain`).
     pub cluster_domain: String,
+    /// Counts the requests of the agent's API client; the kubelet serves them on `/metrics`.
+    pub client_metrics: Arc<kelson_common::client_metrics::ClientMetrics>,
 }
 
 impl Default for AgentConfig {
@@ -72,6 +74,7 @@ impl Default for AgentConfig {
             logs: None,
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
+            client_metrics: Arc::default(),
         }
     }
 }
@@ -199,7 +202,10 @@ pub async fn run(
         },
         recorder,
         root_dir: config.root_dir.clone(),
-        metrics: Arc::new(crate::metrics::KubeletMetrics::new(&config.node_name)),
+        metrics: Arc::new(
+            crate::metrics::KubeletMetrics::new(&config.node_name)
+                .with_requests(config.client_metrics.clone()),
+        ),
     });
     if let Some((listener, tls, port)) = api {
         info!(port, "kubelet API listening");

@@ -24,6 +24,8 @@ pub struct KubeletMetrics {
     pub pod_worker_duration: HistogramVec,
     /// `kubelet_evictions{eviction_signal}`.
     pub evictions: IntCounterVec,
+    /// The kubelet's API client requests (client-go's `rest_client_*`).
+    requests: std::sync::Arc<kelson_common::client_metrics::ClientMetrics>,
 }
 
 impl std::fmt::Debug for KubeletMetrics {
@@ -134,7 +136,18 @@ impl KubeletMetrics {
             pod_start_duration,
             pod_worker_duration,
             evictions,
+            requests: std::sync::Arc::default(),
         }
+    }
+
+    /// Serves the API client's request counts with the rest.
+    #[must_use]
+    pub fn with_requests(
+        mut self,
+        requests: std::sync::Arc<kelson_common::client_metrics::ClientMetrics>,
+    ) -> Self {
+        self.requests = requests;
+        self
     }
 
     /// The text exposition of every metric.
@@ -142,7 +155,7 @@ impl KubeletMetrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default()
+        String::from_utf8(buffer).unwrap_or_default() + &self.requests.render()
     }
 }
 
