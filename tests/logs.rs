@@ -868,6 +868,37 @@ sinks:
         1.0,
         "{metrics}"
     );
+
+    // the file changed: the pipeline restarts with it (the HTTP input's port taken over)
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("set: {env: prod}", "set: {env: staging}");
+    std::fs::write(&config, text).unwrap();
+    kelson_testing::wait_for(Duration::from_secs(20), "the reload", || {
+        self::metrics(&address)
+            .contains("logpipe_config_reloads_total 1")
+            .then_some(())
+    });
+    let line = r#"{"message": "after the reload"}"#;
+    let (status, answer) = post(port, "/app/web", "application/json", line.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    let hit = &search(&address, &[("query", "reload")])["hits"][0];
+    assert_eq!(hit["fields"]["env"], "staging", "{hit}");
+    assert_eq!(
+        total(&address, &[]),
+        3,
+        "the earlier lines are still there, once"
+    );
+    // a broken file is refused; the running pipeline carries on
+    std::fs::write(&config, "sources: {api: {type: http, listen: nowhere}}\n").unwrap();
+    kelson_testing::wait_for(Duration::from_secs(20), "the refusal", || {
+        self::metrics(&address)
+            .contains("logpipe_config_last_reload_successful 0")
+            .then_some(())
+    });
+    let (status, answer) = post(port, "/app/web", "application/json", line.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(total(&address, &[("query", "reload")]), 2);
 }
 
 #[test]

@@ -71,6 +71,7 @@ impl PipelineConfig {
                     poll_interval_ms: 100,
                     max_line_bytes: 4 << 20,
                     rotate_wait_ms: 5000,
+                    multiline: None,
                 }),
             )]),
             sinks: BTreeMap::from([(
@@ -137,6 +138,10 @@ impl PipelineConfig {
                             ));
                         }
                         globset::Glob::new(pattern).map_err(|e| format!("sources.{name}: {e}"))?;
+                    }
+                    if let Some(multiline) = &tail.multiline {
+                        crate::multiline::Rule::new(multiline)
+                            .map_err(|e| format!("sources.{name}.multiline: {e}"))?;
                     }
                 }
                 SourceConfig::Forward(forward) => check_address(name, &forward.listen)?,

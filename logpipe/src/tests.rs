@@ -734,3 +734,220 @@ async fn one_record_to_several_sinks_and_a_file() {
     shutdown.cancel();
     pipeline.wait().await;
 }
+
+#[tokio::test]
+async fn stack_traces_become_one_record_and_a_restart_mid_trace_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let text = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\n    multiline:\n      parser: java\n      flush_ms: 300\nsinks:\n  index:\n    type: index\n    path: {root}/index\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+        root = dir.path().display()
+    );
+    let line = |n: usize, stream: &str, text: &str| {
+        format!("2026-11-23T05:01:{:02}.{n:09}Z {stream} F {text}", n % 60)
+    };
+    append(
+        &path,
+        &[
+            line(1, "stdout", "GET /cart 200"),
+            line(2, "stderr", "java.lang.IllegalStateException: cart empty"),
+            line(3, "stderr", "\tat shop.Cart.checkout(Cart.java:42)"),
+            line(4, "stderr", "\tat shop.Main.main(Main.java:7)"),
+            line(5, "stdout", "GET /health 200"),
+            // the start of a second trace, still waiting for its frames
+            line(6, "stderr", "java.lang.NullPointerException: price"),
+        ],
+    );
+    let (pipeline, shutdown) = start_text(&text).await;
+    assert_eq!(wait_for(&pipeline, "", 3).await, 3);
+    let index = pipeline.index.clone().unwrap();
+    let trace = index
+        .search(&request("IllegalStateException"))
+        .unwrap()
+        .hits;
+    assert_eq!(trace.len(), 1);
+    assert_eq!(
+        trace[0].message,
+        "java.lang.IllegalStateException: cart empty\n\tat shop.Cart.checkout(Cart.java:42)\n\tat shop.Main.main(Main.java:7)"
+    );
+    assert_eq!(trace[0].stream, "stderr");
+    assert_eq!(
+        trace[0].timestamp, "2026-11-23T05:01:02.000000002Z",
+        "timed by its first line"
+    );
+    // stopped while the second trace waits: its lines are read again after the restart
+    shutdown.cancel();
+    pipeline.wait().await;
+    append(
+        &path,
+        &[
+            line(7, "stderr", "\tat shop.Price.of(Price.java:9)"),
+            line(8, "stdout", "GET /pay 200"),
+        ],
+    );
+    let (pipeline, shutdown) = start_text(&text).await;
+    assert_eq!(wait_for(&pipeline, "", 5).await, 5);
+    let index = pipeline.index.clone().unwrap();
+    let second = index.search(&request("NullPointerException")).unwrap().hits;
+    assert_eq!(second.len(), 1, "once, whole");
+    assert_eq!(
+        second[0].message,
+        "java.lang.NullPointerException: price\n\tat shop.Price.of(Price.java:9)"
+    );
+    assert_eq!(
+        index
+            .search(&request("IllegalStateException"))
+            .unwrap()
+            .total,
+        1
+    );
+    // a trace at the end of the file goes out once no line came for flush_ms
+    append(
+        &path,
+        &[
+            line(9, "stderr", "java.lang.ArithmeticException: / by zero"),
+            line(10, "stderr", "\tat shop.Tax.rate(Tax.java:3)"),
+        ],
+    );
+    assert_eq!(wait_for(&pipeline, "ArithmeticException", 1).await, 1);
+    assert_eq!(index.search(&request("")).unwrap().total, 6);
+    shutdown.cancel();
+    pipeline.wait().await;
+}
+
+#[test]
+fn a_bad_multiline_rule_names_the_source() {
+    let error = PipelineConfig::parse(
+        "sources:\n  pods:\n    type: tail\n    include: ['/var/log/pods/*/*/*.log']\n    multiline:\n      start: '('\nsinks:\n  out:\n    type: stdout\n",
+        "p.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("sources.pods.multiline"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_configuration_is_reloaded_without_losing_or_repeating_lines() {
+    use tower::ServiceExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let config_path = dir.path().join("pipeline.yaml");
+    let config = |extra: &str| {
+        format!(
+            "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\n{extra}sinks:\n  index:\n    type: index\n    path: {root}/index\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+            root = dir.path().display()
+        )
+    };
+    std::fs::write(&config_path, config("")).unwrap();
+    let shutdown = CancellationToken::new();
+    let reloading = crate::reload::start_reloading(
+        config_path.clone(),
+        Environment::default(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let index = || reloading.current.read().index.clone().unwrap();
+    let metrics = || {
+        let router = reloading.router.clone();
+        async move {
+            let response = router
+                .oneshot(
+                    http::Request::get("/metrics")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    let count = |query: &'static str| {
+        let index = index();
+        async move { index.search(&request(query)).unwrap().total }
+    };
+    let until = |query: &'static str, want: u64| async move {
+        for _ in 0..400 {
+            if count(query).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{query:?}: {} lines, not {want}", count(query).await);
+    };
+    append(
+        &path,
+        &(0..500)
+            .map(|n| cri(n, &format!("before{n}")))
+            .collect::<Vec<_>>(),
+    );
+    until("", 500).await;
+
+    // a new transform, while lines keep coming: the next pipeline adds a field
+    let writer = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            for n in 0..20 {
+                append(
+                    &path,
+                    &(0..50)
+                        .map(|k| cri(k, &format!("during{}", n * 50 + k)))
+                        .collect::<Vec<_>>(),
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::fs::write(
+        &config_path,
+        config("transforms:\n  - name: mark\n    type: record\n    match: '**'\n    set: {release: two}\n"),
+    )
+    .unwrap();
+    writer.await.unwrap();
+    for _ in 0..200 {
+        if metrics().await.contains("logpipe_config_reloads_total 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(metrics().await.contains("logpipe_config_reloads_total 1"));
+    until("", 1500).await;
+    for n in [0, 499, 999] {
+        let query: &'static str = Box::leak(format!("during{n}").into_boxed_str());
+        assert_eq!(count(query).await, 1, "{query}");
+    }
+    append(&path, &[cri(1, "after reload")]);
+    until("after", 1).await;
+    let mut marked = request("after");
+    marked.fields = vec![("release".into(), "two".into())];
+    assert_eq!(
+        index().search(&marked).unwrap().total,
+        1,
+        "the new transform runs"
+    );
+
+    // an invalid file is refused: the running pipeline carries on, the metric says so
+    std::fs::write(&config_path, "sources: [oops").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    append(&path, &[cri(2, "still indexed")]);
+    until("still", 1).await;
+    let text = metrics().await;
+    assert!(
+        text.contains("logpipe_config_last_reload_successful 0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("logpipe_config_reload_failures_total 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("logpipe_component_received_events_total"),
+        "the pipeline's own families"
+    );
+    assert_eq!(count("").await, 1502, "nothing lost or repeated");
+    shutdown.cancel();
+    reloading.done.await.unwrap();
+}

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::SourceContext;
 use crate::format::{self, Format};
 use crate::kubernetes;
+use crate::multiline::{Joined, MultilineConfig, Rule};
 use crate::record::{Batch, LogRecord, Position, detect_level};
 
 /// Configuration of the `tail` source.
@@ -51,6 +52,9 @@ pub struct TailConfig {
     /// Milliseconds a rotated or deleted file is still followed after it stopped growing.
     #[serde(default = "default_rotate_wait_ms")]
     pub rotate_wait_ms: u64,
+    /// Join lines into one record (stack traces): see [`crate::multiline`].
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
 }
 
 const fn default_scan_interval_ms() -> u64 {
@@ -84,6 +88,10 @@ struct Followed {
     skipping: bool,
     /// A CRI line being reassembled from partial pieces.
     partial: Option<(i64, &'static str, String)>,
+    /// Lines being joined into one record (with `multiline`): its time, stream, and the
+    /// position after its last line. One at a time per file, so records leave in file order
+    /// and the position kept never passes a line still waiting.
+    joining: Option<Joined<(i64, &'static str, u64)>>,
     seen: bool,
     last_growth: Instant,
     meta: FileMeta,
@@ -108,9 +116,17 @@ pub(crate) fn run(id: &str, config: &TailConfig, mut cx: SourceContext) {
             return;
         }
     };
+    let multiline = match config.multiline.as_ref().map(Rule::new).transpose() {
+        Ok(rule) => rule,
+        Err(error) => {
+            tracing::error!(source = id, %error, "invalid multiline rule");
+            return;
+        }
+    };
     let mut tail = Tail {
         id: id.to_owned(),
         config: config.clone(),
+        multiline,
         include,
         exclude,
         roots,
@@ -146,6 +162,7 @@ pub(crate) fn run(id: &str, config: &TailConfig, mut cx: SourceContext) {
             last_scan = Some(Instant::now());
         }
         let read = tail.read_all(&mut cx);
+        tail.send_joined(false, &cx);
         if !tail.flush(&cx) {
             return;
         }
@@ -251,6 +268,7 @@ fn globs(config: &TailConfig) -> Result<Globs, globset::Error> {
 struct Tail {
     id: String,
     config: TailConfig,
+    multiline: Option<Rule>,
     include: GlobSet,
     exclude: GlobSet,
     roots: Vec<PathBuf>,
@@ -323,7 +341,10 @@ impl Tail {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            if let Some(followed) = self.files.remove(&id) {
+            if let Some(mut followed) = self.files.remove(&id) {
+                if let Some(joined) = followed.joining.take() {
+                    emit(&mut followed, joined, cx, &mut self.batch);
+                }
                 tracing::debug!(source = %self.id, path = %followed.path.display(), "let go of a file that is gone");
                 self.batch.forgotten.push(followed.key);
             }
@@ -405,6 +426,7 @@ impl Tail {
             pending: Vec::new(),
             skipping: false,
             partial: None,
+            joining: None,
             seen: true,
             last_growth: Instant::now(),
             meta,
@@ -417,7 +439,14 @@ impl Tail {
         let ids: Vec<(u64, u64)> = self.files.keys().copied().collect();
         for id in ids {
             while let Some(followed) = self.files.get_mut(&id) {
-                let read = read_file(followed, &mut self.chunk, &self.config, cx, &mut self.batch);
+                let read = read_file(
+                    followed,
+                    &mut self.chunk,
+                    &self.config,
+                    self.multiline.as_ref(),
+                    cx,
+                    &mut self.batch,
+                );
                 if read == 0 {
                     break;
                 }
@@ -431,6 +460,23 @@ impl Tail {
             }
         }
         any
+    }
+
+    /// Sends the records whose lines are all in (no line for the rule's `flush_ms`), or all
+    /// of them.
+    fn send_joined(&mut self, all: bool, cx: &SourceContext) {
+        let Some(rule) = &self.multiline else {
+            return;
+        };
+        for followed in self.files.values_mut() {
+            let due = followed
+                .joining
+                .as_ref()
+                .is_some_and(|j| all || j.last_line.elapsed() >= rule.flush);
+            if due && let Some(joined) = followed.joining.take() {
+                emit(followed, joined, cx, &mut self.batch);
+            }
+        }
     }
 
     /// Sends the batch downstream; false when nothing listens any more.
@@ -478,6 +524,7 @@ fn read_file(
     followed: &mut Followed,
     chunk: &mut [u8],
     config: &TailConfig,
+    multiline: Option<&Rule>,
     cx: &mut SourceContext,
     batch: &mut Batch,
 ) -> usize {
@@ -494,6 +541,7 @@ fn read_file(
         batch.reset.push(followed.key.clone());
         followed.pending.clear();
         followed.partial = None;
+        followed.joining = None;
         followed.skipping = false;
     }
     let read = match followed.file.read(chunk) {
@@ -524,7 +572,7 @@ fn read_file(
         } else {
             let line = &pending[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            line_to_record(followed, line, offset, config, cx, batch);
+            line_to_record(followed, line, offset, config, multiline, cx, batch);
         }
         start = end + 1;
     }
@@ -537,7 +585,7 @@ fn read_file(
         let offset = followed.read_offset;
         rest.clear();
         followed.skipping = true;
-        line_to_record(followed, &head, offset, config, cx, batch);
+        line_to_record(followed, &head, offset, config, multiline, cx, batch);
     } else if followed.skipping {
         rest.clear();
     }
@@ -565,6 +613,7 @@ fn line_to_record(
     line: &[u8],
     offset: u64,
     config: &TailConfig,
+    multiline: Option<&Rule>,
     cx: &mut SourceContext,
     batch: &mut Batch,
 ) {
@@ -606,6 +655,50 @@ fn line_to_record(
         }
     };
     let timestamp = if timestamp == 0 { cx.now() } else { timestamp };
+    let Some(rule) = multiline else {
+        push_record(followed, text, timestamp, stream, offset, cx, batch);
+        return;
+    };
+    if let Some(joined) = followed.joining.as_mut() {
+        let (_, joined_stream, _) = joined.state;
+        if joined_stream == stream
+            && joined.lines < rule.max_lines
+            && !rule.complete(joined.first(), joined.last())
+            && rule.continues(joined.first(), &text)
+        {
+            let time = joined.state.0;
+            if !joined.push(&text, (time, stream, offset), config.max_line_bytes) {
+                cx.metrics.error("line_too_long");
+            }
+            return;
+        }
+    }
+    if let Some(done) = followed.joining.take() {
+        emit(followed, done, cx, batch);
+    }
+    followed.joining = Some(Joined::new(text, (timestamp, stream, offset)));
+}
+
+/// Sends a joined record (timed by its first line, placed after its last).
+fn emit(
+    followed: &mut Followed,
+    joined: Joined<(i64, &'static str, u64)>,
+    cx: &SourceContext,
+    batch: &mut Batch,
+) {
+    let (timestamp, stream, offset) = joined.state;
+    push_record(followed, joined.text, timestamp, stream, offset, cx, batch);
+}
+
+fn push_record(
+    followed: &Followed,
+    text: String,
+    timestamp: i64,
+    stream: &'static str,
+    offset: u64,
+    cx: &SourceContext,
+    batch: &mut Batch,
+) {
     batch.records.push(LogRecord {
         tag: followed.meta.tag.clone(),
         timestamp,
