@@ -12,7 +12,7 @@
 //! here; its published figures are in docs/benchmarks.md.)
 //!
 //! Knobs (env): `BENCH_SCRAPES` (node exporter scrapes per encoding, default 200),
-//! `BENCH_STATE_PODS` (10000), `BENCH_STATE_SCRAPES` (20).
+//! `BENCH_STATE_PODS` (10000), `BENCH_STATE_SCRAPES` (20), `BENCH_ONLY` (`node` or `state`).
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -67,8 +67,14 @@ fn anon_mib(pid: u32) -> f64 {
 }
 
 fn main() {
-    node_exporter();
-    state_metrics();
+    // BENCH_ONLY=node or BENCH_ONLY=state runs one of the two
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "node" {
+        node_exporter();
+    }
+    if only.is_empty() || only == "state" {
+        state_metrics();
+    }
 }
 
 fn node_exporter() {

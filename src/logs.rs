@@ -52,9 +52,10 @@ impl NodeLogArgs {
         if self.disable_logpipe {
             return Ok(None);
         }
-        let config = match &self.logpipe_config {
-            Some(path) => PipelineConfig::load(path)?,
-            None => {
+        let source = match &self.logpipe_config {
+            // a file is followed: changed to a valid pipeline, it is reloaded
+            Some(path) => Source::File(path.clone()),
+            None => Source::Config({
                 let mut config = PipelineConfig::node_default();
                 if cluster_events {
                     config.sources.insert(
@@ -68,7 +69,7 @@ impl NodeLogArgs {
                     );
                 }
                 config
-            }
+            }),
         };
         let environment = kelson_logpipe::Environment {
             data_dir: root_dir.join("logs"),
@@ -76,8 +77,8 @@ impl NodeLogArgs {
             client: Some(client),
             watch_node: Some(node.to_owned()),
         };
-        let pipeline = serve(
-            config,
+        let (router, _drained) = serve(
+            source,
             environment,
             self.logs_listen,
             Some(&root_dir.join("logs/address")),
@@ -85,32 +86,55 @@ impl NodeLogArgs {
         )
         .await
         .context("use --logs-listen to pick another address, or --disable-logpipe")?;
-        Ok(Some(kelson_logpipe::api::router(
-            pipeline.index,
-            pipeline.metrics,
-        )))
+        Ok(Some(router))
     }
 }
 
-/// Starts `config` and its query API on `listen`.
+/// Where a pipeline's configuration comes from.
+enum Source {
+    /// Given once.
+    Config(PipelineConfig),
+    /// A file, reloaded when it changes.
+    File(PathBuf),
+}
+
+/// Starts the pipeline and its query API on `listen`; the API's routes, and a task that ends
+/// once the pipeline has drained after `shutdown`.
 async fn serve(
-    config: PipelineConfig,
+    source: Source,
     environment: kelson_logpipe::Environment,
     listen: SocketAddr,
     address_file: Option<&Path>,
     shutdown: CancellationToken,
-) -> anyhow::Result<kelson_logpipe::Pipeline> {
+) -> anyhow::Result<(axum::Router, tokio::task::JoinHandle<()>)> {
     let listener = kelson_metrics::http::bind(listen, address_file, "the log query API").await?;
-    let pipeline = kelson_logpipe::start(config, environment, shutdown.clone())
-        .await
-        .context("failed to start the log pipeline")?;
-    let (index, metrics) = (pipeline.index.clone(), pipeline.metrics.clone());
+    let (router, drained) = match source {
+        Source::Config(config) => {
+            let pipeline = kelson_logpipe::start(config, environment, shutdown.clone())
+                .await
+                .context("failed to start the log pipeline")?;
+            let router =
+                kelson_logpipe::api::router(pipeline.index.clone(), pipeline.metrics.clone());
+            (router, tokio::spawn(pipeline.wait()))
+        }
+        Source::File(path) => {
+            let reloading =
+                kelson_logpipe::reload::start_reloading(path, environment, shutdown.clone())
+                    .await
+                    .context("failed to start the log pipeline")?;
+            (reloading.router, reloading.done)
+        }
+    };
+    let routes = router.clone();
     tokio::spawn(async move {
-        if let Err(error) = kelson_logpipe::api::serve(listener, index, metrics, shutdown).await {
+        let served = axum::serve(listener, routes)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
             tracing::error!(%error, "the log query API stopped");
         }
     });
-    Ok(pipeline)
+    Ok((router, drained))
 }
 
 /// `kelson logpipe`: one pipeline from a configuration file.
@@ -138,8 +162,8 @@ pub struct LogpipeArgs {
 
 /// Runs `kelson logpipe` until SIGINT or SIGTERM, then drains.
 pub async fn run_pipeline(args: LogpipeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = PipelineConfig::load(&args.config)?;
     if args.check {
+        PipelineConfig::load(&args.config)?;
         println!("{}: ok", args.config.display());
         return Ok(());
     }
@@ -154,8 +178,8 @@ pub async fn run_pipeline(args: LogpipeArgs, shutdown: CancellationToken) -> any
         watch_node: None,
     };
     let address_file = args.data_dir.join("address");
-    let pipeline = serve(
-        config,
+    let (_, drained) = serve(
+        Source::File(args.config),
         environment,
         args.listen,
         Some(&address_file),
@@ -163,7 +187,7 @@ pub async fn run_pipeline(args: LogpipeArgs, shutdown: CancellationToken) -> any
     )
     .await?;
     shutdown.cancelled().await;
-    pipeline.wait().await;
+    let _ = drained.await;
     Ok(())
 }
 

@@ -1022,6 +1022,21 @@ fn container_metrics_match_what_runs_and_feed_kubernetes_mixin_rules() {
         sample("container_spec_memory_limit_bytes", &main),
         Some(67_108_864.0)
     );
+    // its writable layer, on the filesystem of containerd's snapshots
+    let layer = families
+        .iter()
+        .find(|f| f.name == "container_fs_usage_bytes")
+        .and_then(|f| f.sample(&main))
+        .expect("the container's filesystem usage");
+    let device = layer
+        .labels
+        .iter()
+        .find(|(k, _)| k == "device")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(!device.is_empty(), "a device label");
+    let limit = sample("container_fs_limit_bytes", &main).unwrap();
+    assert!(limit > layer.value, "{limit} > {}", layer.value);
     let info = families
         .iter()
         .find(|f| f.name == "container_cpu_usage_seconds_total")

@@ -558,6 +558,13 @@ pub async fn render(
         .await
         .map_or("", String::as_str);
     let now = jiff::Timestamp::now().as_second() as f64;
+    let layers = ctx
+        .cri
+        .image_fs_mountpoint()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|m| layer_filesystem(&m));
     let mut out = Families::new();
     let cores = std::fs::read_to_string("/proc/stat")
         .unwrap_or_default()
@@ -699,6 +706,9 @@ pub async fn render(
                 &readings,
             );
             spec_rows(&mut out, &row, &readings);
+            if let Some(fs) = &layers {
+                filesystem_rows(&mut out, &row, container_stats.writable_layer.as_ref(), fs);
+            }
             let labels = row.labels();
             out.gauge(
                 "container_start_time_seconds",
@@ -715,6 +725,84 @@ pub async fn render(
         }
     }
     Ok(out.render())
+}
+
+/// The filesystem of containers' writable layers: its device (as cAdvisor names it) and size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerFilesystem {
+    /// `/dev/vda1`.
+    pub device: String,
+    /// Bytes in all.
+    pub capacity: f64,
+    /// Inodes in all.
+    pub inodes: f64,
+    /// Inodes free.
+    pub inodes_free: f64,
+}
+
+/// The device mounted at the longest mount point that holds `path`, from a mountinfo text.
+#[must_use]
+pub fn mount_source(mountinfo: &str, path: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // id parent major:minor root mountpoint options ... - fstype source superoptions
+            let mountpoint = line.split(' ').nth(4)?;
+            let (_, after) = line.split_once(" - ")?;
+            let source = after.split(' ').nth(1)?;
+            let holds = path == mountpoint
+                || mountpoint == "/"
+                || path.starts_with(&format!("{}/", mountpoint.trim_end_matches('/')));
+            holds.then_some((mountpoint.len(), source))
+        })
+        .max_by_key(|(length, _)| *length)
+        .map(|(_, source)| source.to_owned())
+}
+
+/// The filesystem at `mountpoint`: its device from /proc/self/mountinfo, its size from statvfs.
+fn layer_filesystem(mountpoint: &str) -> Option<LayerFilesystem> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let device = mount_source(&mountinfo, mountpoint)?;
+    let stat = rustix::fs::statvfs(mountpoint).ok()?;
+    Some(LayerFilesystem {
+        device,
+        capacity: (stat.f_blocks * stat.f_frsize) as f64,
+        inodes: stat.f_files as f64,
+        inodes_free: stat.f_ffree as f64,
+    })
+}
+
+/// cAdvisor's filesystem gauges of one container: its writable layer's usage on `fs`.
+fn filesystem_rows(
+    out: &mut Families,
+    row: &Row,
+    layer: Option<&cri::FilesystemUsage>,
+    fs: &LayerFilesystem,
+) {
+    let Some(used) = layer.and_then(|l| u64_value(l.used_bytes.as_ref())) else {
+        return;
+    };
+    let labels = row.with(("device", &fs.device));
+    for (family, help, value) in [
+        (
+            "container_fs_usage_bytes",
+            "Number of bytes that are consumed by the container on this filesystem.",
+            used,
+        ),
+        (
+            "container_fs_limit_bytes",
+            "Number of bytes that can be consumed by the container on this filesystem.",
+            fs.capacity,
+        ),
+        ("container_fs_inodes_total", "Number of Inodes", fs.inodes),
+        (
+            "container_fs_inodes_free",
+            "Number of available Inodes",
+            fs.inodes_free,
+        ),
+    ] {
+        out.gauge(family, help, &labels, value);
+    }
 }
 
 /// Nanoseconds since the epoch to milliseconds.
@@ -891,6 +979,17 @@ fn network_rows(out: &mut Families, row: &Row, network: Option<&cri::NetworkUsag
 mod tests {
     use super::*;
 
+    fn test_row() -> Row<'static> {
+        Row {
+            container: "c",
+            id: "/x",
+            image: "i",
+            name: "n",
+            namespace: "ns",
+            pod: "p",
+        }
+    }
+
     fn write(root: &Path, path: &str, text: &str) {
         let path = root.join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -991,14 +1090,7 @@ mod tests {
 
     #[test]
     fn extra_labels_keep_the_label_order() {
-        let row = Row {
-            container: "c",
-            id: "/x",
-            image: "i",
-            name: "n",
-            namespace: "ns",
-            pod: "p",
-        };
+        let row = test_row();
         let labels: Vec<&str> = row.with(("cpu", "total")).iter().map(|(k, _)| *k).collect();
         assert_eq!(
             labels,
@@ -1064,14 +1156,7 @@ mod tests {
         );
         assert_eq!(device_name(dir.path(), 254, 0).as_deref(), Some("/dev/vda"));
         assert_eq!(device_name(dir.path(), 7, 3), None);
-        let row = Row {
-            container: "c",
-            id: "/x",
-            image: "i",
-            name: "n",
-            namespace: "ns",
-            pod: "p",
-        };
+        let row = test_row();
         let mut out = Families::new();
         io_rows(&mut out, &row, &v2, dir.path());
         let text = out.render();
@@ -1083,6 +1168,45 @@ mod tests {
         );
         assert!(text.contains("# TYPE container_fs_writes_total counter"));
         assert!(!text.contains("7:3"), "unnamed devices are left out");
+    }
+
+    #[test]
+    fn the_layer_filesystem_is_the_longest_mount_holding_it() {
+        let mountinfo = "\
+22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 22 0:26 / /var/lib/containerd rw,relatime shared:9 - xfs /dev/vdb rw
+31 22 0:27 / /var/lib/containerd2 rw,relatime shared:10 - tmpfs tmpfs rw
+";
+        assert_eq!(
+            mount_source(
+                mountinfo,
+                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
+            )
+            .as_deref(),
+            Some("/dev/vdb")
+        );
+        assert_eq!(
+            mount_source(mountinfo, "/var/lib/other").as_deref(),
+            Some("/dev/vda1")
+        );
+        let row = test_row();
+        let fs = LayerFilesystem {
+            device: "/dev/vdb".into(),
+            capacity: 1e9,
+            inodes: 1000.0,
+            inodes_free: 900.0,
+        };
+        let mut out = Families::new();
+        let layer = cri::FilesystemUsage {
+            used_bytes: Some(cri::UInt64Value { value: 4096 }),
+            ..Default::default()
+        };
+        filesystem_rows(&mut out, &row, Some(&layer), &fs);
+        filesystem_rows(&mut out, &row, None, &fs);
+        let text = out.render();
+        assert!(text.contains("container_fs_usage_bytes{container=\"c\",device=\"/dev/vdb\",id=\"/x\",image=\"i\",name=\"n\",namespace=\"ns\",pod=\"p\"} 4096"), "{text}");
+        assert!(text.contains("container_fs_inodes_free{"));
+        assert_eq!(text.matches("container_fs_usage_bytes{").count(), 1);
     }
 
     #[test]

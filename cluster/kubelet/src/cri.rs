@@ -457,6 +457,27 @@ impl Cri {
         Ok((image.uid.map(|u| u.value), image.username))
     }
 
+    /// The mount point of the filesystem holding containers' writable layers (CRI's image
+    /// filesystem), when the runtime tells.
+    ///
+    /// # Errors
+    /// When the runtime refuses.
+    pub async fn image_fs_mountpoint(&self) -> Result<Option<String>> {
+        let response = self
+            .images
+            .clone()
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .map_err(call_error("ImageFsInfo"))?
+            .into_inner();
+        Ok(response
+            .container_filesystems
+            .iter()
+            .chain(&response.image_filesystems)
+            .find_map(|fs| fs.fs_id.as_ref().map(|id| id.mountpoint.clone()))
+            .filter(|m| !m.is_empty()))
+    }
+
     /// Pulls an image and returns its reference.
     ///
     /// # Errors
