@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::{Context, field, read};
+use super::{Context, field, read_optional};
 use crate::exposition::Families;
 
 /// Sector size /proc/diskstats counts in, whatever the device's.
@@ -227,7 +227,10 @@ fn parse_mounts(text: &str) -> Vec<Mount> {
 
 /// `node_filesystem_*` for every mounted filesystem not excluded.
 pub(super) fn filesystem(context: &Context, out: &mut Families) -> anyhow::Result<()> {
-    let text = read(&context.proc("1/mounts")).or_else(|_| context.read_proc("self/mounts"))?;
+    let text = match read_optional(&context.proc("1/mounts")) {
+        Some(text) => text,
+        None => context.read_proc("self/mounts")?,
+    };
     let mut seen = HashSet::new();
     for mount in parse_mounts(&text) {
         if context

@@ -157,6 +157,13 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
+/// A file that may well be missing (an attribute a device lacks): no error is built, since an
+/// `anyhow` error captures a backtrace when `RUST_BACKTRACE` is set, and these go by the
+/// dozen on every scrape.
+fn read_optional(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
 /// The node exporter.
 pub struct NodeExporter {
     config: Config,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
-use super::{Context, read};
+use super::{Context, read_optional};
 use crate::exposition::{Families, Kind};
 
 /// The columns of /proc/net/dev, in order, as node_exporter names them.
@@ -71,7 +71,8 @@ pub(super) fn netdev(context: &Context, out: &mut Families) -> anyhow::Result<()
             // not in /proc/net/dev; the kernel keeps it beside the other statistics
             for (device, _) in &devices {
                 let path = context.sys(&format!("class/net/{device}/statistics/rx_nohandler"));
-                if let Some(value) = read(&path).ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+                if let Some(value) = read_optional(&path).and_then(|t| t.trim().parse::<f64>().ok())
+                {
                     out.counter(
                         "node_network_receive_nohandler_total",
                         "Network device statistic receive_nohandler.",
@@ -88,7 +89,7 @@ pub(super) fn netdev(context: &Context, out: &mut Families) -> anyhow::Result<()
 /// A /sys/class/net attribute as a number (`0x` hexadecimal allowed); `None` when the
 /// attribute is missing or unreadable (the kernel refuses some on devices that are down).
 fn sys_number(context: &Context, device: &str, attribute: &str) -> Option<f64> {
-    let text = read(&context.sys(&format!("class/net/{device}/{attribute}"))).ok()?;
+    let text = read_optional(&context.sys(&format!("class/net/{device}/{attribute}")))?;
     let text = text.trim();
     match text.strip_prefix("0x") {
         Some(hex) => i64::from_str_radix(hex, 16).ok().map(|v| v as f64),
@@ -97,7 +98,7 @@ fn sys_number(context: &Context, device: &str, attribute: &str) -> Option<f64> {
 }
 
 fn sys_text(context: &Context, device: &str, attribute: &str) -> String {
-    read(&context.sys(&format!("class/net/{device}/{attribute}")))
+    read_optional(&context.sys(&format!("class/net/{device}/{attribute}")))
         .map(|t| t.trim().to_owned())
         .unwrap_or_default()
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Context, read};
+use super::{Context, read, read_optional};
 use crate::exposition::{self, Families};
 
 /// `node_uname_info`.
@@ -61,8 +61,10 @@ fn os_version(version_id: &str) -> Option<f64> {
 /// `node_os_info` and `node_os_version` from os-release.
 pub(super) fn os(context: &Context, out: &mut Families) -> anyhow::Result<()> {
     let root = &context.config.rootfs;
-    let text =
-        read(&root.join("etc/os-release")).or_else(|_| read(&root.join("usr/lib/os-release")))?;
+    let text = match read_optional(&root.join("etc/os-release")) {
+        Some(text) => text,
+        None => read(&root.join("usr/lib/os-release"))?,
+    };
     let release = parse_os_release(&text);
     let get = |key: &str| release.get(key).map_or("", String::as_str);
     out.gauge(
@@ -127,7 +129,7 @@ pub(super) fn time(context: &Context, out: &mut Families) -> anyhow::Result<()> 
     sources.sort();
     for (device, name) in sources {
         let path = directory.join(&name);
-        if let Ok(available) = read(&path.join("available_clocksource")) {
+        if let Some(available) = read_optional(&path.join("available_clocksource")) {
             for source in available.split_ascii_whitespace() {
                 out.gauge(
                     "node_time_clocksource_available_info",
@@ -137,7 +139,7 @@ pub(super) fn time(context: &Context, out: &mut Families) -> anyhow::Result<()> 
                 );
             }
         }
-        if let Ok(current) = read(&path.join("current_clocksource")) {
+        if let Some(current) = read_optional(&path.join("current_clocksource")) {
             out.gauge(
                 "node_time_clocksource_current_info",
                 "Current clocksource read from '/sys/devices/system/clocksource'.",
