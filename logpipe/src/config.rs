@@ -154,6 +154,14 @@ impl PipelineConfig {
         crate::transforms::build(&self.transforms, &crate::metrics::Metrics::new())?;
         for (name, sink) in &self.sinks {
             TagPattern::parse(sink.pattern()).map_err(|e| format!("sinks.{name}.match: {e}"))?;
+            if let SinkConfig::Forward(forward) = sink
+                && !forward.address.contains(':')
+            {
+                return Err(format!(
+                    "sinks.{name}.address: {:?} is not HOST:PORT",
+                    forward.address
+                ));
+            }
         }
         Ok(())
     }

@@ -129,6 +129,12 @@ pub async fn start(
                 component,
                 shutdown.clone(),
             ))),
+            SinkConfig::Forward(forward) => done.push(tokio::spawn(sinks::forward::run(
+                forward.clone(),
+                rx,
+                component,
+                shutdown.clone(),
+            ))),
         }
     }
     let checkpoint = Arc::new(checkpoint);

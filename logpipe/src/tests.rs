@@ -951,3 +951,61 @@ async fn a_changed_configuration_is_reloaded_without_losing_or_repeating_lines()
     shutdown.cancel();
     reloading.done.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_sink_waits_for_its_receiver_and_delivers_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sender = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  out:\n    type: forward\n    address: 127.0.0.1:{port}\n    timeout_ms: 500\n    tag_prefix: edge\n",
+        root = dir.path().display()
+    );
+    let receiver = format!(
+        "sources:\n  fluent:\n    type: forward\n    listen: 127.0.0.1:{port}\nsinks:\n  index:\n    type: index\n    path: {root}/central\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+        root = dir.path().display()
+    );
+    append(
+        &path,
+        &(0..100)
+            .map(|n| cri(n, &format!("shipped{n}")))
+            .collect::<Vec<_>>(),
+    );
+    // nothing listens yet: the sink keeps the batch and tries again
+    let (sending, stop_sending) = start_text(&sender).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (receiving, stop_receiving) = start_text(&receiver).await;
+    assert_eq!(wait_for(&receiving, "", 100).await, 100);
+    let index = receiving.index.clone().unwrap();
+    let hit = &index.search(&request("shipped7")).unwrap().hits[0];
+    assert_eq!(
+        (
+            hit.namespace.as_str(),
+            hit.pod.as_str(),
+            hit.container.as_str()
+        ),
+        ("shop", "web-1", "nginx")
+    );
+    assert_eq!(hit.tag, "edge.kube.shop.web-1.nginx");
+    assert_eq!(hit.stream, "stdout");
+    assert_eq!(
+        hit.timestamp, "2026-11-23T05:00:07.000000007Z",
+        "nanoseconds kept"
+    );
+    let metrics = sending.metrics.render();
+    assert!(
+        metrics.contains(r#"error_type="send_failed""#),
+        "the refused attempts are counted: {metrics}"
+    );
+    // acknowledged once each: nothing twice
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(index.search(&request("")).unwrap().total, 100);
+    stop_sending.cancel();
+    sending.wait().await;
+    stop_receiving.cancel();
+    receiving.wait().await;
+}

@@ -2,6 +2,7 @@
 //! ends when its input ends (which is how the pipeline drains on shutdown).
 
 pub mod file;
+pub mod forward;
 
 use std::io::Write;
 
@@ -22,6 +23,8 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
     /// JSON lines appended to a file, synced, rotated by size.
     File(file::FileSinkConfig),
+    /// The fluent forward protocol, to fluentd, Fluent Bit or another pipeline.
+    Forward(forward::ForwardSinkConfig),
 }
 
 /// Configuration of the `stdout` sink.
@@ -45,6 +48,7 @@ impl SinkConfig {
             SinkConfig::Index(_) => "index",
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
+            SinkConfig::Forward(_) => "forward",
         }
     }
 
@@ -54,7 +58,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Index(IndexSinkConfig { pattern, .. })
             | SinkConfig::Stdout(StdoutSinkConfig { pattern })
-            | SinkConfig::File(file::FileSinkConfig { pattern, .. }) => pattern,
+            | SinkConfig::File(file::FileSinkConfig { pattern, .. })
+            | SinkConfig::Forward(forward::ForwardSinkConfig { pattern, .. }) => pattern,
         }
     }
 }
