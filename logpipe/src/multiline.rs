@@ -91,16 +91,16 @@ impl Rule {
         })
     }
 
-    /// Whether `line` continues a record whose first line is `first`.
+    /// Whether `line` continues a record whose first line is `first` and last line `last`.
     #[must_use]
-    pub fn continues(&self, first: &str, line: &str) -> bool {
+    pub fn continues(&self, first: &str, last: &str, line: &str) -> bool {
         match &self.kind {
             Kind::Start(start) => !start.is_match(line),
             Kind::Continuation(continuation) => continuation.is_match(line),
             Kind::Preset(Preset::Java, frames) => frames.is_match(line),
             Kind::Preset(Preset::Python, frames) => {
                 first.starts_with("Traceback (most recent call last):")
-                    && (frames.is_match(line) || exception_line(line))
+                    && python_continues(frames, last, line)
             }
             Kind::Preset(Preset::Go, frames) => {
                 (first.starts_with("panic: ") || first.starts_with("fatal error: "))
@@ -108,16 +108,26 @@ impl Rule {
             }
         }
     }
+}
 
-    /// Whether a record whose last line is `last` can take no more lines whatever comes (a
-    /// Python traceback ends with its exception line).
-    #[must_use]
-    pub fn complete(&self, first: &str, last: &str) -> bool {
-        matches!(self.kind, Kind::Preset(Preset::Python, _))
-            && first.starts_with("Traceback (most recent call last):")
-            && !last.starts_with(char::is_whitespace)
-            && exception_line(last)
+/// A Python traceback goes on through its indented frames to its exception line; after that
+/// only a chained traceback continues it (a blank line, "During handling of the above
+/// exception…" or "The above exception was the direct cause…", then the next `Traceback`).
+fn python_continues(frames: &Regex, last: &str, line: &str) -> bool {
+    let chain = |l: &str| {
+        l.starts_with("During handling of the above exception")
+            || l.starts_with("The above exception was the direct cause")
+    };
+    let blank = |l: &str| l.trim().is_empty();
+    if blank(last) || chain(last) {
+        return blank(line)
+            || chain(line)
+            || line.starts_with("Traceback (most recent call last):");
     }
+    if exception_line(last) && !last.starts_with(char::is_whitespace) {
+        return blank(line) || chain(line);
+    }
+    (frames.is_match(line) && !blank(line)) || exception_line(line)
 }
 
 impl Preset {
@@ -207,6 +217,15 @@ impl<T> Joined<T> {
     pub fn last(&self) -> &str {
         self.text.rsplit('\n').next().unwrap_or_default()
     }
+
+    /// Its text without the blank lines a rule let through at the end.
+    #[must_use]
+    pub fn into_text(self) -> String {
+        let mut text = self.text;
+        let kept = text.trim_end().len().max(self.first_len);
+        text.truncate(kept);
+        text
+    }
 }
 
 #[cfg(test)]
@@ -225,18 +244,17 @@ mod tests {
             match current.as_mut() {
                 Some(joined)
                     if joined.lines < rule.max_lines
-                        && !rule.complete(joined.first(), joined.last())
-                        && rule.continues(joined.first(), line) =>
+                        && rule.continues(joined.first(), joined.last(), line) =>
                 {
                     joined.push(line, (), usize::MAX);
                 }
                 _ => {
-                    out.extend(current.take().map(|j| j.text));
+                    out.extend(current.take().map(Joined::into_text));
                     current = Some(Joined::new((*line).to_owned(), ()));
                 }
             }
         }
-        out.extend(current.map(|j| j.text));
+        out.extend(current.map(Joined::into_text));
         out
     }
 
@@ -279,6 +297,33 @@ mod tests {
                 "  indented, but no traceback",
             ]
         );
+    }
+
+    #[test]
+    fn chained_python_tracebacks_stay_one_record() {
+        let rule = rule("parser: python");
+        let lines = [
+            "Traceback (most recent call last):",
+            "  File \"app.py\", line 3, in load",
+            "KeyError: 'price'",
+            "",
+            "During handling of the above exception, another exception occurred:",
+            "",
+            "Traceback (most recent call last):",
+            "  File \"app.py\", line 5, in <module>",
+            "ValueError: no price",
+            "",
+            "serving again",
+        ];
+        let records = group(&rule, &lines);
+        assert_eq!(records.len(), 2, "{records:#?}");
+        assert!(
+            records[0].ends_with("ValueError: no price"),
+            "{:?}",
+            records[0]
+        );
+        assert!(records[0].contains("During handling"));
+        assert_eq!(records[1], "serving again");
     }
 
     #[test]

@@ -187,7 +187,9 @@ async fn follow(
     shutdown: CancellationToken,
 ) {
     let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
-    let _watcher = watch(&path, changed_tx);
+    // (the sender kept here too: without a watcher, `recv` waits instead of ending at once)
+    let _watcher = watch(&path, changed_tx.clone());
+    let _keep = changed_tx;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -230,29 +232,50 @@ async fn follow(
                 running = Running { pipeline, run };
             }
             Err(error) => {
+                // whatever the failed start had set up (a bound port, a watch) goes with it
+                run.cancel();
                 tracing::error!(
                     error = format!("{error:#}"),
                     "the new configuration failed to start; starting the last good one again"
                 );
                 reloads.failed();
-                let run = shutdown.child_token();
-                match start(config.clone(), environment.clone(), run.clone()).await {
-                    Ok(pipeline) => {
-                        *current.write() = Current::of(&pipeline);
-                        running = Running { pipeline, run };
-                    }
-                    Err(error) => {
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            "the last good configuration failed to start again"
-                        );
-                        return;
-                    }
-                }
+                let Some(restarted) = restart(&config, &environment, &shutdown).await else {
+                    return;
+                };
+                *current.write() = Current::of(&restarted.pipeline);
+                running = restarted;
             }
         }
     }
     running.stop().await;
+}
+
+/// Starts `config` again, retrying with backoff (ports a failed start held are released
+/// asynchronously) until it starts or `shutdown`.
+async fn restart(
+    config: &PipelineConfig,
+    environment: &Environment,
+    shutdown: &CancellationToken,
+) -> Option<Running> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let run = shutdown.child_token();
+        match start(config.clone(), environment.clone(), run.clone()).await {
+            Ok(pipeline) => return Some(Running { pipeline, run }),
+            Err(error) => {
+                run.cancel();
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "the last good configuration failed to start again; retrying"
+                );
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Wakes `changed` when the file is written, created, renamed or removed; its directory is
@@ -263,7 +286,10 @@ fn watch(
     changed: tokio::sync::mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
-    let directory = path.parent()?.to_path_buf();
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let name = path.file_name()?.to_owned();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else {

@@ -929,6 +929,29 @@ async fn a_changed_configuration_is_reloaded_without_losing_or_repeating_lines()
         "the new transform runs"
     );
 
+    // a valid file whose pipeline cannot start (its port is taken): the last good one runs
+    // again, with nothing lost
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(
+        &config_path,
+        config(&format!(
+            "  api:\n    type: http\n    listen: 127.0.0.1:{port}\n"
+        )),
+    )
+    .unwrap();
+    for _ in 0..200 {
+        if metrics()
+            .await
+            .contains("logpipe_config_last_reload_successful 0")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    append(&path, &[cri(3, "back on the good one")]);
+    until("good", 1).await;
+
     // an invalid file is refused: the running pipeline carries on, the metric says so
     std::fs::write(&config_path, "sources: [oops").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -947,7 +970,8 @@ async fn a_changed_configuration_is_reloaded_without_losing_or_repeating_lines()
         text.contains("logpipe_component_received_events_total"),
         "the pipeline's own families"
     );
-    assert_eq!(count("").await, 1502, "nothing lost or repeated");
+    assert_eq!(count("").await, 1503, "nothing lost or repeated");
+    drop(taken);
     shutdown.cancel();
     reloading.done.await.unwrap();
 }

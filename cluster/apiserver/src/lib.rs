@@ -472,6 +472,7 @@ pub async fn run_with_storage(
     tokio::spawn(resource_metrics::sample(server.clone(), shutdown.clone()));
     tokio::spawn(storage_metrics::count_periodically(
         server.clone(),
+        storage.clone(),
         matches!(config.storage, StorageConfig::Embedded)
             .then(|| config.data_dir.join("storage").join("state.redb")),
         Duration::from_secs(60),

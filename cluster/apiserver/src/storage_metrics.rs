@@ -128,6 +128,10 @@ pub fn object_type(key: &str) -> String {
         .filter(|s| !s.is_empty());
     match (segments.next(), segments.next()) {
         (Some(group), Some(plural)) if group.contains('.') => format!("{plural}.{group}"),
+        // Kubernetes' historical key layout
+        (Some("services"), Some("endpoints")) => "endpoints".to_owned(),
+        (Some("services"), Some("specs")) => "services".to_owned(),
+        (Some("minions"), _) => "nodes".to_owned(),
         (Some(first), _) => first.to_owned(),
         _ => String::new(),
     }
@@ -205,15 +209,17 @@ impl Storage for Metered {
 }
 
 /// Recounts the stored objects of every served resource, and the embedded database's size,
-/// every `every` until `shutdown`.
+/// every `every` until `shutdown`. `storage` is the backend itself, so the recount does not
+/// show in the request metrics.
 pub async fn count_periodically(
     server: Arc<ApiServer>,
+    storage: Arc<dyn Storage>,
     database: Option<std::path::PathBuf>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        count(&server, database.as_deref()).await;
+        count(&server, storage.as_ref(), database.as_deref()).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
@@ -222,7 +228,7 @@ pub async fn count_periodically(
 }
 
 /// One recount (reads keys in pages, as a count-only etcd range would).
-pub async fn count(server: &ApiServer, database: Option<&std::path::Path>) {
+pub async fn count(server: &ApiServer, storage: &dyn Storage, database: Option<&std::path::Path>) {
     let metrics = &server.metrics.storage;
     let mut seen = std::collections::HashSet::new();
     for rt in server.registry.all() {
@@ -235,7 +241,7 @@ pub async fn count(server: &ApiServer, database: Option<&std::path::Path>) {
         } else {
             format!("{}.{}", rt.plural, rt.group)
         };
-        let counted = count_prefix(server.objects.storage().as_ref(), &rt.storage_prefix).await;
+        let counted = count_prefix(storage, &rt.storage_prefix).await;
         metrics
             .objects
             .with_label_values(&[&resource])
@@ -285,6 +291,15 @@ mod tests {
             "applications.gitops.kelson.dev"
         );
         assert_eq!(object_type(""), "");
+        assert_eq!(
+            object_type("/registry/services/endpoints/default/web"),
+            "endpoints"
+        );
+        assert_eq!(
+            object_type("/registry/services/specs/default/web"),
+            "services"
+        );
+        assert_eq!(object_type("/registry/minions/node-1"), "nodes");
     }
 
     #[tokio::test]

@@ -148,7 +148,10 @@ impl Metrics {
         });
         self.unfinished.with_label_values(&[name]).set(0.0);
         self.longest.with_label_values(&[name]).set(0.0);
-        self.queues.lock().push(queue.clone());
+        // a controller started again (leadership regained) replaces its queue
+        let mut queues = self.queues.lock();
+        queues.retain(|q| q.name != name);
+        queues.push(queue.clone());
         queue
     }
 

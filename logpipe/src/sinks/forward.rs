@@ -43,6 +43,10 @@ pub struct ForwardSinkConfig {
     /// Prefix added to every tag sent (`remote` sends `remote.kube.shop…`).
     #[serde(default)]
     pub tag_prefix: Option<String>,
+    /// Largest message sent, in bytes: a batch's events are split to stay under it (a
+    /// receiver closes the connection on larger ones; Fluent Bit's default buffer is 6 MB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 const fn default_require_ack() -> bool {
@@ -50,6 +54,9 @@ const fn default_require_ack() -> bool {
 }
 const fn default_timeout_ms() -> u64 {
     10_000
+}
+const fn default_max_message_bytes() -> usize {
+    4 << 20
 }
 
 /// EventTime: msgpack extension 0, seconds and nanoseconds as big-endian u32.
@@ -106,23 +113,34 @@ pub fn event_record(record: &LogRecord) -> Value {
     Value::Map(entries)
 }
 
-/// The Forward-mode messages of a batch, one per tag, with their chunk ids.
+/// The Forward-mode messages of a batch, one per tag (split to stay under `max_bytes`), with
+/// their chunk ids.
 fn messages(
     records: &[LogRecord],
     prefix: Option<&str>,
     require_ack: bool,
+    max_bytes: usize,
 ) -> Vec<(Option<String>, Vec<u8>)> {
-    let mut by_tag: Vec<(Arc<str>, Vec<Value>)> = Vec::new();
+    // (tag, events, their encoded size)
+    let mut by_tag: Vec<(Arc<str>, Vec<Value>, usize)> = Vec::new();
     for record in records {
         let event = Value::Array(vec![event_time(record.timestamp), event_record(record)]);
-        match by_tag.iter_mut().find(|(tag, _)| *tag == record.tag) {
-            Some((_, events)) => events.push(event),
-            None => by_tag.push((record.tag.clone(), vec![event])),
+        let mut size = Vec::new();
+        let _ = rmpv::encode::write_value(&mut size, &event);
+        let size = size.len();
+        match by_tag.iter_mut().rev().find(|(tag, events, bytes)| {
+            *tag == record.tag && (events.is_empty() || bytes + size <= max_bytes)
+        }) {
+            Some((_, events, bytes)) => {
+                events.push(event);
+                *bytes += size;
+            }
+            None => by_tag.push((record.tag.clone(), vec![event], size)),
         }
     }
     by_tag
         .into_iter()
-        .map(|(tag, events)| {
+        .map(|(tag, events, _)| {
             let tag = match prefix {
                 Some(prefix) => format!("{prefix}.{tag}"),
                 None => tag.to_string(),
@@ -214,12 +232,17 @@ pub(crate) async fn run(
             &batch.records,
             config.tag_prefix.as_deref(),
             config.require_ack,
+            config.max_message_bytes.max(1024),
         );
         let mut failures = 0u32;
         let mut next = 0;
         while next < messages.len() {
             let (chunk, bytes) = &messages[next];
-            match deliver(&mut connection, &config, chunk.as_deref(), bytes).await {
+            let sent = tokio::select! {
+                sent = deliver(&mut connection, &config, chunk.as_deref(), bytes) => sent,
+                () = shutdown.cancelled(), if failures > 0 => Err("shutting down".to_owned()),
+            };
+            match sent {
                 Ok(()) => {
                     next += 1;
                     failures = 0;
@@ -242,7 +265,10 @@ pub(crate) async fn run(
                 metrics.discarded("shutdown", batch.records.len() as u64);
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100 << failures.min(6))).await;
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_millis(100 << failures.min(6))) => {}
+            }
         }
         if next == messages.len() {
             metrics.sent(batch.records.len() as u64);
@@ -275,8 +301,30 @@ mod tests {
             json,
             r#"{"log": "GET / 200", "stream": "stdout", "level": "info", "status": "200", "kubernetes": {"namespace_name": "shop", "pod_name": "web", "container_name": "nginx", "host": "n1", "labels": {"app": "web"}}}"#
         );
-        let sent = messages(&[record.clone(), record], Some("remote"), true);
+        let sent = messages(
+            &[record.clone(), record.clone()],
+            Some("remote"),
+            true,
+            1 << 20,
+        );
         assert_eq!(sent.len(), 1, "one message per tag");
+        // a size cap splits a tag's events over several messages, each with its own chunk
+        let many = vec![record; 10];
+        let split = messages(&many, None, true, 400);
+        assert!(split.len() > 1, "{}", split.len());
+        assert!(split.iter().all(|(_, bytes)| bytes.len() < 600));
+        let chunks: std::collections::HashSet<_> = split.iter().map(|(c, _)| c.clone()).collect();
+        assert_eq!(chunks.len(), split.len());
+        let events: usize = split
+            .iter()
+            .map(|(_, b)| {
+                rmpv::decode::read_value(&mut b.as_slice()).unwrap()[1]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(events, 10);
         let (chunk, bytes) = &sent[0];
         let value = rmpv::decode::read_value(&mut bytes.as_slice()).unwrap();
         assert_eq!(value[0].as_str(), Some("remote.kube.shop.web.nginx"));

@@ -663,8 +663,7 @@ fn line_to_record(
         let (_, joined_stream, _) = joined.state;
         if joined_stream == stream
             && joined.lines < rule.max_lines
-            && !rule.complete(joined.first(), joined.last())
-            && rule.continues(joined.first(), &text)
+            && rule.continues(joined.first(), joined.last(), &text)
         {
             let time = joined.state.0;
             if !joined.push(&text, (time, stream, offset), config.max_line_bytes) {
@@ -687,7 +686,15 @@ fn emit(
     batch: &mut Batch,
 ) {
     let (timestamp, stream, offset) = joined.state;
-    push_record(followed, joined.text, timestamp, stream, offset, cx, batch);
+    push_record(
+        followed,
+        joined.into_text(),
+        timestamp,
+        stream,
+        offset,
+        cx,
+        batch,
+    );
 }
 
 fn push_record(

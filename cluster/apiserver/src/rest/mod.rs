@@ -297,8 +297,14 @@ async fn handle_in(
             }
             crate::proxy::Target::Node { .. } => ("nodes", "proxy".to_owned(), "resource"),
         };
+        // logs are reads (GET pods/log), as kube-apiserver counts them; the rest connect
+        let verb = if subresource == "log" {
+            "get"
+        } else {
+            "connect"
+        };
         let info = RequestInfo {
-            verb: "connect",
+            verb,
             version: "v1".into(),
             resource: resource.into(),
             subresource,
@@ -451,7 +457,12 @@ async fn resource(
                 .is_some_and(|v| v.starts_with("application/apply-patch")),
     };
     let Some(rt) = server.registry.lookup(group, version, &request.resource) else {
-        return (info, Err(ApiError::no_route()));
+        // labels only from what is served: paths must not mint series
+        let unknown = RequestInfo {
+            verb: info.verb,
+            ..RequestInfo::default()
+        };
+        return (unknown, Err(ApiError::no_route()));
     };
     if request.namespace.is_some() && !rt.namespaced {
         return (info, Err(ApiError::no_route()));
