@@ -16,6 +16,7 @@ pub mod kubernetes;
 pub mod loki_api;
 pub mod metrics;
 pub mod multiline;
+pub mod positions;
 pub mod record;
 pub mod reload;
 pub mod sinks;
@@ -137,6 +138,19 @@ pub async fn start(
             ))),
         }
     }
+    // without an index, positions are kept beside the pipeline's data
+    let tails = config
+        .sources
+        .values()
+        .any(|s| matches!(s, sources::SourceConfig::Tail(_)));
+    let positions = if index.is_none() && tails && !data_dir.as_os_str().is_empty() {
+        std::fs::create_dir_all(&data_dir)?;
+        let (positions, saved) = positions::Positions::open(data_dir.join("positions.json"));
+        checkpoint = saved;
+        Some(positions)
+    } else {
+        None
+    };
     let checkpoint = Arc::new(checkpoint);
     let pods = environment.client.clone().map(|client| {
         let cache = kubernetes::PodCache::default();
@@ -160,6 +174,7 @@ pub async fn start(
             node: node.clone(),
             pods: pods.clone(),
             client: environment.client.clone(),
+            positions: positions.clone(),
         };
         if let Some(address) = sources::start(id, source, cx).await? {
             listening.insert(id.clone(), address);

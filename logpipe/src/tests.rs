@@ -1033,3 +1033,58 @@ async fn the_forward_sink_waits_for_its_receiver_and_delivers_with_metadata() {
     stop_receiving.cancel();
     receiving.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_index_positions_are_kept_so_a_restart_sends_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let archive = dir.path().join("archive.ndjson");
+    let text = format!(
+        "data_dir: {root}/data\nsources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  archive:\n    type: file\n    path: {archive}\n",
+        root = dir.path().display(),
+        archive = archive.display()
+    );
+    let lines = |range: std::ops::Range<usize>| {
+        range
+            .map(|n| cri(n, &format!("kept{n}")))
+            .collect::<Vec<_>>()
+    };
+    let archived = || {
+        std::fs::read_to_string(&archive)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let until = |want: usize| async move {
+        for _ in 0..200 {
+            if archived() >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        archived()
+    };
+    append(&path, &lines(0..300));
+    let (pipeline, shutdown) = start_text(&text).await;
+    assert_eq!(until(300).await, 300);
+    // the positions are saved once the file sink has synced
+    let saved = dir.path().join("data/positions.json");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&saved).is_ok_and(|t| t.contains(":")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    pipeline.wait().await;
+    append(&path, &lines(300..400));
+    let (pipeline, shutdown) = start_text(&text).await;
+    assert_eq!(until(400).await, 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(archived(), 400, "nothing sent twice after the restart");
+    let content = std::fs::read_to_string(&archive).unwrap();
+    assert_eq!(content.matches("\"kept0\"").count(), 1);
+    assert_eq!(content.matches("\"kept399\"").count(), 1);
+    shutdown.cancel();
+    pipeline.wait().await;
+}

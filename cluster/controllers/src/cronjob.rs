@@ -371,6 +371,19 @@ pub async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Shared>) -> Result<Action
         last_schedule = Some(scheduled);
     }
 
+    // The newest run a Job records: the status read from a cache that has not seen this
+    // controller's own last write must not move lastScheduleTime back.
+    let newest_run = owned
+        .iter()
+        .filter_map(|j| {
+            j.annotations()
+                .get(SCHEDULED_ANNOTATION)?
+                .parse::<Timestamp>()
+                .ok()
+        })
+        .max();
+    last_schedule = last_schedule.max(newest_run);
+
     // history limits
     let live: Vec<&Job> = owned
         .iter()

@@ -68,6 +68,8 @@ pub(crate) struct SourceContext {
     pub pods: Option<PodCache>,
     /// A client of the cluster, when there is one.
     pub client: Option<kube::Client>,
+    /// Where a source that reads files keeps its positions when no index does.
+    pub positions: Option<Arc<crate::positions::Positions>>,
 }
 
 impl SourceContext {

@@ -487,7 +487,10 @@ impl Tail {
         {
             return true;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        if let Some(positions) = &cx.positions {
+            positions.track(&mut batch);
+        }
         let (records, bytes) = (batch.records.len() as u64, batch.bytes);
         cx.metrics.received(records, bytes);
         let sent = cx.out.blocking_send(batch).is_ok();
