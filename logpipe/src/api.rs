@@ -216,21 +216,6 @@ async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
-/// Serves the API on `listener` until `shutdown`.
-///
-/// # Errors
-/// When serving fails.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    index: Option<Arc<LogIndex>>,
-    metrics: Metrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(index, metrics))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

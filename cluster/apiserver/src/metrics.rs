@@ -136,13 +136,29 @@ impl Metrics {
             self.duration
                 .with_label_values(&values[..8])
                 .observe(seconds);
-            let sli: Vec<&str> = values[..8]
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != 1)
-                .map(|(_, v)| *v)
-                .collect();
-            self.sli_duration.with_label_values(&sli).observe(seconds);
+            // SLI_LABELS: the same without dry_run
+            let [
+                verb,
+                _,
+                group,
+                version,
+                resource,
+                subresource,
+                scope,
+                component,
+                _,
+            ] = values;
+            self.sli_duration
+                .with_label_values(&[
+                    verb,
+                    group,
+                    version,
+                    resource,
+                    subresource,
+                    scope,
+                    component,
+                ])
+                .observe(seconds);
         }
     }
 

@@ -375,6 +375,11 @@ mod tests {
             .unwrap_or_else(|| panic!("{line} missing from\n{text}"))
     }
 
+    /// The sample of `family` for queue `queue`.
+    fn of(text: &str, family: &str, queue: &str) -> f64 {
+        sample(text, &format!("{family}{{name=\"{queue}\"}}"))
+    }
+
     fn key(name: &str) -> Key {
         (Some("default".to_owned()), name.to_owned())
     }
@@ -387,54 +392,41 @@ mod tests {
         queue.add(key("web"));
         queue.add(key("api"));
         let text = metrics.render();
-        assert_eq!(
-            sample(&text, "workqueue_adds_total{name=\"deployment\"}"),
-            2.0
-        );
-        assert_eq!(sample(&text, "workqueue_depth{name=\"deployment\"}"), 2.0);
+        assert_eq!(of(&text, "workqueue_adds_total", "deployment"), 2.0);
+        assert_eq!(of(&text, "workqueue_depth", "deployment"), 2.0);
 
         queue.start(key("web"));
         queue.add(key("web"));
         let text = metrics.render();
-        assert_eq!(sample(&text, "workqueue_depth{name=\"deployment\"}"), 2.0);
-        assert_eq!(
-            sample(&text, "workqueue_adds_total{name=\"deployment\"}"),
-            3.0
-        );
+        assert_eq!(of(&text, "workqueue_depth", "deployment"), 2.0);
+        assert_eq!(of(&text, "workqueue_adds_total", "deployment"), 3.0);
         assert!(
-            sample(
+            of(
                 &text,
-                "workqueue_longest_running_processor_seconds{name=\"deployment\"}"
+                "workqueue_longest_running_processor_seconds",
+                "deployment"
             ) >= 0.0
         );
 
         queue.finish(&key("web"), true);
         queue.forget(&key("api"));
         let text = metrics.render();
-        assert_eq!(sample(&text, "workqueue_depth{name=\"deployment\"}"), 1.0);
+        assert_eq!(of(&text, "workqueue_depth", "deployment"), 1.0);
+        assert_eq!(of(&text, "workqueue_retries_total", "deployment"), 1.0);
         assert_eq!(
-            sample(&text, "workqueue_retries_total{name=\"deployment\"}"),
+            of(&text, "workqueue_work_duration_seconds_count", "deployment"),
             1.0
         );
         assert_eq!(
-            sample(
+            of(
                 &text,
-                "workqueue_work_duration_seconds_count{name=\"deployment\"}"
+                "workqueue_queue_duration_seconds_count",
+                "deployment"
             ),
             1.0
         );
         assert_eq!(
-            sample(
-                &text,
-                "workqueue_queue_duration_seconds_count{name=\"deployment\"}"
-            ),
-            1.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                "workqueue_unfinished_work_seconds{name=\"deployment\"}"
-            ),
+            of(&text, "workqueue_unfinished_work_seconds", "deployment"),
             0.0
         );
     }
@@ -445,21 +437,15 @@ mod tests {
         let queue = metrics.queue("cronjob");
         queue.start(key("nightly"));
         let text = metrics.render();
-        assert_eq!(sample(&text, "workqueue_adds_total{name=\"cronjob\"}"), 1.0);
-        assert_eq!(sample(&text, "workqueue_depth{name=\"cronjob\"}"), 0.0);
-        assert!(sample(&text, "workqueue_unfinished_work_seconds{name=\"cronjob\"}") >= 0.0);
+        assert_eq!(of(&text, "workqueue_adds_total", "cronjob"), 1.0);
+        assert_eq!(of(&text, "workqueue_depth", "cronjob"), 0.0);
+        assert!(of(&text, "workqueue_unfinished_work_seconds", "cronjob") >= 0.0);
         assert_eq!(
-            sample(
-                &text,
-                "workqueue_queue_duration_seconds_sum{name=\"cronjob\"}"
-            ),
+            of(&text, "workqueue_queue_duration_seconds_sum", "cronjob"),
             0.0
         );
         assert_eq!(
-            sample(
-                &text,
-                "workqueue_queue_duration_seconds_count{name=\"cronjob\"}"
-            ),
+            of(&text, "workqueue_queue_duration_seconds_count", "cronjob"),
             1.0
         );
     }
@@ -487,21 +473,12 @@ mod tests {
         assert!(reconcile(named("good"), Arc::new(())).await.is_ok());
         assert!(reconcile(named("bad"), Arc::new(())).await.is_err());
         let text = metrics.render();
+        assert_eq!(of(&text, "workqueue_adds_total", "deployment"), 2.0);
+        assert_eq!(of(&text, "workqueue_retries_total", "deployment"), 1.0);
         assert_eq!(
-            sample(&text, "workqueue_adds_total{name=\"deployment\"}"),
+            of(&text, "workqueue_work_duration_seconds_count", "deployment"),
             2.0
         );
-        assert_eq!(
-            sample(&text, "workqueue_retries_total{name=\"deployment\"}"),
-            1.0
-        );
-        assert_eq!(
-            sample(
-                &text,
-                "workqueue_work_duration_seconds_count{name=\"deployment\"}"
-            ),
-            2.0
-        );
-        assert_eq!(sample(&text, "workqueue_depth{name=\"deployment\"}"), 0.0);
+        assert_eq!(of(&text, "workqueue_depth", "deployment"), 0.0);
     }
 }
