@@ -1312,3 +1312,91 @@ fn a_sync_wave_waits_until_the_previous_one_is_healthy() {
         "wave 1 was applied {gap} s after wave 0, before its pods were ready"
     );
 }
+
+#[test]
+fn an_application_syncs_as_its_service_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start_server(dir.path(), "server", &[]);
+    let k = Kubectl::new(33, &server.kubeconfig());
+    for namespace in ["team", "other"] {
+        k.ok(&["create", "namespace", namespace]);
+    }
+    k.ok(&["create", "serviceaccount", "deployer", "-n", "team"]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "deployer-edit",
+        "--clusterrole=edit",
+        "--serviceaccount=team:deployer",
+        "-n",
+        "team",
+    ]);
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write(
+        "app/mine.yaml",
+        &configmap("mine").replace("hooked", "mine"),
+    );
+    repo.write(
+        "app/theirs.yaml",
+        &configmap("theirs")
+            .replace("hooked", "theirs")
+            .replace("metadata:\n", "metadata:\n  namespace: other\n"),
+    );
+    repo.commit("A ConfigMap here and one in a namespace the team may not touch");
+    let app = application("team-app", &repo.origin, "app", true)
+        .replace("  namespace: default\n", "  namespace: team\n")
+        .replace(
+            "    path: app\n",
+            "    path: app\n  destination: {namespace: team}\n  serviceAccountName: deployer\n",
+        );
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    let message = wait_for(
+        &k,
+        "the sync refused as the service account",
+        &[
+            "get",
+            "app",
+            "team-app",
+            "-n",
+            "team",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
+        ],
+        |t| t.contains("forbidden"),
+    );
+    assert!(
+        message.contains("User \"system:serviceaccount:team:deployer\" cannot"),
+        "{message}"
+    );
+    assert!(message.contains("\"other\""), "{message}");
+    assert!(
+        !k.run(&["get", "configmap", "theirs", "-n", "other"], None)
+            .status
+            .success(),
+        "nothing is written where the account may not write"
+    );
+    // within what the account may do, the sync goes through
+    repo.remove("app/theirs.yaml");
+    let sha = repo.commit("Only our own namespace");
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "application/team-app",
+        "-n",
+        "team",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "app",
+            "team-app",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.status.lastAppliedRevision}"
+        ]),
+        sha
+    );
+    k.ok(&["get", "configmap", "mine", "-n", "team"]);
+}

@@ -578,11 +578,10 @@ fn pods_run_on_containerd() {
                 "--insecure-skip-tls-verify",
                 "--token",
                 token,
-                "get",
-                "serviceaccount",
-                "default",
+                "auth",
+                "whoami",
                 "-o",
-                "name",
+                "jsonpath={.status.userInfo.username}",
             ],
             None,
         )
@@ -595,7 +594,7 @@ fn pods_run_on_containerd() {
     );
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
-        "serviceaccount/default\n"
+        "system:serviceaccount:default:default"
     );
     let created = kubectl.ok(&["create", "token", "default", "--duration=10m"]);
     assert!(as_token(created.trim()).status.success());

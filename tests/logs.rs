@@ -766,6 +766,43 @@ fn a_query_through_the_api_server_covers_every_node() {
     assert_eq!(merged["total"], 3, "{merged}");
     assert_eq!(merged["hits"].as_array().unwrap().len(), 1, "{merged}");
     assert_eq!(merged["hits"][0], hits[1], "{merged}");
+
+    // reading logs needs `get pods/log`: a user granted it in one namespace sees that
+    // namespace's lines only, and is refused the rest
+    kubectl.ok(&[
+        "create",
+        "rolebinding",
+        "ann-view",
+        "--clusterrole=view",
+        "--user=ann",
+        "-n",
+        "default",
+    ]);
+    let search = format!("/kelson/v1/logs/search?query={marker}");
+    let narrowed: serde_json::Value =
+        serde_json::from_str(&kubectl.ok(&["get", "--raw", &search, "--as=ann"])).unwrap();
+    assert_eq!(narrowed["total"], 1, "{narrowed}");
+    assert_eq!(narrowed["hits"][0]["namespace"], "default", "{narrowed}");
+    let refused = kubectl.fails(
+        &[
+            "get",
+            "--raw",
+            &format!("{search}&namespace=kube-system"),
+            "--as=ann",
+        ],
+        None,
+    );
+    assert!(
+        refused.contains(
+            "cannot get resource \"pods/log\" in API group \"\" in the namespace \"kube-system\""
+        ),
+        "{refused}"
+    );
+    let refused = kubectl.fails(&["get", "--raw", &search, "--as=bob"], None);
+    assert!(
+        refused.contains("Forbidden") || refused.contains("forbidden"),
+        "{refused}"
+    );
 }
 
 #[test]

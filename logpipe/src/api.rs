@@ -3,7 +3,8 @@
 //!   `level:error`-style field terms too), `namespace`, `pod`, `container`, `node`, `stream`,
 //!   `level`, `selector` (labels, `app=web,tier=front`), `fields` (the source's other
 //!   attributes, `host=web-1,ident=nginx`), `since` (`15m`, `1h`), `start`/`end`
-//!   (RFC 3339 or ns since the epoch), `limit` (default 100), `offset`;
+//!   (RFC 3339 or ns since the epoch), `limit` (default 100), `offset`, `namespaces` (any of
+//!   these, comma-separated);
 //! - `GET /api/v1/histogram` — the same filters plus `interval` (`1m`): counts per interval;
 //! - `GET /metrics` — the pipeline's own metrics; `GET /healthz`;
 //! - Loki's query API (`/loki/api/v1/...`, see [`crate::loki_api`]) for Grafana.
@@ -20,7 +21,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::index::LogIndex;
-use crate::index::query::{QueryError, SearchRequest};
+use crate::index::query::{Clause, QueryError, SearchRequest};
 use crate::metrics::Metrics;
 
 /// Most lines one page may ask for.
@@ -112,6 +113,17 @@ pub fn request_from_params(params: &[(String, String)]) -> Result<SearchRequest,
                     request.filters.push((name.clone(), value.clone()));
                 }
             }
+            // any of these namespaces (what the API server narrows a query to for users who
+            // may read the logs of some namespaces only)
+            "namespaces" => request.clauses.push(Clause::OneOf {
+                field: "namespace".into(),
+                values: value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
             "selector" | "fields" => {
                 for term in value.split(',').filter(|t| !t.trim().is_empty()) {
                     let (key, value) = term

@@ -132,6 +132,20 @@ async fn lines_are_searchable_with_their_pod() {
     assert_eq!(index.search(&filtered).unwrap().total, 1);
     filtered.filters = vec![("pod".into(), "web-2".into())];
     assert_eq!(index.search(&filtered).unwrap().total, 0);
+    // `namespaces`: any of them (how the API server narrows a user's query)
+    let everything = index.search(&request("")).unwrap().total;
+    let narrowed = |list: &str| {
+        let mut params = vec![("namespaces".to_owned(), list.to_owned())];
+        params.push(("query".to_owned(), String::new()));
+        let request = crate::api::request_from_params(&params).unwrap();
+        index.search(&request).unwrap().total
+    };
+    let in_shop = narrowed("shop");
+    assert!(in_shop > 0);
+    assert_eq!(narrowed("elsewhere,shop"), in_shop);
+    assert_eq!(narrowed("elsewhere"), 0);
+    assert_eq!(narrowed(""), 0, "no namespace granted: no line");
+    assert!(in_shop <= everything);
     assert_eq!(index.search(&request("junk")).unwrap().total, 1);
     assert_eq!(
         index.search(&request("utf8")).unwrap().hits[0].message,

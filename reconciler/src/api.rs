@@ -74,6 +74,11 @@ pub struct ApplicationSpec {
     /// Applications in the same namespace that must be Ready before this one syncs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// A ServiceAccount of the Application's namespace to sync as: every dry run, apply, prune
+    /// and health check impersonates `system:serviceaccount:NAMESPACE:NAME`, so the sync can do
+    /// only what RBAC grants that account (default: the reconciler's own identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 /// Fields of matching objects to leave alone.

@@ -94,6 +94,8 @@ pub struct Context {
     home: Arc<Target>,
     /// Other clusters Applications deploy to, by the digest of their kubeconfig.
     remotes: Mutex<HashMap<String, Arc<Target>>>,
+    /// Targets acting as a ServiceAccount, by cluster target and user.
+    impersonated: Mutex<HashMap<(usize, String), Arc<Target>>>,
     sources: Sources,
     audit: AuditLog,
     recorder: Recorder,
@@ -110,7 +112,7 @@ pub struct Context {
 /// A cluster objects are applied to: its kinds and the watches of its managed objects.
 struct Target {
     kinds: Kinds,
-    drift: DriftWatches,
+    drift: Arc<DriftWatches>,
 }
 
 impl Target {
@@ -121,14 +123,40 @@ impl Target {
     ) -> Arc<Self> {
         Arc::new(Self {
             kinds: Kinds::new(client.clone()),
-            drift: DriftWatches {
+            drift: Arc::new(DriftWatches {
                 client,
                 watching: Mutex::new(HashSet::new()),
                 trigger,
                 shutdown,
-            },
+            }),
         })
     }
+
+    /// The same cluster, acting as `user` (drift is still watched with this target's own
+    /// client: the watches only wake Applications).
+    fn impersonating(&self, user: &str) -> Arc<Self> {
+        Arc::new(Self {
+            kinds: Kinds::new(impersonating(self.kinds.client(), user)),
+            drift: self.drift.clone(),
+        })
+    }
+}
+
+/// A client that sends every request of `client` as `user` (`Impersonate-User`): the API
+/// server checks that `client` may impersonate, then authorizes each request as `user`.
+fn impersonating(client: &Client, user: &str) -> Client {
+    let base = client.clone();
+    let value = http::HeaderValue::from_str(user).ok();
+    let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
+        let base = base.clone();
+        if let Some(value) = &value {
+            request
+                .headers_mut()
+                .insert("impersonate-user", value.clone());
+        }
+        async move { base.send(request).await }
+    });
+    Client::new(service, client.default_namespace().to_owned())
 }
 
 impl Context {
@@ -146,6 +174,7 @@ impl Context {
         Ok(Self {
             home: Target::new(client.clone(), trigger, shutdown),
             remotes: Mutex::new(HashMap::new()),
+            impersonated: Mutex::new(HashMap::new()),
             sources: Sources::new(config.data_dir.join("repositories")),
             audit: AuditLog::open(config.audit_path())?,
             recorder: Recorder::new(
@@ -420,9 +449,33 @@ impl Context {
         Ok(manifests)
     }
 
+    /// The cluster `app` deploys to, as the identity it syncs as: its ServiceAccount when it
+    /// names one, else the reconciler's.
+    async fn target_for(&self, app: &Application) -> Result<Arc<Target>, String> {
+        let cluster = self.cluster_for(app).await?;
+        let Some(account) = app
+            .spec
+            .service_account_name
+            .as_deref()
+            .filter(|a| !a.is_empty())
+        else {
+            return Ok(cluster);
+        };
+        let user = format!(
+            "system:serviceaccount:{}:{account}",
+            app.namespace().unwrap_or_default()
+        );
+        let key = (Arc::as_ptr(&cluster).addr(), user);
+        let mut impersonated = self.impersonated.lock();
+        let target = impersonated
+            .entry(key)
+            .or_insert_with_key(|(_, user)| cluster.impersonating(user));
+        Ok(target.clone())
+    }
+
     /// The cluster `app` deploys to: this one, or the one of the kubeconfig in the Secret its
     /// destination names (clients cached by the kubeconfig's digest).
-    async fn target_for(&self, app: &Application) -> Result<Arc<Target>, String> {
+    async fn cluster_for(&self, app: &Application) -> Result<Arc<Target>, String> {
         let Some(reference) = &app.spec.destination.kube_config else {
             return Ok(self.home.clone());
         };

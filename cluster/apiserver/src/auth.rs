@@ -1,6 +1,7 @@
-//! Authentication: TLS client certificates (CN = user, O = groups) and bearer tokens from the
-//! static token file. Everything authenticated is allowed for now (RBAC comes later); requests
-//! without credentials get 401, except the public health and version endpoints.
+//! Authentication: TLS client certificates (CN = user, O = groups), bearer tokens from the
+//! static token file and service-account tokens; then impersonation (`Impersonate-User`,
+//! `Impersonate-Group` headers) when the caller may impersonate. Requests without credentials
+//! are anonymous (`system:anonymous`); what anyone may do is decided by [`crate::rbac`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -125,6 +126,16 @@ pub fn authenticate(server: &ApiServer, parts: &http::request::Parts) -> Option<
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))?
         .trim();
+    user_of_token(server, token)
+}
+
+/// The user a bearer token stands for: one of the static tokens or a valid service-account
+/// token.
+#[must_use]
+pub fn user_of_token(server: &ApiServer, token: &str) -> Option<User> {
+    if token.is_empty() {
+        return None;
+    }
     if let Some(user) = server.tokens.read().get(token) {
         return Some(user.clone());
     }
@@ -136,6 +147,93 @@ pub fn authenticate(server: &ApiServer, parts: &http::request::Parts) -> Option<
             .map(|claims| crate::serviceaccount::user_of(&claims));
     }
     None
+}
+
+/// The user a request acts as: `user`, or whom its `Impersonate-*` headers name when `user` may
+/// impersonate them (`impersonate` on users, groups, serviceaccounts, uids and userextras, as
+/// Kubernetes checks it).
+///
+/// # Errors
+/// 403 when `user` may not impersonate what the headers name, 400 for groups without a user.
+pub fn impersonate(
+    server: &ApiServer,
+    user: User,
+    headers: &http::HeaderMap,
+) -> Result<User, crate::error::ApiError> {
+    use crate::rbac::Attributes;
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    let name = values("impersonate-user").first().map(|n| (*n).to_owned());
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid");
+    let extras: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(key, value)| {
+            let key = key.as_str().strip_prefix("impersonate-extra-")?;
+            Some((key, value.to_str().ok()?))
+        })
+        .collect();
+    let Some(name) = name else {
+        if groups.is_empty() && uid.is_empty() && extras.is_empty() {
+            return Ok(user);
+        }
+        return Err(crate::error::ApiError::bad_request(
+            "requested impersonation of groups, a uid or extra fields without impersonating a user",
+        ));
+    };
+    let account = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'));
+    let asked = match account {
+        Some((namespace, account)) => {
+            Attributes::resource("impersonate", "", "serviceaccounts", "", namespace, account)
+        }
+        None => Attributes::resource("impersonate", "", "users", "", "", &name),
+    };
+    server.authorizer.check(&user, &asked)?;
+    for group in &groups {
+        server.authorizer.check(
+            &user,
+            &Attributes::resource("impersonate", "", "groups", "", "", group),
+        )?;
+    }
+    for uid in &uid {
+        server.authorizer.check(
+            &user,
+            &Attributes::resource("impersonate", "authentication.k8s.io", "uids", "", "", uid),
+        )?;
+    }
+    for (key, value) in &extras {
+        server.authorizer.check(
+            &user,
+            &Attributes::resource(
+                "impersonate",
+                "authentication.k8s.io",
+                "userextras",
+                key,
+                "",
+                value,
+            ),
+        )?;
+    }
+    let mut groups: Vec<String> = groups.into_iter().map(str::to_owned).collect();
+    if let Some((namespace, _)) = account
+        && groups.is_empty()
+    {
+        groups = vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+        ];
+    }
+    if name == "system:anonymous" {
+        return Ok(User { name, groups });
+    }
+    Ok(User::new(name, groups))
 }
 
 #[cfg(test)]

@@ -227,6 +227,7 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
             scale,
             printer_columns,
             custom: true,
+            review: false,
         });
     }
     types

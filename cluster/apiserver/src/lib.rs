@@ -25,6 +25,7 @@ pub mod pki;
 pub mod prometheus_sd;
 pub mod protobuf;
 pub mod proxy;
+pub mod rbac;
 pub mod registry;
 pub mod resource_metrics;
 pub mod rest;
@@ -141,6 +142,8 @@ pub struct ApiServer {
     pub resource_metrics: resource_metrics::ResourceMetrics,
     /// Where Service addresses come from.
     pub service_ranges: RwLock<services::Ranges>,
+    /// Decides what each user may do (RBAC).
+    pub authorizer: rbac::Authorizer,
 }
 
 impl ApiServer {
@@ -164,6 +167,7 @@ impl ApiServer {
             token_issuer: RwLock::new(None),
             resource_metrics: resource_metrics::ResourceMetrics::default(),
             service_ranges: RwLock::new(services::Ranges::default()),
+            authorizer: rbac::Authorizer::default(),
         })
     }
 
@@ -257,6 +261,21 @@ impl ApiServer {
             });
             self.create_missing(&priority_classes, object).await?;
         }
+        for (plural, objects) in [
+            ("clusterroles", rbac::bootstrap::cluster_roles()),
+            (
+                "clusterrolebindings",
+                rbac::bootstrap::cluster_role_bindings(),
+            ),
+        ] {
+            let rt = self
+                .registry
+                .lookup("rbac.authorization.k8s.io", "v1", plural)
+                .expect("built in");
+            for object in objects {
+                self.ensure_default(&rt, object).await?;
+            }
+        }
         let crds = self
             .registry
             .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
@@ -271,15 +290,63 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Creates a default RBAC object, or puts its shipped rules back (see [`rbac::bootstrap`]).
+    async fn ensure_default(
+        &self,
+        rt: &registry::ResourceType,
+        shipped: serde_json::Value,
+    ) -> Result<(), error::ApiError> {
+        let name = meta::name(&shipped).to_owned();
+        let Some(mut stored) = self.objects.try_get(rt, None, &name).await? else {
+            return self.create_missing(rt, shipped).await;
+        };
+        if !rbac::bootstrap::needs_update(&stored, &shipped) {
+            return Ok(());
+        }
+        let revision = meta::meta_str(&stored, "resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_default();
+        for field in ["rules", "aggregationRule", "roleRef", "subjects"] {
+            if let Some(value) = shipped.get(field) {
+                stored[field] = value.clone();
+            }
+        }
+        match self.objects.update(rt, stored, revision).await {
+            Ok(_) => Ok(()),
+            // another server put it back first
+            Err(error) if error.code == 409 => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Side effects of a stored write.
     pub async fn after_write(self: &Arc<Self>, rt: &ResourceType, object: &serde_json::Value) {
+        if rt.group == "rbac.authorization.k8s.io" {
+            self.rbac_written(rt, object).await;
+        }
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             crd::register(self, object).await;
         }
     }
 
+    /// Returns once the authorizer has seen a write of an RBAC object.
+    async fn rbac_written(&self, rt: &ResourceType, object: &serde_json::Value) {
+        let key = rt.key(meta::namespace(object), meta::name(object));
+        if let Some(revision) =
+            meta::meta_str(object, "resourceVersion").and_then(|r| r.parse().ok())
+        {
+            rbac::written(self, &key, revision).await;
+        }
+    }
+
     /// Side effects of a completed delete.
     pub async fn after_delete(self: &Arc<Self>, rt: &ResourceType, object: &serde_json::Value) {
+        if rt.group == "rbac.authorization.k8s.io"
+            && let Ok(revision) = self.objects.storage().current_revision().await
+        {
+            let key = rt.key(meta::namespace(object), meta::name(object));
+            rbac::written(self, &key, revision).await;
+        }
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             crd::unregister(self, object).await;
         }
@@ -420,6 +487,13 @@ pub async fn run_with_storage(
         what: "bootstrap failed".into(),
         source: std::io::Error::other(e.message),
     })?;
+    let rbac_revision = server.authorizer.load(storage.as_ref()).await?;
+    tokio::spawn(rbac::Authorizer::follow(
+        server.clone(),
+        storage.clone(),
+        rbac_revision,
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

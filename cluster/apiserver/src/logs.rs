@@ -3,6 +3,10 @@
 //! kubelet client certificate) and merge the answers — hits newest first across nodes, totals
 //! and histogram buckets summed. A node that does not answer is listed under `errors` and the
 //! others still count, as a partial result; a query a node rejects (400) is rejected.
+//!
+//! Reading logs needs what `kubectl logs` needs: `get` on `pods/log`. A user granted it
+//! cluster-wide searches everything; a user granted it in some namespaces has the query
+//! narrowed to those (a `namespace` parameter outside them is refused with 403).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +16,9 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
+use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
+use crate::rbac::Attributes;
 use crate::rest::Query;
 
 /// How long one node may take to answer.
@@ -73,11 +79,58 @@ async fn ask(server: &ApiServer, node: &Value, path: &str) -> Answer {
     }
 }
 
-/// `GET /kelson/v1/logs/{search,histogram}` with the node API's parameters.
+/// The namespaces whose logs `user` may read: `None` for all of them.
 ///
 /// # Errors
-/// 400 when a node rejects the query; 404 for another path.
-pub async fn handle(server: &ApiServer, kind: &str, query: &Query) -> ApiResult<Response> {
+/// 403 when `user` may read no logs at all or asks for a namespace outside its grants.
+async fn readable_namespaces(
+    server: &ApiServer,
+    user: &User,
+    query: &Query,
+) -> ApiResult<Option<Vec<String>>> {
+    let may = |namespace: &str| {
+        server.authorizer.allows(
+            user,
+            &Attributes::resource("get", "", "pods", "log", namespace, ""),
+        )
+    };
+    if may("") {
+        return Ok(None);
+    }
+    if let Some(namespace) = query.get("namespace").filter(|n| !n.is_empty()) {
+        server.authorizer.check(
+            user,
+            &Attributes::resource("get", "", "pods", "log", namespace, ""),
+        )?;
+        return Ok(Some(vec![namespace.to_owned()]));
+    }
+    let readable: Vec<String> = crate::resource_metrics::list(server, "namespaces", None)
+        .await?
+        .iter()
+        .map(|ns| crate::meta::name(ns).to_owned())
+        .filter(|ns| may(ns))
+        .collect();
+    if readable.is_empty() {
+        return Err(crate::rbac::forbidden(
+            user,
+            &Attributes::resource("get", "", "pods", "log", "", ""),
+        ));
+    }
+    Ok(Some(readable))
+}
+
+/// `GET /kelson/v1/logs/{search,histogram}` with the node API's parameters, narrowed to the
+/// namespaces `user` may read logs of.
+///
+/// # Errors
+/// 400 when a node rejects the query; 403 when `user` may not read what it asks for; 404 for
+/// another path.
+pub async fn handle(
+    server: &ApiServer,
+    user: &User,
+    kind: &str,
+    query: &Query,
+) -> ApiResult<Response> {
     if !matches!(kind, "search" | "histogram") {
         return Err(ApiError::new(
             404,
@@ -85,6 +138,7 @@ pub async fn handle(server: &ApiServer, kind: &str, query: &Query) -> ApiResult<
             format!("no log API {kind:?}: use search or histogram"),
         ));
     }
+    let readable = readable_namespaces(server, user, query).await?;
     let limit: usize = query
         .get("limit")
         .map_or(Ok(100), str::parse)
@@ -97,9 +151,12 @@ pub async fn handle(server: &ApiServer, kind: &str, query: &Query) -> ApiResult<
     let forwarded = {
         let mut serializer = form_urlencoded::Serializer::new(String::new());
         for (key, value) in query.pairs() {
-            if key != "limit" && key != "offset" {
+            if key != "limit" && key != "offset" && key != "namespaces" {
                 serializer.append_pair(key, value);
             }
+        }
+        if let Some(readable) = &readable {
+            serializer.append_pair("namespaces", &readable.join(","));
         }
         if kind == "search" {
             serializer.append_pair("limit", &(offset + limit).to_string());

@@ -110,6 +110,8 @@ pub struct ResourceType {
     pub printer_columns: Vec<PrinterColumn>,
     /// Whether this is a custom resource defined by a CRD.
     pub custom: bool,
+    /// A review (SelfSubjectAccessReview, TokenReview, ...): created, answered, never stored.
+    pub review: bool,
 }
 
 impl ResourceType {

@@ -308,6 +308,7 @@ pub fn types() -> Vec<Arc<ResourceType>> {
             scale: None,
             printer_columns: Vec::new(),
             custom: false,
+            review: false,
         })
     })
     .collect()

@@ -232,8 +232,8 @@ pub async fn count(server: &ApiServer, storage: &dyn Storage, database: Option<&
     let metrics = &server.metrics.storage;
     let mut seen = std::collections::HashSet::new();
     for rt in server.registry.all() {
-        // several versions of one resource share their storage
-        if !seen.insert(rt.storage_prefix.clone()) {
+        // several versions of one resource share their storage; reviews are never stored
+        if rt.review || !seen.insert(rt.storage_prefix.clone()) {
             continue;
         }
         let resource = if rt.group.is_empty() {

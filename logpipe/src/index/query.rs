@@ -65,6 +65,13 @@ pub enum Clause {
         /// Match the lines where it differs.
         negate: bool,
     },
+    /// An exact field (`namespace`, ...) has one of these values (none: no line matches).
+    OneOf {
+        /// The field.
+        field: String,
+        /// The values.
+        values: Vec<String>,
+    },
     /// The message has (or, negated, lacks) these words, in this order.
     Phrase {
         /// The text.
@@ -259,6 +266,24 @@ impl LogIndex {
                     })
                     .collect();
                 (occur(*negate), Box::new(BooleanQuery::new(either)))
+            }
+            Clause::OneOf { field, values } => {
+                let field = self.exact_field(partition, field)?;
+                let any: Vec<(Occur, Box<dyn Query>)> = values
+                    .iter()
+                    .map(|value| {
+                        let query: Box<dyn Query> = Box::new(TermQuery::new(
+                            Term::from_field_text(field, value),
+                            IndexRecordOption::Basic,
+                        ));
+                        (Occur::Should, query)
+                    })
+                    .collect();
+                if any.is_empty() {
+                    (Occur::Must, Box::new(tantivy::query::EmptyQuery))
+                } else {
+                    (Occur::Must, Box::new(BooleanQuery::new(any)))
+                }
             }
             Clause::Phrase { text, negate } => {
                 let parser = QueryParser::for_index(&partition.index, vec![fields.message]);

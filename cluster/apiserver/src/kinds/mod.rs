@@ -430,8 +430,45 @@ pub fn builtin_types() -> Vec<ResourceType> {
                 scale,
                 printer_columns: Vec::new(),
                 custom: false,
+                review: false,
             }
         })
+        .chain(
+            crate::rbac::review::RESOURCES
+                .iter()
+                .map(|(group, plural, kind, namespaced)| ResourceType {
+                    group: (*group).to_owned(),
+                    version: "v1".into(),
+                    kind: (*kind).to_owned(),
+                    plural: (*plural).to_owned(),
+                    singular: kind.to_lowercase(),
+                    namespaced: *namespaced,
+                    short_names: Vec::new(),
+                    categories: Vec::new(),
+                    verbs: vec!["create".into()],
+                    subresources: Vec::new(),
+                    storage_prefix: format!("/registry/{plural}/"),
+                    schema: Some(SchemaSource::Builtin(match *kind {
+                        "SelfSubjectAccessReview" => {
+                            "io.k8s.api.authorization.v1.SelfSubjectAccessReview"
+                        }
+                        "SubjectAccessReview" => "io.k8s.api.authorization.v1.SubjectAccessReview",
+                        "LocalSubjectAccessReview" => {
+                            "io.k8s.api.authorization.v1.LocalSubjectAccessReview"
+                        }
+                        "SelfSubjectRulesReview" => {
+                            "io.k8s.api.authorization.v1.SelfSubjectRulesReview"
+                        }
+                        "SelfSubjectReview" => "io.k8s.api.authentication.v1.SelfSubjectReview",
+                        _ => "io.k8s.api.authentication.v1.TokenReview",
+                    })),
+                    tracks_generation: false,
+                    scale: None,
+                    printer_columns: Vec::new(),
+                    custom: false,
+                    review: true,
+                }),
+        )
         .collect()
 }
 

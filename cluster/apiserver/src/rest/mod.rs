@@ -290,7 +290,35 @@ async fn handle_in(
     let Some(user) = user.or_else(|| is_public(&path).then(User::anonymous)) else {
         return ApiError::unauthorized().into_response();
     };
+    let user = match crate::auth::impersonate(&server, user, &parts.headers) {
+        Ok(user) => user,
+        Err(error) => return error.into_response(),
+    };
     if let Some(target) = crate::proxy::target(&path) {
+        let (verb, namespace, name, resource, subresource) = match &target {
+            crate::proxy::Target::Pod {
+                namespace,
+                name,
+                subresource,
+            } => {
+                // reading logs is `get`; exec, attach and port-forward are `create`, as
+                // Kubernetes checks them (also when the client upgrades a GET to a WebSocket)
+                let verb = if subresource == "log" {
+                    "get"
+                } else {
+                    "create"
+                };
+                (verb, namespace.as_str(), name, "pods", subresource.as_str())
+            }
+            crate::proxy::Target::Node { name, .. } => {
+                (path_verb(&parts.method), "", name, "nodes", "proxy")
+            }
+        };
+        let attributes =
+            crate::rbac::Attributes::resource(verb, "", resource, subresource, namespace, name);
+        if let Err(error) = server.authorizer.check(&user, &attributes) {
+            return error.into_response();
+        }
         let (resource, subresource, scope) = match &target {
             crate::proxy::Target::Pod { subresource, .. } => {
                 ("pods", subresource.clone(), "resource")
@@ -348,6 +376,27 @@ async fn handle_in(
     response
 }
 
+/// The verb of a request for a path (or a proxied one), as Kubernetes names it.
+fn path_verb(method: &Method) -> &'static str {
+    match *method {
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "get",
+    }
+}
+
+/// Paths that decide access themselves: the CA (public, for joining nodes), kubelet
+/// certificates (nodes and admins) and log queries (per namespace), and resource paths,
+/// authorized as resources.
+fn authorizes_itself(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        ["cacerts"] | ["kelson", "v1", "kubelet-certificate" | "logs", ..] | ["api", _, _, ..]
+    ) || matches!(segments, ["apis", _, _, _, ..])
+}
+
 async fn route(
     server: &Arc<ApiServer>,
     path: &str,
@@ -355,6 +404,19 @@ async fn route(
 ) -> (RequestInfo, ApiResult<Response>) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let get = req.method == Method::GET;
+    if !authorizes_itself(&segments) {
+        let verb = match req.method {
+            Method::POST => "post",
+            Method::PUT => "put",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "get",
+        };
+        let attributes = crate::rbac::Attributes::path(verb, path);
+        if let Err(error) = server.authorizer.check(&req.user, &attributes) {
+            return (RequestInfo::default(), Err(error));
+        }
+    }
     let result = match segments.as_slice() {
         ["version"] if get => Ok(crate::discovery::version(server)),
         [probe] if get && matches!(*probe, "healthz" | "livez" | "readyz") => Ok(health()),
@@ -369,7 +431,7 @@ async fn route(
             crate::prometheus_sd::handle(server, &req.query).await
         }
         ["kelson", "v1", "logs", kind] if get => {
-            crate::logs::handle(server, kind, &req.query).await
+            crate::logs::handle(server, &req.user, kind, &req.query).await
         }
         ["api"] if get => Ok(crate::discovery::core_versions(server, &req)),
         ["apis"] if get => Ok(crate::discovery::groups(server, &req)),
@@ -398,8 +460,29 @@ async fn route(
                 (true, _) => ("list", "cluster"),
                 (false, _) => ("get", "resource"),
             };
-            let response =
-                crate::resource_metrics::handle(server, rest, &req.method, &req.query).await;
+            let namespace = match rest {
+                ["namespaces", namespace, ..] => *namespace,
+                _ => "",
+            };
+            let name = if verb == "get" {
+                rest.last().copied().unwrap_or("")
+            } else {
+                ""
+            };
+            let attributes = crate::rbac::Attributes::resource(
+                verb,
+                crate::resource_metrics::GROUP,
+                &resource,
+                "",
+                namespace,
+                name,
+            );
+            let response = match server.authorizer.check(&req.user, &attributes) {
+                Ok(()) => {
+                    crate::resource_metrics::handle(server, rest, &req.method, &req.query).await
+                }
+                Err(error) => Err(error),
+            };
             let info = RequestInfo {
                 verb,
                 group: crate::resource_metrics::GROUP.into(),
@@ -468,6 +551,23 @@ async fn resource(
         return (info, Err(ApiError::no_route()));
     }
     info.resource.clone_from(&rt.plural);
+    let name = request.name.as_deref().unwrap_or("");
+    // a namespace object's namespace is itself, as Kubernetes' request info has it
+    let namespace = match request.namespace.as_deref() {
+        None if rt.group.is_empty() && rt.plural == "namespaces" => name,
+        namespace => namespace.unwrap_or(""),
+    };
+    let attributes = crate::rbac::Attributes::resource(
+        info.verb,
+        &rt.group,
+        &rt.plural,
+        &info.subresource,
+        namespace,
+        name,
+    );
+    if let Err(error) = server.authorizer.check(&req.user, &attributes) {
+        return (info, Err(error));
+    }
     let result = dispatch(server, rt, request, req).await;
     (info, result)
 }
@@ -498,6 +598,14 @@ async fn dispatch(
         && !(req.method == Method::GET && request.name.is_none())
     {
         return Err(ApiError::no_route());
+    }
+    if rt.review {
+        return match (&req.method, request.name.as_deref()) {
+            (&Method::POST, None) => crate::rbac::review::create(server, &rt, namespace, req).await,
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        };
     }
     match (request.name.as_deref(), request.subresource.as_deref()) {
         (None, _) => match req.method {

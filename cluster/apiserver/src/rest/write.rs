@@ -44,6 +44,8 @@ struct WriteOptions {
     apply: bool,
     /// The client named the resourceVersion it expects: a conflict is answered, not retried.
     pinned: bool,
+    /// Who writes (RBAC objects grant only what their writer holds).
+    user: crate::auth::User,
 }
 
 impl WriteOptions {
@@ -55,6 +57,7 @@ impl WriteOptions {
             manager: req.field_manager(),
             apply: false,
             pinned: false,
+            user: req.user.clone(),
         })
     }
 }
@@ -299,6 +302,7 @@ async fn create_object(
     if !causes.is_empty() {
         return Err(invalid(rt, &object, causes));
     }
+    crate::rbac::admit(server, &options.user, rt, &object)?;
     if !options.apply {
         crate::fieldset::record_update(
             &mut object,
@@ -453,6 +457,7 @@ async fn read_modify_write(
         else {
             return Ok((current, false));
         };
+        crate::rbac::admit(server, &options.user, rt, &admitted)?;
         let reserved = if is_service(rt) && target == Target::Main {
             crate::services::allocate(server, &mut admitted, options.dry_run).await?
         } else {
