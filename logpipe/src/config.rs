@@ -162,6 +162,12 @@ impl PipelineConfig {
                     forward.address
                 ));
             }
+            let checked = match sink {
+                SinkConfig::Loki(loki) => loki.validate(),
+                SinkConfig::Elasticsearch(elasticsearch) => elasticsearch.validate(),
+                _ => Ok(()),
+            };
+            checked.map_err(|e| format!("sinks.{name}.{e}"))?;
         }
         Ok(())
     }

@@ -136,6 +136,20 @@ pub async fn start(
                 component,
                 shutdown.clone(),
             ))),
+            SinkConfig::Loki(loki) => done.push(tokio::spawn(sinks::loki::run(
+                loki.clone(),
+                rx,
+                component,
+                shutdown.clone(),
+            ))),
+            SinkConfig::Elasticsearch(elasticsearch) => {
+                done.push(tokio::spawn(sinks::elasticsearch::run(
+                    elasticsearch.clone(),
+                    rx,
+                    component,
+                    shutdown.clone(),
+                )));
+            }
         }
     }
     // without an index, positions are kept beside the pipeline's data

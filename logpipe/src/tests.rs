@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -1101,4 +1102,164 @@ async fn without_an_index_positions_are_kept_so_a_restart_sends_nothing_twice() 
     assert_eq!(content.matches("\"kept399\"").count(), 1);
     shutdown.cancel();
     pipeline.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loki_sink_pushes_streams_a_loki_receiver_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sender = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  out:\n    type: loki\n    url: http://127.0.0.1:{port}\n    labels: {{cluster: edge}}\n    tenant_id: team-a\n    timeout_ms: 500\n",
+        root = dir.path().display()
+    );
+    let receiver = format!(
+        "sources:\n  loki:\n    type: loki\n    listen: 127.0.0.1:{port}\nsinks:\n  index:\n    type: index\n    path: {root}/central\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+        root = dir.path().display()
+    );
+    append(
+        &path,
+        &(0..100)
+            .map(|n| cri(n, &format!("pushed{n}")))
+            .collect::<Vec<_>>(),
+    );
+    // nothing listens yet: the batch waits and is pushed again
+    let (sending, stop_sending) = start_text(&sender).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (receiving, stop_receiving) = start_text(&receiver).await;
+    assert_eq!(wait_for(&receiving, "", 100).await, 100);
+    let index = receiving.index.clone().unwrap();
+    let hit = &index.search(&request("pushed7")).unwrap().hits[0];
+    assert_eq!(
+        (
+            hit.namespace.as_str(),
+            hit.pod.as_str(),
+            hit.container.as_str(),
+            hit.stream.as_str()
+        ),
+        ("shop", "web-1", "nginx", "stdout")
+    );
+    assert_eq!(hit.timestamp, "2026-11-23T05:00:07.000000007Z");
+    let mut by_cluster = request("");
+    by_cluster.fields = vec![("cluster".into(), "edge".into())];
+    assert_eq!(index.search(&by_cluster).unwrap().total, 100);
+    let metrics = sending.metrics.render();
+    assert!(metrics.contains(r#"error_type="send_failed""#), "{metrics}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(index.search(&request("")).unwrap().total, 100, "none twice");
+    stop_sending.cancel();
+    sending.wait().await;
+    stop_receiving.cancel();
+    receiving.wait().await;
+}
+
+/// A stand-in for Elasticsearch's bulk API (none can be installed here): documents by `_id`,
+/// `create` conflicts answered 409, the first request's first item answered 429, and documents
+/// whose message says `poison` refused with a mapping error, as Elasticsearch answers them.
+#[derive(Clone, Default)]
+struct FakeBulk {
+    documents: Arc<parking_lot::Mutex<Vec<(String, serde_json::Value)>>>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn fake_bulk(
+    axum::extract::State(state): axum::extract::State<FakeBulk>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::Json<serde_json::Value> {
+    use serde_json::{Value, json};
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let first = state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        == 0;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut items = Vec::new();
+    for (n, pair) in lines.chunks(2).enumerate() {
+        let action = &pair[0]["create"];
+        let id = action["_id"].as_str().unwrap().to_owned();
+        let status = if first && n == 0 {
+            429
+        } else if pair[1]["message"].as_str().unwrap().contains("poison") {
+            400
+        } else {
+            let mut documents = state.documents.lock();
+            if documents.iter().any(|(known, _)| *known == id) {
+                409
+            } else {
+                documents.push((id, pair[1].clone()));
+                201
+            }
+        };
+        let mut result = json!({"_index": action["_index"], "status": status});
+        if status == 400 {
+            result["error"] = json!({"type": "mapper_parsing_exception", "reason": "failed to parse field [message]"});
+        }
+        items.push(json!({ "create": result }));
+    }
+    axum::Json(json!({"took": 1, "errors": true, "items": items}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_elasticsearch_sink_indexes_each_line_once_through_the_bulk_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let state = FakeBulk::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route("/_bulk", axum::routing::post(fake_bulk))
+        .with_state(state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  es:\n    type: elasticsearch\n    url: http://127.0.0.1:{port}\n    index: kube-%Y.%m.%d\n    max_bulk_bytes: 4096\n",
+        root = dir.path().display()
+    );
+    let mut lines: Vec<String> = (0..100).map(|n| cri(n, &format!("bulk{n}"))).collect();
+    lines.push(cri(100, "poison pill"));
+    append(&path, &lines);
+    let (pipeline, stop) = start_text(&config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while state.documents.lock().len() < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} indexed",
+            state.documents.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let documents = state.documents.lock().clone();
+    assert_eq!(
+        documents.len(),
+        100,
+        "each line once, the refused one dropped"
+    );
+    let (_, seventh) = documents
+        .iter()
+        .find(|(_, d)| d["message"] == "bulk7")
+        .unwrap();
+    assert_eq!(seventh["@timestamp"], "2026-11-23T05:00:07.000000007Z");
+    assert_eq!(seventh["kubernetes"]["namespace_name"], "shop");
+    assert_eq!(seventh["kubernetes"]["pod_name"], "web-1");
+    assert!(
+        state.requests.load(std::sync::atomic::Ordering::SeqCst) > 2,
+        "split and retried"
+    );
+    let metrics = pipeline.metrics.render();
+    assert!(
+        metrics.contains(r#"logpipe_component_discarded_events_total{component_id="es",component_type="elasticsearch",reason="rejected"} 1"#),
+        "{metrics}"
+    );
+    stop.cancel();
+    pipeline.wait().await;
+    server.abort();
 }

@@ -1,8 +1,11 @@
 //! Sinks: where records go. Each takes the records whose tag its `match` pattern accepts; it
 //! ends when its input ends (which is how the pipeline drains on shutdown).
 
+pub mod elasticsearch;
 pub mod file;
 pub mod forward;
+pub mod http;
+pub mod loki;
 
 use std::io::Write;
 
@@ -25,6 +28,10 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     /// The fluent forward protocol, to fluentd, Fluent Bit or another pipeline.
     Forward(forward::ForwardSinkConfig),
+    /// Grafana Loki's push API.
+    Loki(loki::LokiSinkConfig),
+    /// Elasticsearch's (or OpenSearch's) bulk API.
+    Elasticsearch(elasticsearch::ElasticsearchSinkConfig),
 }
 
 /// Configuration of the `stdout` sink.
@@ -49,6 +56,8 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
             SinkConfig::Forward(_) => "forward",
+            SinkConfig::Loki(_) => "loki",
+            SinkConfig::Elasticsearch(_) => "elasticsearch",
         }
     }
 
@@ -59,7 +68,11 @@ impl SinkConfig {
             SinkConfig::Index(IndexSinkConfig { pattern, .. })
             | SinkConfig::Stdout(StdoutSinkConfig { pattern })
             | SinkConfig::File(file::FileSinkConfig { pattern, .. })
-            | SinkConfig::Forward(forward::ForwardSinkConfig { pattern, .. }) => pattern,
+            | SinkConfig::Forward(forward::ForwardSinkConfig { pattern, .. })
+            | SinkConfig::Loki(loki::LokiSinkConfig { pattern, .. })
+            | SinkConfig::Elasticsearch(elasticsearch::ElasticsearchSinkConfig {
+                pattern, ..
+            }) => pattern,
         }
     }
 }
