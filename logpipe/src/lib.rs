@@ -9,6 +9,7 @@
 //! twice; every channel is bounded, so a slow or failing sink holds the sources back.
 
 pub mod api;
+pub mod buffer;
 pub mod config;
 pub mod format;
 pub mod index;
@@ -95,6 +96,36 @@ pub async fn start(
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         routes.push((pattern, tx));
         let component = metrics.component(id, sink.kind());
+        let rx = match sink.buffer() {
+            Some(buffer) => {
+                // the buffer holds what waits; the sink is handed one batch at a time
+                let (buffered_tx, buffered_rx) = mpsc::channel(1);
+                let dir = match &buffer.path {
+                    Some(path) => path.clone(),
+                    None if buffer.kind == buffer::BufferKind::File
+                        && data_dir.as_os_str().is_empty() =>
+                    {
+                        anyhow::bail!(
+                            "sinks.{id}.buffer: a file buffer needs a path (or the pipeline's data_dir)"
+                        );
+                    }
+                    None => data_dir.join("buffers").join(id),
+                };
+                let stage = buffer::Stage {
+                    input: rx,
+                    output: buffered_tx,
+                    metrics: component.clone(),
+                    gauges: (
+                        metrics.buffer_events.with_label_values(&[id]),
+                        metrics.buffer_bytes.with_label_values(&[id]),
+                    ),
+                    shutdown: shutdown.clone(),
+                };
+                done.push(tokio::spawn(buffer::run(buffer.clone(), dir, stage)));
+                buffered_rx
+            }
+            None => rx,
+        };
         match sink {
             SinkConfig::Index(sink_config) => {
                 let path = sink_config

@@ -17,6 +17,8 @@ pub struct Metrics {
     errors: IntCounterVec,
     /// Records in the buffer in front of each sink.
     pub buffer_events: IntGaugeVec,
+    /// Bytes in the buffer (`buffer:`) in front of each sink.
+    pub buffer_bytes: IntGaugeVec,
     /// Documents in the index.
     pub index_documents: IntGauge,
     /// Bytes the index takes on disk.
@@ -95,6 +97,17 @@ impl Metrics {
         registry
             .register(Box::new(buffer_events.clone()))
             .expect("unique metric");
+        let buffer_bytes = IntGaugeVec::new(
+            Opts::new(
+                "logpipe_buffer_bytes",
+                "Bytes waiting in the buffer (buffer:) in front of a sink.",
+            ),
+            &["component_id"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(buffer_bytes.clone()))
+            .expect("unique metric");
         let index_commit_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "logpipe_index_commit_duration_seconds",
@@ -121,6 +134,7 @@ impl Metrics {
             discarded_events,
             errors,
             buffer_events,
+            buffer_bytes,
             index_documents: gauge("logpipe_index_documents", "Documents in the index."),
             index_bytes: gauge("logpipe_index_bytes", "Bytes the index takes on disk."),
             index_partitions: gauge("logpipe_index_partitions", "Time partitions of the index."),

@@ -55,6 +55,23 @@ async fn run(dir: &Path) -> (Pipeline, CancellationToken) {
     (pipeline, shutdown)
 }
 
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A pipeline receiving with a `kind` source on `port` into an index under `root/central`.
+fn receiver_config(root: &Path, kind: &str, port: u16) -> String {
+    format!(
+        "sources:\n  input:\n    type: {kind}\n    listen: 127.0.0.1:{port}\nsinks:\n  index:\n    type: index\n    path: {}/central\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
+        root.display()
+    )
+}
+
 /// Starts the pipeline configured by `text`, with no node name and no cluster.
 async fn start_text(text: &str) -> (Pipeline, CancellationToken) {
     let config = PipelineConfig::parse(text, "test").unwrap();
@@ -995,19 +1012,12 @@ async fn a_changed_configuration_is_reloaded_without_losing_or_repeating_lines()
 async fn the_forward_sink_waits_for_its_receiver_and_delivers_with_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let path = log_file(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let sender = format!(
         "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  out:\n    type: forward\n    address: 127.0.0.1:{port}\n    timeout_ms: 500\n    tag_prefix: edge\n",
         root = dir.path().display()
     );
-    let receiver = format!(
-        "sources:\n  fluent:\n    type: forward\n    listen: 127.0.0.1:{port}\nsinks:\n  index:\n    type: index\n    path: {root}/central\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
-        root = dir.path().display()
-    );
+    let receiver = receiver_config(dir.path(), "forward", port);
     append(
         &path,
         &(0..100)
@@ -1108,19 +1118,12 @@ async fn without_an_index_positions_are_kept_so_a_restart_sends_nothing_twice() 
 async fn the_loki_sink_pushes_streams_a_loki_receiver_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let path = log_file(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let sender = format!(
         "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  out:\n    type: loki\n    url: http://127.0.0.1:{port}\n    labels: {{cluster: edge}}\n    tenant_id: team-a\n    timeout_ms: 500\n",
         root = dir.path().display()
     );
-    let receiver = format!(
-        "sources:\n  loki:\n    type: loki\n    listen: 127.0.0.1:{port}\nsinks:\n  index:\n    type: index\n    path: {root}/central\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n",
-        root = dir.path().display()
-    );
+    let receiver = receiver_config(dir.path(), "loki", port);
     append(
         &path,
         &(0..100)
@@ -1262,4 +1265,105 @@ async fn the_elasticsearch_sink_indexes_each_line_once_through_the_bulk_api() {
     stop.cancel();
     pipeline.wait().await;
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_buffer_keeps_what_its_receiver_did_not_take_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let port = free_port();
+    let sender = format!(
+        "data_dir: {root}/sender\nsources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  out:\n    type: forward\n    address: 127.0.0.1:{port}\n    timeout_ms: 300\n    buffer: {{type: file}}\n",
+        root = dir.path().display()
+    );
+    let receiver = receiver_config(dir.path(), "forward", port);
+    append(
+        &path,
+        &(0..100)
+            .map(|n| cri(n, &format!("kept{n}")))
+            .collect::<Vec<_>>(),
+    );
+    // nobody receives: the lines wait on disk, and the file's position moves on
+    let (sending, stop_sending) = start_text(&sender).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = sending.metrics.render();
+        if metrics.contains("logpipe_buffer_events{component_id=\"out\"} 100") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_sending.cancel();
+    sending.wait().await;
+    let chunks = std::fs::read_dir(dir.path().join("sender/buffers/out"))
+        .unwrap()
+        .count();
+    assert!(chunks > 0, "the buffer's chunks stay on disk");
+    // started again beside its receiver: each line arrives once (from the buffer, not the file)
+    let (receiving, stop_receiving) = start_text(&receiver).await;
+    let (sending, stop_sending) = start_text(&sender).await;
+    assert_eq!(wait_for(&receiving, "", 100).await, 100);
+    append(&path, &[cri(100, "kept100")]);
+    assert_eq!(wait_for(&receiving, "", 101).await, 101);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let index = receiving.index.clone().unwrap();
+    assert_eq!(index.search(&request("")).unwrap().total, 101, "none twice");
+    assert_eq!(
+        index.search(&request("kept7")).unwrap().hits[0].pod,
+        "web-1"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(dir.path().join("sender/buffers/out"))
+        .unwrap()
+        .count()
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered chunks are deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_sending.cancel();
+    sending.wait().await;
+    stop_receiving.cancel();
+    receiving.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_drops_its_oldest_records_and_holds_back_no_other_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    let port = free_port();
+    let config = format!(
+        "sources:\n  pods:\n    type: tail\n    include: ['{root}/pods/*/*/*.log']\n    kubernetes: true\n    poll_interval_ms: 20\n    scan_interval_ms: 100\nsinks:\n  index:\n    type: index\n    path: {root}/index\n    commit_interval_ms: 100\n    writer_threads: 1\n    writer_memory_mib: 16\n  out:\n    type: forward\n    address: 127.0.0.1:{port}\n    timeout_ms: 200\n    buffer: {{type: memory, max_bytes: 2000, when_full: drop_oldest}}\n",
+        root = dir.path().display()
+    );
+    let (pipeline, stop) = start_text(&config).await;
+    for round in 0..20 {
+        append(
+            &path,
+            &(0..50)
+                .map(|n| cri(n, &format!("round{round} line{n}")))
+                .collect::<Vec<_>>(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the index takes every line although the forward receiver is down
+    assert_eq!(wait_for(&pipeline, "", 1000).await, 1000);
+    let metrics = pipeline.metrics.render();
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("logpipe_component_discarded_events_total")
+                && l.contains("component_id=\"out\"")
+                && l.contains("reason=\"buffer_full\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "{metrics}");
+    stop.cancel();
+    pipeline.wait().await;
 }

@@ -57,6 +57,9 @@ pub struct ElasticsearchSinkConfig {
     /// Largest bulk request body; a batch is split to stay under it.
     #[serde(default = "default_max_bulk_bytes")]
     pub max_bulk_bytes: usize,
+    /// A buffer in front of the sink (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 fn default_index() -> String {

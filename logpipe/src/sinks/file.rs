@@ -29,6 +29,9 @@ pub struct FileSinkConfig {
     /// Files kept, the live one included.
     #[serde(default = "default_max_files")]
     pub max_files: usize,
+    /// A buffer in front of the sink (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 const fn default_max_bytes() -> u64 {
@@ -136,6 +139,7 @@ mod tests {
             path: dir.path().join("out/records.ndjson"),
             max_bytes: 10,
             max_files: 3,
+            buffer: None,
         };
         for n in 0..5 {
             append(&config, format!("line {n}\n").as_bytes()).unwrap();

@@ -47,6 +47,9 @@ pub struct ForwardSinkConfig {
     /// receiver closes the connection on larger ones; Fluent Bit's default buffer is 6 MB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// A buffer in front of the sink (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 const fn default_require_ack() -> bool {

@@ -54,6 +54,9 @@ pub struct LokiSinkConfig {
     /// Milliseconds to wait for an answer.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// A buffer in front of the sink (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 fn default_label_keys() -> Vec<String> {

@@ -41,6 +41,9 @@ pub struct StdoutSinkConfig {
     /// Tags to take, fluentd-style (default `**`, everything).
     #[serde(rename = "match", default = "match_all")]
     pub pattern: String,
+    /// A buffer in front of the sink (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 pub(crate) fn match_all() -> String {
@@ -61,12 +64,27 @@ impl SinkConfig {
         }
     }
 
+    /// The buffer in front of the sink, if configured.
+    #[must_use]
+    pub fn buffer(&self) -> Option<&crate::buffer::BufferConfig> {
+        match self {
+            SinkConfig::Index(_) => None,
+            SinkConfig::Stdout(StdoutSinkConfig { buffer, .. })
+            | SinkConfig::File(file::FileSinkConfig { buffer, .. })
+            | SinkConfig::Forward(forward::ForwardSinkConfig { buffer, .. })
+            | SinkConfig::Loki(loki::LokiSinkConfig { buffer, .. })
+            | SinkConfig::Elasticsearch(elasticsearch::ElasticsearchSinkConfig {
+                buffer, ..
+            }) => buffer.as_ref(),
+        }
+    }
+
     /// The tag pattern.
     #[must_use]
     pub fn pattern(&self) -> &str {
         match self {
             SinkConfig::Index(IndexSinkConfig { pattern, .. })
-            | SinkConfig::Stdout(StdoutSinkConfig { pattern })
+            | SinkConfig::Stdout(StdoutSinkConfig { pattern, .. })
             | SinkConfig::File(file::FileSinkConfig { pattern, .. })
             | SinkConfig::Forward(forward::ForwardSinkConfig { pattern, .. })
             | SinkConfig::Loki(loki::LokiSinkConfig { pattern, .. })
