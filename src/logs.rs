@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use kelson_logpipe::config::PipelineConfig;
@@ -229,7 +228,8 @@ enum LogsCommand {
         #[arg(short = 'o', long, default_value = "text")]
         output: String,
     },
-    /// Follow new lines matching the filters (and QUERY), oldest first.
+    /// Show the newest lines, then follow new ones from every node as they are indexed (QUERY:
+    /// words, quoted phrases and field:value terms).
     Tail {
         /// What to look for (empty: every line).
         #[arg(default_value = "")]
@@ -323,7 +323,12 @@ impl Target {
         Ok(Self::Cluster(client))
     }
 
-    async fn get(&self, api: &str, params: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
+    /// Sends `GET api?params`; the response, and who answered it.
+    async fn send(
+        &self,
+        api: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<(http::Response<kube::client::Body>, &str)> {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
@@ -340,6 +345,11 @@ impl Target {
             .send(request.map(kube::client::Body::from))
             .await
             .with_context(|| format!("failed to reach {what}"))?;
+        Ok((response, what))
+    }
+
+    async fn get(&self, api: &str, params: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
+        let (response, what) = self.send(api, params).await?;
         let status = response.status();
         let body = http_body_util::BodyExt::collect(response.into_body())
             .await
@@ -451,53 +461,76 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
             let mut params = filters.params();
             params.push(("query", query));
             let target = Target::of(&filters).await?;
-            let mut last: Option<(i64, usize)> = None;
-            let mut first = true;
-            loop {
+            // subscribe first, so that no line falls between the history and the live lines
+            let (live, what) = target.send("tail", &params).await?;
+            if !live.status().is_success() {
+                let status = live.status();
+                let body = http_body_util::BodyExt::collect(live.into_body())
+                    .await
+                    .map(http_body_util::Collected::to_bytes)
+                    .unwrap_or_default();
+                let value: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                anyhow::bail!(
+                    "{what} refused the live tail ({status}): {}",
+                    value["error"]
+                        .as_str()
+                        .or(value["message"].as_str())
+                        .map_or_else(
+                            || String::from_utf8_lossy(&body).into_owned(),
+                            str::to_owned
+                        )
+                );
+            }
+            // the newest `lines` lines first, oldest first; live lines already shown are skipped
+            let mut shown = std::collections::HashSet::new();
+            if lines > 0 {
                 let mut page = params.clone();
-                match last {
-                    Some((ts, _)) => page.push(("start", ts.to_string())),
-                    None => page.push(("limit", lines.max(1).to_string())),
-                }
-                if last.is_some() {
-                    page.push(("limit", "10000".into()));
-                }
+                page.push(("limit", lines.to_string()));
                 let found = target.get("search", &page).await?;
                 let mut hits: Vec<serde_json::Value> =
                     found["hits"].as_array().cloned().unwrap_or_default();
                 hits.reverse();
-                // lines at the last timestamp were printed already
-                let skip_at = last;
-                let mut skipped = 0;
                 for hit in &hits {
-                    let ts = hit["timestamp_ns"].as_i64().unwrap_or(0);
-                    if let Some((at, count)) = skip_at
-                        && ts == at
-                        && skipped < count
-                    {
-                        skipped += 1;
-                        continue;
-                    }
-                    if first && lines == 0 {
-                        continue;
-                    }
+                    shown.insert(hit_key(hit));
                     print_hit(hit, &output);
                 }
-                if let Some(newest) = hits.last() {
-                    let ts = newest["timestamp_ns"].as_i64().unwrap_or(0);
-                    let at_newest = hits
-                        .iter()
-                        .filter(|h| h["timestamp_ns"].as_i64() == Some(ts))
-                        .count();
-                    last = Some((ts, at_newest));
-                } else if last.is_none() {
-                    last = Some((found["end"].as_i64().unwrap_or(0), 0));
-                }
-                first = false;
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            let mut body = live.into_body();
+            let mut pending: Vec<u8> = Vec::new();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                let frame = frame.context("the live tail broke off")?;
+                if let Ok(data) = frame.into_data() {
+                    pending.extend_from_slice(&data);
+                }
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).take(end).collect();
+                    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if let Some(error) = value["error"].as_str() {
+                        eprintln!(
+                            "warning: node {} is not tailed: {error}",
+                            value["node"].as_str().unwrap_or("?")
+                        );
+                    } else if let Some(missed) = value["dropped"].as_u64() {
+                        eprintln!("warning: {missed} lines went by too fast to show");
+                    } else if !shown.remove(&hit_key(&value)) {
+                        print_hit(&value, &output);
+                    }
+                }
+            }
+            anyhow::bail!("the live tail ended: {what} went away")
         }
     }
+}
+
+/// What tells one line from another across a search and a live tail.
+fn hit_key(hit: &serde_json::Value) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        hit["timestamp_ns"], hit["node"], hit["pod"], hit["message"]
+    )
 }
 
 fn check_output(output: &str) -> anyhow::Result<()> {

@@ -803,6 +803,67 @@ fn a_query_through_the_api_server_covers_every_node() {
         refused.contains("Forbidden") || refused.contains("forbidden"),
         "{refused}"
     );
+
+    // a live tail through the API server follows every node as lines arrive
+    let live = format!("{marker}live");
+    let mut tail = ChildGuard(
+        std::process::Command::new(KELSON)
+            .args([
+                "logs",
+                "tail",
+                &live,
+                "--lines",
+                "0",
+                "-o",
+                "json",
+                "--kubeconfig",
+            ])
+            .arg(server.kubeconfig())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = tail.0.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // the tail subscribes before it prints anything: give it a moment, then write
+    std::thread::sleep(Duration::from_secs(2));
+    let live_pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "live-speaker", "namespace": "default"},
+        "spec": {"nodeName": node_a, "terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox:1.35",
+                "command": ["sh", "-c", format!("echo '{live} from node a'; sleep 3600")]}]},
+    });
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&live_pod.to_string()));
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("b-logs/app.log"))
+            .unwrap();
+        writeln!(file, "{live} from node b").unwrap();
+        writeln!(file, "unrelated line from node b").unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the live tail showed only {seen:?}"));
+        let hit: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(hit["message"].as_str().unwrap().contains(&live), "{line}");
+        seen.insert(hit["node"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, [node_a, node_b].into());
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //!   (RFC 3339 or ns since the epoch), `limit` (default 100), `offset`, `namespaces` (any of
 //!   these, comma-separated);
 //! - `GET /api/v1/histogram` — the same filters plus `interval` (`1m`): counts per interval;
+//! - `GET /api/v1/tail` — the same filters: new lines as they are indexed, one JSON hit per
+//!   line, streamed until the client goes away (see [`crate::live`]);
 //! - `GET /metrics` — the pipeline's own metrics; `GET /healthz`;
 //! - Loki's query API (`/loki/api/v1/...`, see [`crate::loki_api`]) for Grafana.
 //!
@@ -63,6 +65,7 @@ pub fn router(index: Option<Arc<LogIndex>>, metrics: Metrics) -> axum::Router {
     let router = axum::Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/histogram", get(histogram))
+        .route("/api/v1/tail", get(tail))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(ApiState { index, metrics });
@@ -219,6 +222,16 @@ async fn histogram(
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
         "buckets": buckets,
     })))
+}
+
+async fn tail(
+    State(state): State<ApiState>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let request = request_from_params(&params).map_err(bad)?;
+    let filter = crate::live::LiveFilter::new(request).map_err(bad)?;
+    let index = index(&state)?;
+    Ok(crate::live::ndjson(index.subscribe(), filter))
 }
 
 async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod format;
 pub mod index;
 pub mod kubernetes;
+pub mod live;
 pub mod loki_api;
 pub mod metrics;
 pub mod multiline;

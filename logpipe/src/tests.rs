@@ -1367,3 +1367,75 @@ async fn a_full_buffer_drops_its_oldest_records_and_holds_back_no_other_sink() {
     stop.cancel();
     pipeline.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_tail_streams_new_matching_lines_as_they_are_indexed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    append(&path, &[cri(0, "wanted but old")]);
+    let (pipeline, stop) = run(dir.path()).await;
+    wait_for(&pipeline, "", 1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = crate::api::router(pipeline.index.clone(), pipeline.metrics.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /api/v1/tail?query=wanted&pod=web-1 HTTP/1.1\r\nHost: logs\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // the headers come first: the subscription is in place
+    while !String::from_utf8_lossy(&received).contains("\r\n\r\n") {
+        let n = stream.read(&mut buffer).await.unwrap();
+        received.extend_from_slice(&buffer[..n]);
+    }
+    assert!(String::from_utf8_lossy(&received).contains("application/x-ndjson"));
+    append(
+        &path,
+        &[
+            cri(1, "wanted one"),
+            cri(2, "unrelated"),
+            cri(3, "wanted two"),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while String::from_utf8_lossy(&received)
+        .matches("\"message\":")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        received.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    assert!(text.contains("\"message\":\"wanted one\""), "{text}");
+    assert!(text.contains("\"message\":\"wanted two\""), "{text}");
+    assert!(text.contains("\"pod\":\"web-1\""), "{text}");
+    assert!(
+        !text.contains("unrelated") && !text.contains("but old"),
+        "{text}"
+    );
+    // a query a live tail cannot evaluate is refused up front
+    let mut refused = tokio::net::TcpStream::connect(address).await.unwrap();
+    refused
+        .write_all(b"GET /api/v1/tail?query=a%20OR%20b HTTP/1.1\r\nHost: logs\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    refused.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    server.abort();
+    stop.cancel();
+    pipeline.wait().await;
+}

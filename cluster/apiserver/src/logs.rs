@@ -3,6 +3,8 @@
 //! kubelet client certificate) and merge the answers — hits newest first across nodes, totals
 //! and histogram buckets summed. A node that does not answer is listed under `errors` and the
 //! others still count, as a partial result; a query a node rejects (400) is rejected.
+//! `GET /kelson/v1/logs/tail` opens every node's live tail and merges the streams of
+//! newline-delimited hits as lines arrive.
 //!
 //! Reading logs needs what `kubectl logs` needs: `get` on `pods/log`. A user granted it
 //! cluster-wide searches everything; a user granted it in some namespaces has the query
@@ -131,11 +133,11 @@ pub async fn handle(
     kind: &str,
     query: &Query,
 ) -> ApiResult<Response> {
-    if !matches!(kind, "search" | "histogram") {
+    if !matches!(kind, "search" | "histogram" | "tail") {
         return Err(ApiError::new(
             404,
             "NotFound",
-            format!("no log API {kind:?}: use search or histogram"),
+            format!("no log API {kind:?}: use search, histogram or tail"),
         ));
     }
     let readable = readable_namespaces(server, user, query).await?;
@@ -166,6 +168,9 @@ pub async fn handle(
     let path = format!("/logs/api/v1/{kind}?{forwarded}");
     let started = std::time::Instant::now();
     let nodes = crate::resource_metrics::list(server, "nodes", None).await?;
+    if kind == "tail" {
+        return tail(server, &nodes, &path).await;
+    }
     let answers =
         futures::future::join_all(nodes.iter().map(|node| ask(server, node, &path))).await;
     let mut errors = Vec::new();
@@ -189,6 +194,137 @@ pub async fn handle(
         merge_buckets(answered, errors, took_ms)
     };
     Ok(crate::rest::json_response(StatusCode::OK, &body))
+}
+
+/// A body's lines (without their newline), whatever its chunks.
+fn lines_of(
+    body: hyper::body::Incoming,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, String>> + Send {
+    use futures::StreamExt as _;
+    use http_body_util::BodyExt as _;
+    futures::stream::unfold(
+        (body.into_data_stream(), Vec::<u8>::new(), false),
+        |(mut body, mut pending, done)| async move {
+            loop {
+                if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).take(end).collect();
+                    return Some((Ok(bytes::Bytes::from(line)), (body, pending, done)));
+                }
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                    Some(Err(error)) => {
+                        return Some((Err(error.to_string()), (body, Vec::new(), true)));
+                    }
+                    None if pending.is_empty() => return None,
+                    None => {
+                        let line = std::mem::take(&mut pending);
+                        return Some((Ok(bytes::Bytes::from(line)), (body, pending, true)));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Why a node's live tail did not open.
+enum Refused {
+    /// The node rejected the query (400).
+    Rejected(String),
+    /// The node could not be reached or failed.
+    Failed(String),
+}
+
+/// Opens one node's live tail: its lines, or what went wrong.
+async fn open_tail(
+    server: &ApiServer,
+    node: &Value,
+    path: &str,
+) -> Result<hyper::body::Incoming, Refused> {
+    let name = crate::meta::name(node).to_owned();
+    let attempt = async {
+        let (stream, address) = crate::proxy::dial(server, node, &name)
+            .await
+            .map_err(|e| Refused::Failed(e.message))?;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, address)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| Refused::Failed(e.to_string()))?;
+        kelson_common::proxy::forward(stream, request)
+            .await
+            .map_err(|e| Refused::Failed(e.to_string()))
+    };
+    let response = tokio::time::timeout(NODE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| Refused::Failed(format!("no answer within {}s", NODE_TIMEOUT.as_secs())))??;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response.into_body());
+    }
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let error = value["error"].as_str().map_or_else(
+        || String::from_utf8_lossy(&body).into_owned(),
+        str::to_owned,
+    );
+    if status == StatusCode::BAD_REQUEST {
+        Err(Refused::Rejected(error))
+    } else {
+        Err(Refused::Failed(format!("{status}: {error}")))
+    }
+}
+
+/// `GET /kelson/v1/logs/tail`: every node's live tail merged into one stream of
+/// newline-delimited JSON hits, as lines arrive; a node that cannot be reached shows as one
+/// `{"node": ..., "error": ...}` line and the others go on.
+async fn tail(server: &ApiServer, nodes: &[Value], path: &str) -> ApiResult<Response> {
+    use futures::StreamExt as _;
+    let opened =
+        futures::future::join_all(nodes.iter().map(|node| open_tail(server, node, path))).await;
+    let mut streams = Vec::new();
+    for (node, opened) in nodes.iter().zip(opened) {
+        let name = crate::meta::name(node).to_owned();
+        match opened {
+            Ok(body) => {
+                let node = name.clone();
+                streams.push(
+                    lines_of(body)
+                        .map(move |line| match line {
+                            Ok(line) => {
+                                let mut line = line.to_vec();
+                                line.push(b'\n');
+                                bytes::Bytes::from(line)
+                            }
+                            Err(error) => error_line(&node, &error),
+                        })
+                        .boxed(),
+                );
+            }
+            Err(Refused::Rejected(error)) => return Err(ApiError::bad_request(error)),
+            Err(Refused::Failed(error)) => {
+                streams.push(futures::stream::iter([error_line(&name, &error)]).boxed());
+            }
+        }
+    }
+    let merged = futures::stream::select_all(streams).map(Ok::<_, std::convert::Infallible>);
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(merged))
+        .unwrap_or_else(|_| {
+            axum::response::IntoResponse::into_response(StatusCode::INTERNAL_SERVER_ERROR)
+        }))
+}
+
+fn error_line(node: &str, error: &str) -> bytes::Bytes {
+    let mut line = serde_json::to_vec(&json!({"node": node, "error": error})).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
 }
 
 fn merge_hits(

@@ -21,7 +21,7 @@ use tantivy::schema::{
 };
 use tantivy::{Index, IndexReader, ReloadPolicy};
 
-use crate::record::Checkpoint;
+use crate::record::{Checkpoint, LogRecord};
 
 /// What went wrong with the index.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +152,8 @@ pub struct LogIndex {
     fields: Fields,
     schema: Schema,
     partitions: RwLock<Vec<Arc<Partition>>>,
+    /// Records as they are added, for live tails.
+    live: crate::live::Feed,
 }
 
 impl LogIndex {
@@ -202,8 +204,25 @@ impl LogIndex {
             fields,
             schema,
             partitions: RwLock::new(partitions),
+            live: tokio::sync::broadcast::Sender::new(4096),
         });
         Ok((index, checkpoint))
+    }
+
+    /// Records added from now on (see [`crate::live`]).
+    #[must_use]
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<LogRecord>> {
+        self.live.subscribe()
+    }
+
+    /// Hands added records to live tails, when there are any.
+    pub(crate) fn publish(&self, records: &[LogRecord]) {
+        if self.live.receiver_count() == 0 {
+            return;
+        }
+        for record in records {
+            let _ = self.live.send(Arc::new(record.clone()));
+        }
     }
 
     /// The schema's fields.

@@ -307,8 +307,9 @@ impl Sink {
         if duplicates > 0 {
             self.component.discarded("duplicate", duplicates as u64);
         }
-        if let Err(error) = self.add_documents(&batch) {
-            self.fail(&error);
+        match self.add_documents(&batch) {
+            Ok(()) => self.index.publish(&batch.records),
+            Err(error) => self.fail(&error),
         }
         // the last offset of each run
         let mut previous: Option<&crate::record::Position> = None;
