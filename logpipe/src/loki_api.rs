@@ -1,6 +1,7 @@
 //! A Loki-compatible query API, so Grafana's Loki data source (and other Loki clients) can read
 //! the index: `GET /loki/api/v1/query_range`, `/loki/api/v1/query`, `/loki/api/v1/labels`,
-//! `/loki/api/v1/label/{name}/values`, with a LogQL subset:
+//! `/loki/api/v1/label/{name}/values`, and `/loki/api/v1/tail` (a WebSocket: the newest lines,
+//! then new ones as they are indexed, for Grafana's live mode), with a LogQL subset:
 //! - stream selectors `{namespace="shop", pod=~"web-.*", level!="debug", app="web"}` over
 //!   `namespace`, `pod`, `container`, `node`, `stream`, `level`, `tag` (regex matchers there),
 //!   and pod labels or fields (`=` and `!=`);
@@ -606,12 +607,164 @@ async fn label_values(
     }
 }
 
+/// One Loki tail frame: entries grouped into streams by their labels.
+fn tail_frame(hits: &[Hit], dropped: u64) -> String {
+    let mut streams: BTreeMap<BTreeMap<String, String>, Vec<Value>> = BTreeMap::new();
+    for hit in hits {
+        streams
+            .entry(stream_labels(hit))
+            .or_default()
+            .push(json!([hit.timestamp_ns.to_string(), hit.message]));
+    }
+    let streams: Vec<Value> = streams
+        .into_iter()
+        .map(|(stream, values)| json!({"stream": stream, "values": values}))
+        .collect();
+    let dropped: Vec<Value> = (0..dropped.min(100))
+        .map(|_| json!({"labels": {}, "timestamp": now_ns().to_string()}))
+        .collect();
+    json!({"streams": streams, "dropped_entries": if dropped.is_empty() { Value::Null } else { json!(dropped) }})
+        .to_string()
+}
+
+/// `GET /loki/api/v1/tail` (a WebSocket, as Grafana's live mode opens it): the newest `limit`
+/// lines (default 100) since `start` (default an hour ago), then new lines as the index takes
+/// them, each frame `{"streams": [...], "dropped_entries": ...}` as Loki sends them.
+async fn tail(
+    State(index): State<Arc<LogIndex>>,
+    Query(params): Params,
+    request: axum::extract::Request,
+) -> Response {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(query) = param(&params, "query") else {
+        return bad("parse error : no query");
+    };
+    let selector = match parse(query) {
+        Ok(Expr::Logs(selector)) => selector,
+        Ok(_) => return bad("tail takes a log query, not a metric query"),
+        Err(message) => return bad(message),
+    };
+    let start = match param(&params, "start").map_or(Ok(now_ns() - 3_600_000_000_000), loki_time) {
+        Ok(start) => start,
+        Err(message) => return bad(message),
+    };
+    let limit: usize = match param(&params, "limit").map_or(Ok(100), str::parse) {
+        Ok(limit) => limit,
+        Err(_) => return bad("invalid limit"),
+    };
+    let regexes: Vec<(regex::Regex, bool)> = match selector
+        .regexes
+        .iter()
+        .map(|(r, keep)| regex::Regex::new(r).map(|r| (r, *keep)))
+        .collect::<Result<_, _>>()
+    {
+        Ok(regexes) => regexes,
+        Err(error) => return bad(error.to_string()),
+    };
+    let filter = match crate::live::LiveFilter::new(SearchRequest {
+        clauses: selector.clauses.clone(),
+        ..SearchRequest::default()
+    }) {
+        Ok(filter) => filter,
+        Err(message) => return bad(message),
+    };
+    let Some(key) = request
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
+    else {
+        return bad("the tail API is a WebSocket: connect with Upgrade: websocket");
+    };
+    // subscribe before reading history, so that no line falls between them
+    let mut live = index.subscribe();
+    let history = tokio::task::spawn_blocking(move || {
+        run(
+            &index,
+            Expr::Logs(selector),
+            start,
+            now_ns(),
+            limit.min(10_000),
+            true,
+            0,
+        )
+    });
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let history = history.await.ok().and_then(Result::ok);
+        let mut shown = std::collections::HashSet::new();
+        if let Some(history) = history {
+            let mut hits = Vec::new();
+            for stream in history["result"].as_array().into_iter().flatten() {
+                for value in stream["values"].as_array().into_iter().flatten() {
+                    shown.insert((
+                        value[0].as_str().unwrap_or("").to_owned(),
+                        value[1].as_str().unwrap_or("").to_owned(),
+                    ));
+                }
+                hits.push(stream.clone());
+            }
+            if !hits.is_empty() {
+                let frame = json!({"streams": hits, "dropped_entries": null}).to_string();
+                if socket.send(Message::text(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        loop {
+            tokio::select! {
+                received = live.recv() => {
+                    use tokio::sync::broadcast::error::RecvError;
+                    let frame = match received {
+                        Ok(record) => {
+                            if !filter.matches(&record)
+                                || !regexes.iter().all(|(r, keep)| r.is_match(&record.message) == *keep)
+                                || shown.remove(&(record.timestamp.to_string(), record.message.clone()))
+                            {
+                                continue;
+                            }
+                            tail_frame(&[crate::live::hit(&record)], 0)
+                        }
+                        Err(RecvError::Lagged(missed)) => tail_frame(&[], missed),
+                        Err(RecvError::Closed) => break,
+                    };
+                    if socket.send(Message::text(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = socket.next() => match incoming {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        let _ = socket.close(None).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", key)
+        .body(axum::body::Body::empty())
+        .unwrap_or_default()
+}
+
 /// The Loki query routes over `index`.
 pub fn router(index: Arc<LogIndex>) -> axum::Router {
     axum::Router::new()
         .route("/loki/api/v1/query_range", axum::routing::get(query_range))
         .route("/loki/api/v1/query", axum::routing::get(instant))
         .route("/loki/api/v1/labels", axum::routing::get(labels))
+        .route("/loki/api/v1/tail", axum::routing::get(tail))
         .route(
             "/loki/api/v1/label/{name}/values",
             axum::routing::get(label_values),

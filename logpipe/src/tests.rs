@@ -1439,3 +1439,51 @@ async fn a_live_tail_streams_new_matching_lines_as_they_are_indexed() {
     stop.cancel();
     pipeline.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loki_tail_sends_history_then_new_lines_over_a_websocket() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_file(dir.path());
+    append(&path, &[cri(0, "wanted before"), cri(1, "other before")]);
+    let (pipeline, stop) = run(dir.path()).await;
+    wait_for(&pipeline, "", 2).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = crate::api::router(pipeline.index.clone(), pipeline.metrics.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("query", r#"{namespace="shop", pod=~"web-.*"} |= "wanted""#)
+        .append_pair("start", "2026-11-23T00:00:00Z")
+        .finish();
+    let url = format!("ws://{address}/loki/api/v1/tail?{query}");
+    let (mut socket, response) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let mut frames = Vec::new();
+    let mut next = async || {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(message.to_text().unwrap()).unwrap()
+    };
+    frames.push(next().await);
+    append(&path, &[cri(2, "other after"), cri(3, "wanted after")]);
+    frames.push(next().await);
+    let lines: Vec<&str> = frames
+        .iter()
+        .flat_map(|f| f["streams"].as_array().unwrap())
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .map(|v| v[1].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["wanted before", "wanted after"], "{frames:?}");
+    assert_eq!(frames[1]["streams"][0]["stream"]["pod"], "web-1");
+    assert_eq!(
+        frames[1]["streams"][0]["values"][0][0], "1795410003000000003",
+        "{frames:?}"
+    );
+    server.abort();
+    stop.cancel();
+    pipeline.wait().await;
+}
