@@ -199,6 +199,32 @@ fn check(minor: u32) {
         denied.contains("is attempting to grant RBAC permissions not currently held"),
         "{denied}"
     );
+    // verbs granted by different rules of admin still add up
+    k.ok(&[
+        "create",
+        "role",
+        "pod-starter",
+        "--verb=get,create",
+        "--resource=pods",
+        "-n",
+        "dev",
+        "--as=ann",
+    ]);
+    // binding a role that does not exist yet would grant whatever it gets later
+    let denied = k.fails(
+        &[
+            "create",
+            "rolebinding",
+            "later",
+            "--role=not-yet",
+            "--user=ann",
+            "-n",
+            "dev",
+            "--as=ann",
+        ],
+        None,
+    );
+    assert!(denied.contains("does not exist"), "{denied}");
     k.ok(&[
         "create",
         "rolebinding",

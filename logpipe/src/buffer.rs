@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ComponentMetrics;
 use crate::record::{Ack, Batch, LogRecord, Position};
 
+/// How long a memory buffer goes on handing chunks to its sink after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A buffer's configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -369,6 +372,9 @@ pub async fn run(config: BufferConfig, dir: PathBuf, stage: Stage) {
     // are still taken until the router ends, so none is dropped on the way
     let mut stalled = false;
     let mut failures = 0u32;
+    // after shutdown, a memory buffer goes on handing chunks to a sink that keeps up, for a
+    // while: past this, what waits is counted as discarded rather than awaited
+    let mut give_up_at: Option<tokio::time::Instant> = None;
     loop {
         if !stalled
             && in_flight.is_none()
@@ -412,6 +418,14 @@ pub async fn run(config: BufferConfig, dir: PathBuf, stage: Stage) {
                     continue;
                 }
                 let count = batch.records.len() as u64;
+                if stalled && queue.dir.is_none() {
+                    // shutting down with a sink that no longer takes anything
+                    if let Some(ack) = &batch.ack {
+                        ack.fail();
+                    }
+                    metrics.discarded("shutdown", count);
+                    continue;
+                }
                 if let Err(error) = queue.push(batch.records, batch.ack.clone()) {
                     // the disk refused: the batch is not acknowledged, so its records are
                     // read again (files) or resent (network senders) after a restart
@@ -454,6 +468,12 @@ pub async fn run(config: BufferConfig, dir: PathBuf, stage: Stage) {
                 if permit.is_err() {
                     stalled = true;
                 }
+            }
+            () = shutdown.cancelled(), if give_up_at.is_none() => {
+                give_up_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            () = tokio::time::sleep_until(give_up_at.unwrap_or_else(tokio::time::Instant::now)), if give_up_at.is_some() && !stalled && queue.dir.is_none() => {
+                stalled = true;
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Live tail: records as the index takes them, filtered in memory with the filters of a search
+//! Live tail: records as the index commits them (when searches find them too), filtered in memory with the filters of a search
 //! (`GET /api/v1/tail`, newline-delimited JSON hits, streamed until the client goes away).
 //!
 //! The exact filters (`namespace`, `pod`, `container`, `node`, `stream`, `level`,
@@ -188,17 +188,20 @@ pub fn hit(record: &LogRecord) -> Hit {
 pub type Feed = tokio::sync::broadcast::Sender<Arc<LogRecord>>;
 
 /// A streaming response of the records `receiver` gets that pass `filter`: one JSON hit per
-/// line, `{"dropped": N}` when this client fell behind, and an empty line after 15 quiet
-/// seconds (so a client that went away is noticed).
+/// line, `{"dropped": N}` when this client fell behind, and an empty line 15 s after the last
+/// line sent (so a client that went away is noticed).
 pub fn ndjson(
     receiver: tokio::sync::broadcast::Receiver<Arc<LogRecord>>,
     filter: LiveFilter,
 ) -> axum::response::Response {
     use tokio::sync::broadcast::error::RecvError;
-    let lines = futures::stream::unfold((receiver, filter), |(mut receiver, filter)| async move {
+    // the empty line goes out 15 s after the last line sent, however many records went by
+    // without matching, so a client that left is noticed on a busy node too
+    let quiet = std::time::Duration::from_secs(15);
+    let start = (receiver, filter, tokio::time::Instant::now() + quiet);
+    let lines = futures::stream::unfold(start, move |(mut receiver, filter, due)| async move {
         loop {
-            let next =
-                tokio::time::timeout(std::time::Duration::from_secs(15), receiver.recv()).await;
+            let next = tokio::time::timeout_at(due, receiver.recv()).await;
             let mut line = match next {
                 Err(_) => Vec::new(),
                 Ok(Ok(record)) if filter.matches(&record) => {
@@ -214,7 +217,7 @@ pub fn ndjson(
             line.push(b'\n');
             return Some((
                 Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
-                (receiver, filter),
+                (receiver, filter, tokio::time::Instant::now() + quiet),
             ));
         }
     });

@@ -628,7 +628,7 @@ fn tail_frame(hits: &[Hit], dropped: u64) -> String {
 }
 
 /// `GET /loki/api/v1/tail` (a WebSocket, as Grafana's live mode opens it): the newest `limit`
-/// lines (default 100) since `start` (default an hour ago), then new lines as the index takes
+/// lines (default 100) since `start` (default an hour ago), then new lines as the index commits
 /// them, each frame `{"streams": [...], "dropped_entries": ...}` as Loki sends them.
 async fn tail(
     State(index): State<Arc<LogIndex>>,

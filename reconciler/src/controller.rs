@@ -94,8 +94,8 @@ pub struct Context {
     home: Arc<Target>,
     /// Other clusters Applications deploy to, by the digest of their kubeconfig.
     remotes: Mutex<HashMap<String, Arc<Target>>>,
-    /// Targets acting as a ServiceAccount, by cluster target and user.
-    impersonated: Mutex<HashMap<(usize, String), Arc<Target>>>,
+    /// Targets acting as a ServiceAccount, by cluster and user.
+    impersonated: Mutex<HashMap<(String, String), Arc<Target>>>,
     sources: Sources,
     audit: AuditLog,
     recorder: Recorder,
@@ -111,17 +111,21 @@ pub struct Context {
 
 /// A cluster objects are applied to: its kinds and the watches of its managed objects.
 struct Target {
+    /// `home`, or the digest of the kubeconfig of another cluster.
+    cluster: String,
     kinds: Kinds,
     drift: Arc<DriftWatches>,
 }
 
 impl Target {
     fn new(
+        cluster: String,
         client: Client,
         trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<Application>>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
+            cluster,
             kinds: Kinds::new(client.clone()),
             drift: Arc::new(DriftWatches {
                 client,
@@ -136,6 +140,7 @@ impl Target {
     /// client: the watches only wake Applications).
     fn impersonating(&self, user: &str) -> Arc<Self> {
         Arc::new(Self {
+            cluster: self.cluster.clone(),
             kinds: Kinds::new(impersonating(self.kinds.client(), user)),
             drift: self.drift.clone(),
         })
@@ -172,7 +177,7 @@ impl Context {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            home: Target::new(client.clone(), trigger, shutdown),
+            home: Target::new("home".into(), client.clone(), trigger, shutdown),
             remotes: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
             sources: Sources::new(config.data_dir.join("repositories")),
@@ -465,7 +470,7 @@ impl Context {
             "system:serviceaccount:{}:{account}",
             app.namespace().unwrap_or_default()
         );
-        let key = (Arc::as_ptr(&cluster).addr(), user);
+        let key = (cluster.cluster.clone(), user);
         let mut impersonated = self.impersonated.lock();
         let target = impersonated
             .entry(key)
@@ -505,6 +510,7 @@ impl Context {
         let client =
             Client::try_from(config).map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
         let target = Target::new(
+            digest.clone(),
             client,
             self.home.drift.trigger.clone(),
             self.home.drift.shutdown.clone(),

@@ -231,6 +231,9 @@ pub fn impersonate(
         ];
     }
     if name == "system:anonymous" {
+        if !groups.iter().any(|g| g == "system:unauthenticated") {
+            groups.push("system:unauthenticated".into());
+        }
         return Ok(User { name, groups });
     }
     Ok(User::new(name, groups))

@@ -290,28 +290,24 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Creates a default RBAC object, or puts its shipped rules back (see [`rbac::bootstrap`]).
+    /// Creates a default RBAC object, or adds back what is missing of it (see
+    /// [`rbac::bootstrap::reconcile`]).
     async fn ensure_default(
         &self,
         rt: &registry::ResourceType,
         shipped: serde_json::Value,
     ) -> Result<(), error::ApiError> {
         let name = meta::name(&shipped).to_owned();
-        let Some(mut stored) = self.objects.try_get(rt, None, &name).await? else {
+        let Some(stored) = self.objects.try_get(rt, None, &name).await? else {
             return self.create_missing(rt, shipped).await;
         };
-        if !rbac::bootstrap::needs_update(&stored, &shipped) {
+        let Some(reconciled) = rbac::bootstrap::reconcile(&stored, &shipped) else {
             return Ok(());
-        }
+        };
         let revision = meta::meta_str(&stored, "resourceVersion")
             .and_then(|r| r.parse().ok())
             .unwrap_or_default();
-        for field in ["rules", "aggregationRule", "roleRef", "subjects"] {
-            if let Some(value) = shipped.get(field) {
-                stored[field] = value.clone();
-            }
-        }
-        match self.objects.update(rt, stored, revision).await {
+        match self.objects.update(rt, reconciled, revision).await {
             Ok(_) => Ok(()),
             // another server put it back first
             Err(error) if error.code == 409 => Ok(()),

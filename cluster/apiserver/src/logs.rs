@@ -153,12 +153,22 @@ pub async fn handle(
     let forwarded = {
         let mut serializer = form_urlencoded::Serializer::new(String::new());
         for (key, value) in query.pairs() {
-            if key != "limit" && key != "offset" && key != "namespaces" {
+            let narrowed = key == "namespaces" && readable.is_some();
+            if key != "limit" && key != "offset" && !narrowed {
                 serializer.append_pair(key, value);
             }
         }
         if let Some(readable) = &readable {
-            serializer.append_pair("namespaces", &readable.join(","));
+            // the user's own `namespaces`, within what it may read
+            let asked: Option<Vec<&str>> = query
+                .get("namespaces")
+                .map(|list| list.split(',').map(str::trim).collect());
+            let allowed: Vec<&str> = readable
+                .iter()
+                .map(String::as_str)
+                .filter(|ns| asked.as_ref().is_none_or(|asked| asked.contains(ns)))
+                .collect();
+            serializer.append_pair("namespaces", &allowed.join(","));
         }
         if kind == "search" {
             serializer.append_pair("limit", &(offset + limit).to_string());

@@ -215,7 +215,7 @@ impl LogIndex {
         self.live.subscribe()
     }
 
-    /// Hands added records to live tails, when there are any.
+    /// Hands committed records to live tails, when there are any.
     pub(crate) fn publish(&self, records: &[LogRecord]) {
         if self.live.receiver_count() == 0 {
             return;

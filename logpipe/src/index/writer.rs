@@ -307,9 +307,8 @@ impl Sink {
         if duplicates > 0 {
             self.component.discarded("duplicate", duplicates as u64);
         }
-        match self.add_documents(&batch) {
-            Ok(()) => self.index.publish(&batch.records),
-            Err(error) => self.fail(&error),
+        if let Err(error) = self.add_documents(&batch) {
+            self.fail(&error);
         }
         // the last offset of each run
         let mut previous: Option<&crate::record::Position> = None;
@@ -375,6 +374,11 @@ impl Sink {
         if let Err(error) = self.try_commit() {
             self.fail(&error);
             return;
+        }
+        // live tails see lines once searches do, so none falls between a tail's history
+        // and its live lines
+        for batch in &self.uncommitted {
+            self.index.publish(&batch.records);
         }
         let records = self.pending_records() as u64;
         let newest = self

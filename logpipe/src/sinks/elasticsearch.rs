@@ -142,10 +142,15 @@ pub fn document(record: &LogRecord) -> Value {
     Value::Object(document)
 }
 
-/// The stable id of a record read from a source with positions (file and offset).
+/// The stable id of a record read from a source with positions.
 fn id_of(record: &LogRecord) -> Option<String> {
     let position = record.position.as_ref()?;
-    let digest = sha2::Sha256::digest(format!("{}:{}", position.key, position.offset));
+    // the node, the file and offset, and the line itself: a file read again after a truncation
+    // or a reused inode gives other lines other ids
+    let digest = sha2::Sha256::digest(format!(
+        "{}\n{}\n{}\n{}\n{}",
+        record.node, position.key, position.offset, record.timestamp, record.message
+    ));
     Some(hex::encode(&digest[..16]))
 }
 
@@ -263,6 +268,7 @@ pub(crate) async fn run(
                 .count()
                 .max(1);
             let mut request: Vec<Item> = pending.drain(..take).collect();
+            let mut item_retries = 0u32;
             loop {
                 let body: Vec<u8> = request
                     .iter()
@@ -337,9 +343,11 @@ pub(crate) async fn run(
                     break;
                 }
                 metrics.error("send_failed");
+                item_retries += 1;
+                let pause = std::time::Duration::from_millis(200 << item_retries.min(5));
                 tokio::select! {
                     () = shutdown.cancelled() => { stopped = true; break; }
-                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
                 request = again;
             }

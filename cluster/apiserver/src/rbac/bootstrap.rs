@@ -7,10 +7,11 @@
 //! unless a role is annotated `rbac.authorization.kubernetes.io/autoupdate: "false"`.
 //!
 //! Differences from Kubernetes, on purpose: node agents (`system:nodes`) are authorized by the
-//! `system:node` role rather than the Node authorizer, so a node may read every Secret and
-//! ConfigMap, as kubelets could before Kubernetes 1.8; the controller manager and the GitOps
-//! reconciler are bound to cluster-admin, since they create, adopt and delete every kind (each
-//! Application can narrow its own sync with `serviceAccountName`).
+//! `system:node` role rather than the Node authorizer, so a node (or whoever holds the join
+//! token) may read every Secret and ConfigMap, create pods and mint ServiceAccount tokens in
+//! every namespace, as kubelets could before Kubernetes 1.8; the controller manager and the
+//! GitOps reconciler are bound to cluster-admin, since they create, adopt and delete every kind
+//! (each Application can narrow its own sync with `serviceAccountName`).
 
 use serde_json::{Value, json};
 
@@ -284,8 +285,6 @@ pub fn cluster_roles() -> Vec<Value> {
             &["subjectaccessreviews", "localsubjectaccessreviews"],
         ),
         leases(),
-        paths(&["post"], &["/kelson/v1/kubelet-certificate"]),
-        paths(&["get"], &["/kelson/v1/logs", "/kelson/v1/logs/*"]),
     ];
     node.extend(events());
     vec![
@@ -457,20 +456,50 @@ pub fn cluster_role_bindings() -> Vec<Value> {
     ]
 }
 
-/// Whether a stored default should get the shipped content back.
+/// The stored default with what is shipped put back, or `None` when nothing is missing: as
+/// kube-apiserver reconciles its defaults, missing rules and subjects are added (what an admin
+/// added is kept), the roleRef and aggregation selectors are restored; nothing is touched when
+/// the object is annotated `rbac.authorization.kubernetes.io/autoupdate: "false"`.
 #[must_use]
-pub fn needs_update(stored: &Value, shipped: &Value) -> bool {
+pub fn reconcile(stored: &Value, shipped: &Value) -> Option<Value> {
     let autoupdate = stored
         .pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
         .and_then(Value::as_str);
     if autoupdate == Some("false") {
-        return false;
+        return None;
     }
-    let fields: &[&str] = if shipped.get("aggregationRule").is_some() {
-        // the rules of an aggregated role are written by aggregation, not shipped
-        &["aggregationRule"]
+    let mut out = stored.clone();
+    let mut changed = false;
+    for field in ["aggregationRule", "roleRef"] {
+        if let Some(value) = shipped.get(field)
+            && stored.get(field) != Some(value)
+        {
+            out[field] = value.clone();
+            changed = true;
+        }
+    }
+    // the rules of an aggregated role are written by aggregation, not shipped
+    let lists: &[&str] = if shipped.get("aggregationRule").is_some() {
+        &["subjects"]
     } else {
-        &["rules", "roleRef", "subjects"]
+        &["rules", "subjects"]
     };
-    fields.iter().any(|f| stored.get(*f) != shipped.get(*f))
+    for field in lists {
+        let Some(wanted) = shipped.get(*field).and_then(Value::as_array) else {
+            continue;
+        };
+        let mut have = stored
+            .get(*field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for item in wanted {
+            if !have.contains(item) {
+                have.push(item.clone());
+                changed = true;
+            }
+        }
+        out[*field] = Value::Array(have);
+    }
+    changed.then_some(out)
 }

@@ -67,6 +67,47 @@ pub struct Rule {
     pub non_resource_urls: Vec<String>,
 }
 
+/// Whether a rule's path (`/apis/*`, `*`, `/version`) matches `path`.
+fn url_matches(rule: &str, path: &str) -> bool {
+    rule == "*" || rule == path || rule.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+}
+
+/// A rule broken into rules of one verb, group, resource and name each (paths one by one),
+/// so that a wanted rule is covered when each of its parts is held by some rule, as
+/// Kubernetes compares them.
+fn parts(rule: &Rule) -> Vec<Rule> {
+    let one = |value: &String| vec![value.clone()];
+    let mut out = Vec::new();
+    for verb in &rule.verbs {
+        for url in &rule.non_resource_urls {
+            out.push(Rule {
+                verbs: one(verb),
+                non_resource_urls: one(url),
+                ..Rule::default()
+            });
+        }
+        for group in &rule.api_groups {
+            for resource in &rule.resources {
+                let names: Vec<Vec<String>> = if rule.resource_names.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    rule.resource_names.iter().map(one).collect()
+                };
+                for names in names {
+                    out.push(Rule {
+                        verbs: one(verb),
+                        api_groups: one(group),
+                        resources: one(resource),
+                        resource_names: names,
+                        ..Rule::default()
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 fn has(list: &[String], value: &str) -> bool {
     list.iter().any(|v| v == "*" || v == value)
 }
@@ -99,11 +140,10 @@ impl Rule {
                     && (self.resource_names.is_empty()
                         || (!name.is_empty() && self.resource_names.iter().any(|n| n == name)))
             }
-            Target::Path(path) => self.non_resource_urls.iter().any(|url| {
-                url == "*"
-                    || url == path
-                    || url.strip_suffix('*').is_some_and(|p| path.starts_with(p))
-            }),
+            Target::Path(path) => self
+                .non_resource_urls
+                .iter()
+                .any(|url| url_matches(url, path)),
         }
     }
 
@@ -117,12 +157,16 @@ impl Rule {
         if !within(&self.verbs, &other.verbs) {
             return false;
         }
-        if !other.non_resource_urls.is_empty() {
-            return other.non_resource_urls.iter().all(|url| {
-                self.non_resource_urls.iter().any(|m| {
-                    m == "*" || m == url || m.strip_suffix('*').is_some_and(|p| url.starts_with(p))
-                })
-            });
+        // both parts of a rule that names resources and paths must be covered
+        let paths = other
+            .non_resource_urls
+            .iter()
+            .all(|url| self.non_resource_urls.iter().any(|m| url_matches(m, url)));
+        if !paths {
+            return false;
+        }
+        if other.resources.is_empty() && other.api_groups.is_empty() {
+            return true;
         }
         within(&self.api_groups, &other.api_groups)
             && other.resources.iter().all(|r| {
@@ -675,18 +719,29 @@ impl Authorizer {
     ) {
         loop {
             aggregate_stored(&server).await;
+            // one watch per kind; any of them failing or ending means listing again, so that
+            // no kind goes stale
             let mut streams = Vec::new();
             for (index, prefix) in PREFIXES.iter().enumerate() {
                 match storage.watch(prefix, after).await {
-                    Ok(stream) => streams.push(stream.map(move |m| (index, m)).boxed()),
-                    Err(error) => tracing::warn!(%error, "RBAC watch failed"),
+                    Ok(stream) => streams.push(
+                        stream
+                            .map(move |m| Some((index, m)))
+                            .chain(futures::stream::once(async { None }))
+                            .boxed(),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "RBAC watch failed");
+                        streams.clear();
+                        break;
+                    }
                 }
             }
             let mut merged = futures::stream::select_all(streams);
             loop {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => return,
-                    message = merged.next() => message,
+                    message = merged.next() => message.flatten(),
                 };
                 match message {
                     Some((index, Ok(WatchMessage::Event(event)))) => {
@@ -787,6 +842,22 @@ pub fn admit(
     };
     let (wanted, waiver) = match rt.kind.as_str() {
         "Role" | "ClusterRole" => {
+            let rules = rules_of(object);
+            if rt.kind == "Role" && rules.iter().any(|r| !r.non_resource_urls.is_empty()) {
+                return Err(ApiError::bad_request(format!(
+                    "roles.{} \"{name}\" is invalid: rules: nonResourceURLs are not allowed in namespaced Roles",
+                    rt.group
+                )));
+            }
+            if rules
+                .iter()
+                .any(|r| !r.non_resource_urls.is_empty() && !r.resources.is_empty())
+            {
+                return Err(ApiError::bad_request(format!(
+                    "{}.{} \"{name}\" is invalid: rules: a rule names either resources or nonResourceURLs, not both",
+                    rt.plural, rt.group
+                )));
+            }
             if rt.kind == "ClusterRole"
                 && selectors_of(object).is_some()
                 && !may("escalate", &rt.plural, name)
@@ -796,7 +867,7 @@ pub fn admit(
                     rt.plural, rt.group, user.name
                 )));
             }
-            (rules_of(object), may("escalate", &rt.plural, name))
+            (rules, may("escalate", &rt.plural, name))
         }
         "RoleBinding" | "ClusterRoleBinding" => {
             let role = str_at(object, "/roleRef/name");
@@ -807,14 +878,24 @@ pub fn admit(
                     server.authorizer.stored.lock().get(&key).map(rules_of)
                 }
                 _ => None,
-            }
-            .unwrap_or_default();
+            };
             let resource = if str_at(object, "/roleRef/kind") == "Role" {
                 "roles"
             } else {
                 "clusterroles"
             };
-            (rules, may("bind", resource, role))
+            let bind = may("bind", resource, role);
+            // a role that does not exist (yet) could grant anything once created
+            let Some(rules) = rules else {
+                if bind {
+                    return Ok(());
+                }
+                return Err(ApiError::forbidden(format!(
+                    "{}.{} \"{name}\" is forbidden: user \"{}\" cannot bind {resource} \"{role}\": it does not exist, and binding it needs bind permission",
+                    rt.plural, rt.group, user.name
+                )));
+            };
+            (rules, bind)
         }
         _ => return Ok(()),
     };
@@ -822,9 +903,10 @@ pub fn admit(
         return Ok(());
     }
     let held = policy.rules_for(user, namespace);
-    let missing: Vec<&Rule> = wanted
+    let missing: Vec<Rule> = wanted
         .iter()
-        .filter(|rule| !held.iter().any(|h| h.covers(rule)))
+        .flat_map(parts)
+        .filter(|part| !held.iter().any(|h| h.covers(part)))
         .collect();
     if missing.is_empty() {
         return Ok(());

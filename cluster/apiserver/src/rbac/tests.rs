@@ -207,3 +207,51 @@ fn forbidden_messages_read_like_kube_apiservers() {
         "forbidden: User \"bob\" cannot get path \"/metrics\""
     );
 }
+
+#[test]
+fn grants_are_compared_part_by_part() {
+    let rule = |v: Value| serde_json::from_value::<Rule>(v).unwrap();
+    let held = [
+        rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]})),
+        rule(json!({"verbs": ["create"], "apiGroups": [""], "resources": ["pods"]})),
+        rule(json!({"verbs": ["get"], "nonResourceURLs": ["/api"]})),
+    ];
+    let covered = |wanted: &Rule| {
+        parts(wanted)
+            .iter()
+            .all(|part| held.iter().any(|h| h.covers(part)))
+    };
+    // get and create come from two rules: together they cover a rule with both
+    assert!(covered(&rule(
+        json!({"verbs": ["get", "create"], "apiGroups": [""], "resources": ["pods"]})
+    )));
+    assert!(!covered(&rule(
+        json!({"verbs": ["get", "delete"], "apiGroups": [""], "resources": ["pods"]})
+    )));
+    // a rule naming resources and paths needs both: holding /api is not holding every resource
+    let mixed = rule(
+        json!({"verbs": ["get"], "apiGroups": ["*"], "resources": ["*"], "nonResourceURLs": ["/api"]}),
+    );
+    assert!(!covered(&mixed));
+    assert!(!held[2].covers(&mixed));
+    assert!(covered(&rule(
+        json!({"verbs": ["get"], "nonResourceURLs": ["/api"]})
+    )));
+}
+
+#[test]
+fn shipped_defaults_are_added_back_without_removing_what_admins_added() {
+    let shipped = bootstrap::cluster_role_bindings()
+        .into_iter()
+        .find(|b| str_at(b, "/metadata/name") == "system:monitoring")
+        .unwrap();
+    let mut stored = shipped.clone();
+    stored["subjects"] = json!([{"kind": "User", "name": "prometheus"}]);
+    let reconciled = bootstrap::reconcile(&stored, &shipped).unwrap();
+    let subjects = reconciled["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(bootstrap::reconcile(&reconciled, &shipped).is_none());
+    stored["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"] =
+        json!("false");
+    assert!(bootstrap::reconcile(&stored, &shipped).is_none());
+}

@@ -446,6 +446,18 @@ async fn read_modify_write(
         let desired = desired_of(current.as_ref())?;
         let Some(current) = current else {
             if target == Target::Main && (options.apply || allows_create_on_update(rt)) {
+                // an update that creates needs create too, as in Kubernetes
+                server.authorizer.check(
+                    &options.user,
+                    &crate::rbac::Attributes::resource(
+                        "create",
+                        &rt.group,
+                        &rt.plural,
+                        "",
+                        namespace.unwrap_or(""),
+                        name,
+                    ),
+                )?;
                 let created =
                     create_object(server, rt, namespace, desired, options, warnings).await?;
                 return Ok((created, true));
