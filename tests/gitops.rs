@@ -1399,4 +1399,35 @@ fn an_application_syncs_as_its_service_account() {
         sha
     );
     k.ok(&["get", "configmap", "mine", "-n", "team"]);
+
+    // Secrets an Application names are read as its account too: one that may read none
+    // cannot have the reconciler fetch credentials for it
+    k.ok(&["create", "serviceaccount", "narrow", "-n", "team"]);
+    let narrow = application("narrow-app", &repo.origin, "app", true)
+        .replace("  namespace: default\n", "  namespace: team\n")
+        .replace(
+            "    path: app\n",
+            "    path: app\n    secretRef: {name: deploy-key}\n  serviceAccountName: narrow\n",
+        );
+    k.ok_with(&["apply", "-f", "-"], Some(&narrow));
+    let message = wait_for(
+        &k,
+        "the credentials refused to the account",
+        &[
+            "get",
+            "app",
+            "narrow-app",
+            "-n",
+            "team",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
+        ],
+        |t| t.contains("forbidden") || t.contains("does not exist"),
+    );
+    assert!(
+        message.contains(
+            "secrets \"deploy-key\" is forbidden: User \"system:serviceaccount:team:narrow\""
+        ),
+        "{message}"
+    );
 }

@@ -236,6 +236,21 @@ fn check(minor: u32) {
         "--as=ann",
     ]);
     assert!(can_i(&k, &["get", "configmaps", "-n", "dev", "--as=bob"]));
+    // a binding's role is fixed at creation
+    let denied = k.fails(
+        &[
+            "patch",
+            "rolebinding",
+            "bob-reads",
+            "-n",
+            "dev",
+            "--type=merge",
+            "-p",
+            r#"{"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"}}"#,
+        ],
+        None,
+    );
+    assert!(denied.contains("cannot change roleRef"), "{denied}");
     // service accounts: a token authenticates as system:serviceaccount:NS:NAME
     k.ok(&["create", "serviceaccount", "ci", "-n", "dev"]);
     let token = k.ok(&["create", "token", "ci", "-n", "dev"]);

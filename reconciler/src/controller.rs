@@ -458,13 +458,18 @@ impl Context {
     /// names one, else the reconciler's.
     async fn target_for(&self, app: &Application) -> Result<Arc<Target>, String> {
         let cluster = self.cluster_for(app).await?;
+        Ok(self.acting_as(app, &cluster))
+    }
+
+    /// `cluster` as the Application's ServiceAccount, when it names one.
+    fn acting_as(&self, app: &Application, cluster: &Arc<Target>) -> Arc<Target> {
         let Some(account) = app
             .spec
             .service_account_name
             .as_deref()
             .filter(|a| !a.is_empty())
         else {
-            return Ok(cluster);
+            return cluster.clone();
         };
         let user = format!(
             "system:serviceaccount:{}:{account}",
@@ -472,10 +477,10 @@ impl Context {
         );
         let key = (cluster.cluster.clone(), user);
         let mut impersonated = self.impersonated.lock();
-        let target = impersonated
+        impersonated
             .entry(key)
-            .or_insert_with_key(|(_, user)| cluster.impersonating(user));
-        Ok(target.clone())
+            .or_insert_with_key(|(_, user)| cluster.impersonating(user))
+            .clone()
     }
 
     /// The cluster `app` deploys to: this one, or the one of the kubeconfig in the Secret its
@@ -1366,8 +1371,11 @@ async fn secret_data(
     what: &str,
 ) -> Result<std::collections::BTreeMap<String, k8s_openapi::ByteString>, String> {
     let namespace = app.namespace().unwrap_or_default();
+    // as the Application's account, when it names one: an Application cannot make the
+    // reconciler hand over a Secret its account may not read
+    let reader = ctx.acting_as(app, &ctx.home);
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(ctx.home.kinds.client().clone(), &namespace);
+        Api::namespaced(reader.kinds.client().clone(), &namespace);
     let secret = secrets
         .get_opt(name)
         .await

@@ -825,8 +825,28 @@ pub fn admit(
     user: &User,
     rt: &ResourceType,
     object: &Value,
+    old: Option<&Value>,
 ) -> Result<(), ApiError> {
-    if rt.group != "rbac.authorization.k8s.io" || user.groups.iter().any(|g| g == MASTERS) {
+    if rt.group != "rbac.authorization.k8s.io" {
+        return Ok(());
+    }
+    // a binding's role is fixed at creation, as in Kubernetes
+    if let Some(old) = old
+        && rt.kind.ends_with("Binding")
+        && old.get("roleRef") != object.get("roleRef")
+    {
+        return Err(ApiError::invalid(
+            &rt.kind,
+            &rt.group,
+            crate::meta::name(object),
+            vec![crate::error::Cause::invalid(
+                "roleRef",
+                object.get("roleRef").unwrap_or(&Value::Null),
+                "cannot change roleRef",
+            )],
+        ));
+    }
+    if user.groups.iter().any(|g| g == MASTERS) {
         return Ok(());
     }
     let namespace = crate::meta::namespace(object).unwrap_or("");

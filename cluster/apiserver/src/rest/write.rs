@@ -302,7 +302,7 @@ async fn create_object(
     if !causes.is_empty() {
         return Err(invalid(rt, &object, causes));
     }
-    crate::rbac::admit(server, &options.user, rt, &object)?;
+    crate::rbac::admit(server, &options.user, rt, &object, None)?;
     if !options.apply {
         crate::fieldset::record_update(
             &mut object,
@@ -469,7 +469,7 @@ async fn read_modify_write(
         else {
             return Ok((current, false));
         };
-        crate::rbac::admit(server, &options.user, rt, &admitted)?;
+        crate::rbac::admit(server, &options.user, rt, &admitted, Some(&current))?;
         let reserved = if is_service(rt) && target == Target::Main {
             crate::services::allocate(server, &mut admitted, options.dry_run).await?
         } else {
