@@ -113,6 +113,10 @@ struct ReconcilerArgs {
     /// Namespace of the leader-election Lease and of the webhook Secret.
     #[arg(long, default_value = "kube-system")]
     namespace: String,
+    /// ServiceAccount (in each Application's namespace) that Applications naming none sync
+    /// as; without it they sync as the reconciler itself.
+    #[arg(long)]
+    default_service_account: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -479,6 +483,10 @@ struct ServerArgs {
     /// reconciler's Prometheus metrics at /metrics (port 0 picks one: DATA_DIR/gitops/address).
     #[arg(long, default_value = "0.0.0.0:9780")]
     gitops_listen: SocketAddr,
+    /// ServiceAccount (in each Application's namespace) that GitOps Applications naming none
+    /// sync as; without it they sync as the reconciler, which is cluster-admin.
+    #[arg(long)]
+    gitops_default_service_account: Option<String>,
     /// Do not run the node agent (kubelet) on this machine.
     #[arg(long)]
     disable_agent: bool,
@@ -756,6 +764,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
     if !args.disable_gitops {
         let mut config = kelson_reconciler::Config::new(data_dir.join("gitops"));
         config.listen = Some(args.gitops_listen);
+        config.default_service_account = args.gitops_default_service_account.clone();
         let requests = config.client_metrics.clone();
         lead(
             "kelson-gitops",
@@ -893,6 +902,7 @@ async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<()> {
     let mut config = kelson_reconciler::Config::new(args.data_dir);
     config.listen = Some(args.listen);
     config.namespace = args.namespace.clone();
+    config.default_service_account = args.default_service_account.clone();
     let client = counted_client(
         kube_config(args.kubeconfig.as_deref()).await?,
         &config.client_metrics,

@@ -1313,11 +1313,8 @@ fn a_sync_wave_waits_until_the_previous_one_is_healthy() {
     );
 }
 
-#[test]
-fn an_application_syncs_as_its_service_account() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start_server(dir.path(), "server", &[]);
-    let k = Kubectl::new(33, &server.kubeconfig());
+/// Namespaces `team` and `other`, and a ServiceAccount `team/deployer` with edit in `team`.
+fn team_with_deployer(k: &Kubectl) {
     for namespace in ["team", "other"] {
         k.ok(&["create", "namespace", namespace]);
     }
@@ -1331,6 +1328,32 @@ fn an_application_syncs_as_its_service_account() {
         "-n",
         "team",
     ]);
+}
+
+/// The Ready message of `team/team-app` once a write was refused.
+fn refused_ready_message(k: &Kubectl, what: &str) -> String {
+    wait_for(
+        k,
+        what,
+        &[
+            "get",
+            "app",
+            "team-app",
+            "-n",
+            "team",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
+        ],
+        |t| t.contains("forbidden"),
+    )
+}
+
+#[test]
+fn an_application_syncs_as_its_service_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start_server(dir.path(), "server", &[]);
+    let k = Kubectl::new(33, &server.kubeconfig());
+    team_with_deployer(&k);
     let repo = GitRepo::new(dir.path(), "origin");
     repo.write(
         "app/mine.yaml",
@@ -1350,20 +1373,7 @@ fn an_application_syncs_as_its_service_account() {
             "    path: app\n  destination: {namespace: team}\n  serviceAccountName: deployer\n",
         );
     k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
-    let message = wait_for(
-        &k,
-        "the sync refused as the service account",
-        &[
-            "get",
-            "app",
-            "team-app",
-            "-n",
-            "team",
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
-        ],
-        |t| t.contains("forbidden"),
-    );
+    let message = refused_ready_message(&k, "the sync refused as the service account");
     assert!(
         message.contains("User \"system:serviceaccount:team:deployer\" cannot"),
         "{message}"
@@ -1428,6 +1438,34 @@ fn an_application_syncs_as_its_service_account() {
         message.contains(
             "secrets \"deploy-key\" is forbidden: User \"system:serviceaccount:team:narrow\""
         ),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_default_service_account_narrows_applications_that_name_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start_server(
+        dir.path(),
+        "server",
+        &["--gitops-default-service-account=deployer"],
+    );
+    let k = Kubectl::new(33, &server.kubeconfig());
+    team_with_deployer(&k);
+    let repo = GitRepo::new(dir.path(), "origin");
+    repo.write(
+        "app/theirs.yaml",
+        &configmap("theirs")
+            .replace("hooked", "theirs")
+            .replace("metadata:\n", "metadata:\n  namespace: other\n"),
+    );
+    repo.commit("A ConfigMap in a namespace the team may not touch");
+    let app = application("team-app", &repo.origin, "app", true)
+        .replace("  namespace: default\n", "  namespace: team\n");
+    k.ok_within(Duration::from_secs(20), &["apply", "-f", "-"], Some(&app));
+    let message = refused_ready_message(&k, "the sync refused as the default account");
+    assert!(
+        message.contains("User \"system:serviceaccount:team:deployer\" cannot"),
         "{message}"
     );
 }

@@ -60,6 +60,9 @@ pub struct Config {
     pub namespace: String,
     /// Counts the requests of the reconciler's API client (served with its metrics).
     pub client_metrics: Arc<kelson_common::client_metrics::ClientMetrics>,
+    /// The ServiceAccount (of each Application's namespace) Applications that name none sync
+    /// as (Flux's `--default-service-account`); `None`: the reconciler's own identity.
+    pub default_service_account: Option<String>,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             listen: None,
             namespace: "kube-system".into(),
             client_metrics: Arc::default(),
+            default_service_account: None,
         }
     }
 
@@ -467,6 +471,7 @@ impl Context {
             .spec
             .service_account_name
             .as_deref()
+            .or(self.config.default_service_account.as_deref())
             .filter(|a| !a.is_empty())
         else {
             return cluster.clone();
