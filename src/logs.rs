@@ -496,28 +496,23 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
                     print_hit(hit, &output);
                 }
             }
-            let mut body = live.into_body();
-            let mut pending: Vec<u8> = Vec::new();
-            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-                let frame = frame.context("the live tail broke off")?;
-                if let Ok(data) = frame.into_data() {
-                    pending.extend_from_slice(&data);
-                }
-                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).take(end).collect();
-                    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else {
-                        continue;
-                    };
-                    if let Some(error) = value["error"].as_str() {
-                        eprintln!(
-                            "warning: node {} is not tailed: {error}",
-                            value["node"].as_str().unwrap_or("?")
-                        );
-                    } else if let Some(missed) = value["dropped"].as_u64() {
-                        eprintln!("warning: {missed} lines went by too fast to show");
-                    } else if !shown.remove(&hit_key(&value)) {
-                        print_hit(&value, &output);
-                    }
+            let mut lines = std::pin::pin!(kelson_common::ndjson::lines(live.into_body()));
+            while let Some(line) = futures::StreamExt::next(&mut lines).await {
+                let line = line
+                    .map_err(anyhow::Error::msg)
+                    .context("the live tail broke off")?;
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(error) = value["error"].as_str() {
+                    eprintln!(
+                        "warning: node {} is not tailed: {error}",
+                        value["node"].as_str().unwrap_or("?")
+                    );
+                } else if let Some(missed) = value["dropped"].as_u64() {
+                    eprintln!("warning: {missed} lines went by too fast to show");
+                } else if !shown.remove(&hit_key(&value)) {
+                    print_hit(&value, &output);
                 }
             }
             anyhow::bail!("the live tail ended: {what} went away")

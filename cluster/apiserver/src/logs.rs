@@ -206,39 +206,6 @@ pub async fn handle(
     Ok(crate::rest::json_response(StatusCode::OK, &body))
 }
 
-/// A body's lines (without their newline), whatever its chunks.
-fn lines_of(
-    body: hyper::body::Incoming,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, String>> + Send {
-    use futures::StreamExt as _;
-    use http_body_util::BodyExt as _;
-    futures::stream::unfold(
-        (body.into_data_stream(), Vec::<u8>::new(), false),
-        |(mut body, mut pending, done)| async move {
-            loop {
-                if let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).take(end).collect();
-                    return Some((Ok(bytes::Bytes::from(line)), (body, pending, done)));
-                }
-                if done {
-                    return None;
-                }
-                match body.next().await {
-                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
-                    Some(Err(error)) => {
-                        return Some((Err(error.to_string()), (body, Vec::new(), true)));
-                    }
-                    None if pending.is_empty() => return None,
-                    None => {
-                        let line = std::mem::take(&mut pending);
-                        return Some((Ok(bytes::Bytes::from(line)), (body, pending, true)));
-                    }
-                }
-            }
-        },
-    )
-}
-
 /// Why a node's live tail did not open.
 enum Refused {
     /// The node rejected the query (400).
@@ -303,7 +270,7 @@ async fn tail(server: &ApiServer, nodes: &[Value], path: &str) -> ApiResult<Resp
             Ok(body) => {
                 let node = name.clone();
                 streams.push(
-                    lines_of(body)
+                    kelson_common::ndjson::lines(body)
                         .map(move |line| match line {
                             Ok(line) => {
                                 let mut line = line.to_vec();

@@ -7,6 +7,7 @@ pub mod cron;
 pub mod duration;
 pub mod events;
 pub mod leader;
+pub mod ndjson;
 pub mod net;
 pub mod node;
 pub mod pod;
