@@ -89,6 +89,15 @@ fn check(minor: u32) {
         "--as=ann",
     ]);
     k.ok(&["get", "configmaps", "-n", "dev", "--as=ann"]);
+    // kubectl shows bindings and roles as kube-apiserver's columns have them
+    let wide = k.ok(&["get", "rolebinding", "ann-edit", "-n", "dev", "-o", "wide"]);
+    assert!(wide.contains("ROLE") && wide.contains("USERS"), "{wide}");
+    assert!(
+        wide.contains("ClusterRole/edit") && wide.contains("ann"),
+        "{wide}"
+    );
+    let roles = k.ok(&["get", "clusterrole", "view"]);
+    assert!(roles.contains("CREATED AT"), "{roles}");
     assert!(can_i(
         &k,
         &["create", "deployments.apps", "-n", "dev", "--as=ann"]

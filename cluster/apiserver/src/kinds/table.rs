@@ -232,6 +232,17 @@ pub fn columns(rt: &ResourceType) -> Vec<Column> {
             AGE,
         ],
         ("", "ServiceAccount") => vec![NAME, col("Secrets", "integer", 0), AGE],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![NAME, col("Created At", "date", 0)]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
+            NAME,
+            col("Role", "string", 0),
+            AGE,
+            col("Users", "string", 1),
+            col("Groups", "string", 1),
+            col("ServiceAccounts", "string", 1),
+        ],
         ("", "Endpoints") => vec![NAME, col("Endpoints", "string", 0), AGE],
         ("", "PersistentVolumeClaim") => vec![
             NAME,
@@ -721,6 +732,37 @@ pub fn cells(rt: &ResourceType, object: &Value) -> Vec<Value> {
                 json!(s(object, "/type")),
                 json!(count),
                 json!(created(object)),
+            ]
+        }
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![name, json!(s(object, "/metadata/creationTimestamp"))]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let subjects = |kind: &str| {
+                object
+                    .get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|subject| s(subject, "/kind") == kind)
+                    .map(|subject| match s(subject, "/namespace") {
+                        "" => s(subject, "/name").to_owned(),
+                        namespace => format!("{namespace}/{}", s(subject, "/name")),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(object, "/roleRef/kind"),
+                    s(object, "/roleRef/name")
+                )),
+                json!(created(object)),
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
             ]
         }
         ("", "ServiceAccount") => {
