@@ -494,21 +494,9 @@ mod tests {
     #[test]
     fn records_survive_the_file_format() {
         let record = LogRecord {
-            tag: "kube.shop.web.nginx".into(),
-            timestamp: 7,
-            message: "GET / 200".into(),
             stream: "stderr",
             level: "error",
-            namespace: "shop".into(),
-            pod: "web".into(),
-            container: "nginx".into(),
-            node: "n1".into(),
-            labels: Arc::new([("app".to_owned(), "web".to_owned())].into()),
-            fields: Arc::new([("status".to_owned(), "200".to_owned())].into()),
-            position: Some(Position {
-                key: "pods:1:2".into(),
-                offset: 42,
-            }),
+            ..crate::record::sample()
         };
         let mut bytes = encode(&[record.clone(), LogRecord::default()]);
         bytes.extend_from_slice(b"{broken\n");

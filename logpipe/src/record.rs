@@ -202,6 +202,29 @@ fn normalize(word: &[u8]) -> &'static str {
     }
 }
 
+/// A container log record with every field set (a test fixture).
+#[cfg(test)]
+#[must_use]
+pub(crate) fn sample() -> LogRecord {
+    LogRecord {
+        tag: "kube.shop.web.nginx".into(),
+        timestamp: 1_795_000_000_123_456_789,
+        message: "GET / 200".into(),
+        stream: "stdout",
+        level: "info",
+        namespace: "shop".into(),
+        pod: "web".into(),
+        container: "nginx".into(),
+        node: "n1".into(),
+        labels: Arc::new([("app".to_owned(), "web".to_owned())].into()),
+        fields: Arc::new([("status".to_owned(), "200".to_owned())].into()),
+        position: Some(Position {
+            key: "pods:1:2".into(),
+            offset: 42,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::detect_level;

@@ -23,7 +23,7 @@ use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{Attempt, HttpAuth, open_or_refuse, retryable, until_done};
+use super::http::{Attempt, HttpAuth, open_or_refuse, retryable, settle, until_done};
 use crate::metrics::ComponentMetrics;
 use crate::record::{Batch, LogRecord};
 
@@ -352,24 +352,18 @@ pub(crate) async fn run(
                 request = again;
             }
         }
-        if stopped {
-            if let Some(ack) = &batch.ack {
-                ack.fail();
-            }
-            metrics.discarded("shutdown", count - delivered - refused);
-        }
-        if refused > 0 {
-            metrics.error("rejected");
-            metrics.discarded("rejected", refused);
-        }
-        metrics.sent(delivered);
+        let given_up = if stopped {
+            count - delivered - refused
+        } else {
+            0
+        };
+        settle(&batch, &metrics, delivered, refused, given_up);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Position;
 
     #[test]
     fn bulk_items_carry_index_id_and_a_fluent_bit_shaped_document() {
@@ -377,23 +371,7 @@ mod tests {
             serde_yaml::from_str("url: http://es:9200\npipeline: logs\n").unwrap();
         config.validate().unwrap();
         assert_eq!(config.bulk_url(), "http://es:9200/_bulk?pipeline=logs");
-        let record = LogRecord {
-            tag: "kube.shop.web.nginx".into(),
-            timestamp: 1_795_000_000_123_456_789,
-            message: "GET / 200".into(),
-            stream: "stdout",
-            level: "info",
-            namespace: "shop".into(),
-            pod: "web".into(),
-            container: "nginx".into(),
-            node: "n1".into(),
-            labels: Arc::new([("app".to_owned(), "web".to_owned())].into()),
-            fields: Arc::new([("status".to_owned(), "200".to_owned())].into()),
-            position: Some(Position {
-                key: "pods:1:2".into(),
-                offset: 42,
-            }),
-        };
+        let record = crate::record::sample();
         let items = items(&config, &[record.clone(), record.clone()]);
         let text = String::from_utf8(items[0].lines.to_vec()).unwrap();
         let lines: Vec<Value> = text

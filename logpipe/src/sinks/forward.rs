@@ -285,20 +285,7 @@ mod tests {
 
     #[test]
     fn records_are_shaped_as_fluent_bit_shapes_kubernetes_records() {
-        let record = LogRecord {
-            tag: "kube.shop.web.nginx".into(),
-            timestamp: 1_795_000_000_123_456_789,
-            message: "GET / 200".into(),
-            stream: "stdout",
-            level: "info",
-            namespace: "shop".into(),
-            pod: "web".into(),
-            container: "nginx".into(),
-            node: "n1".into(),
-            labels: Arc::new([("app".to_owned(), "web".to_owned())].into()),
-            fields: Arc::new([("status".to_owned(), "200".to_owned())].into()),
-            ..LogRecord::default()
-        };
+        let record = crate::record::sample();
         let json = event_record(&record).to_string();
         assert_eq!(
             json,

@@ -203,6 +203,29 @@ where
     }
 }
 
+/// Accounts for a batch an HTTP output is done with: `delivered` records sent, `rejected`
+/// refused for good by the receiver (dropped, counted), `given_up` not sent at shutdown (the
+/// batch is not acknowledged, so its records are read or sent again later).
+pub fn settle(
+    batch: &Batch,
+    metrics: &ComponentMetrics,
+    delivered: u64,
+    rejected: u64,
+    given_up: u64,
+) {
+    if given_up > 0 {
+        if let Some(ack) = &batch.ack {
+            ack.fail();
+        }
+        metrics.discarded("shutdown", given_up);
+    }
+    if rejected > 0 {
+        metrics.error("rejected");
+        metrics.discarded("rejected", rejected);
+    }
+    metrics.sent(delivered);
+}
+
 /// The endpoint of an HTTP output; when its settings are unusable (an unreadable `ca_file`, a
 /// bad header), `None` after failing every batch that arrives until the input ends, so the
 /// sources keep their positions and the pipeline does not stall.

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{Attempt, HttpAuth, open_or_refuse, retryable, until_done};
+use super::http::{Attempt, HttpAuth, open_or_refuse, retryable, settle, until_done};
 use crate::metrics::ComponentMetrics;
 use crate::record::{Batch, LogRecord};
 
@@ -240,16 +240,10 @@ pub(crate) async fn run(
             }
         })
         .await;
-        if !delivered {
-            if let Some(ack) = &batch.ack {
-                ack.fail();
-            }
-            metrics.discarded("shutdown", count);
-        } else if rejected.into_inner() {
-            metrics.error("rejected");
-            metrics.discarded("rejected", count);
-        } else {
-            metrics.sent(count);
+        match (delivered, rejected.into_inner()) {
+            (false, _) => settle(&batch, &metrics, 0, 0, count),
+            (true, true) => settle(&batch, &metrics, 0, count, 0),
+            (true, false) => settle(&batch, &metrics, count, 0, 0),
         }
     }
 }
