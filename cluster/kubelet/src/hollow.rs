@@ -365,6 +365,7 @@ async fn act(
                             ContainerPhase::Terminated {
                                 exit_code: 1,
                                 reason: "Error".into(),
+                                message: String::new(),
                                 started: Some(now.clone()),
                                 finished: now.clone(),
                             },
@@ -375,6 +376,7 @@ async fn act(
                             ContainerPhase::Running {
                                 started: now.clone(),
                                 ready: true,
+                                has_started: true,
                             },
                             c,
                         )
@@ -398,6 +400,7 @@ async fn act(
                         ContainerPhase::Terminated {
                             exit_code: 0,
                             reason: "Completed".into(),
+                            message: String::new(),
                             started: started.clone(),
                             finished: now.clone(),
                         },

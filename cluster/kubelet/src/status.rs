@@ -24,6 +24,8 @@ pub enum ContainerPhase {
         started: Time,
         /// Readiness (probes).
         ready: bool,
+        /// Whether its startup probe passed (or it has none): the status' `started`.
+        has_started: bool,
     },
     /// Exited.
     Terminated {
@@ -31,6 +33,8 @@ pub enum ContainerPhase {
         exit_code: i32,
         /// `Completed`, `Error`, `OOMKilled`, ...
         reason: String,
+        /// The termination message (the file at `terminationMessagePath`, or the log's end).
+        message: String,
         /// Start time.
         started: Option<Time>,
         /// Exit time.
@@ -90,12 +94,14 @@ fn phase_state(phase: &ContainerPhase, container_id: Option<&String>) -> Contain
         ContainerPhase::Terminated {
             exit_code,
             reason,
+            message,
             started,
             finished,
         } => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: *exit_code,
                 reason: Some(reason.clone()),
+                message: Some(message.clone()).filter(|m| !m.is_empty()),
                 started_at: started.clone(),
                 finished_at: Some(finished.clone()),
                 container_id: container_id.cloned(),
@@ -108,7 +114,9 @@ fn phase_state(phase: &ContainerPhase, container_id: Option<&String>) -> Contain
 
 fn container_status(c: &ContainerReport, image: &str) -> ContainerStatus {
     let (ready, started) = match &c.phase {
-        ContainerPhase::Running { ready, .. } => (*ready, true),
+        ContainerPhase::Running {
+            ready, has_started, ..
+        } => (*ready, *has_started),
         _ => (false, false),
     };
     ContainerStatus {
@@ -271,6 +279,7 @@ mod tests {
             phase: ContainerPhase::Running {
                 started: now(),
                 ready: true,
+                has_started: true,
             },
             restart_count: 0,
             container_id: Some("fake://1".into()),
@@ -306,6 +315,7 @@ mod tests {
                 } else {
                     "Error".into()
                 },
+                message: String::new(),
                 started: None,
                 finished: now(),
             },

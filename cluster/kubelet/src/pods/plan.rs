@@ -68,6 +68,19 @@ pub struct ContainerState {
     pub image_id: String,
     /// How the previous attempt ended, for `lastState`.
     pub previous: Option<Exit>,
+    /// The attempt the current run of crashes started at: restart delays count from here, so
+    /// a container that ran for [`BACKOFF_RESET`] backs off from 10 s again (the kubelet's
+    /// back-off entry expires), as does one first seen by a restarted agent.
+    pub backoff_from: u32,
+}
+
+/// What the probes say of a running container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// Its startup probe passed (or it has none).
+    pub started: bool,
+    /// Started, and its readiness probe passes (or it has none).
+    pub ready: bool,
 }
 
 /// Everything the runtime shows for a pod.
@@ -122,8 +135,8 @@ pub struct Plan {
     pub backing_off: Vec<(String, Timestamp)>,
 }
 
-/// The restart delay after attempt `attempt` ended (0 for the first crash, then 10 s doubling to
-/// 5 min; no delay after a container ran for 10 minutes).
+/// The restart delay after the `attempt`th crash of a run of crashes ended (0 for the first,
+/// then 10 s doubling to 5 min; no delay after a container ran for 10 minutes).
 #[must_use]
 pub fn restart_delay(attempt: u32, exit: &Exit) -> Duration {
     let ran = exit
@@ -160,19 +173,20 @@ fn terminated(exit: &Exit) -> ContainerPhase {
     ContainerPhase::Terminated {
         exit_code: exit.code,
         reason: exit.reason.clone(),
+        message: exit.message.clone(),
         started: exit.started.map(time),
         finished: time(exit.finished),
     }
 }
 
-/// Plans a sync of `pod`. `failures` are the start failures the worker met last time; `ready`
-/// says which running containers pass their readiness checks.
+/// Plans a sync of `pod`. `failures` are the start failures the worker met last time; `probed`
+/// says which running containers passed their startup and readiness checks.
 #[must_use]
 pub fn plan(
     pod: &Pod,
     observed: &Observed,
     failures: &BTreeMap<String, StartFailure>,
-    ready: &dyn Fn(&str) -> bool,
+    probed: &dyn Fn(&str) -> Probed,
     now: Timestamp,
 ) -> Plan {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -197,10 +211,14 @@ pub fn plan(
                 reason,
                 message: Some(message),
             },
-            (Some(RuntimeState::Running(started)), None) => ContainerPhase::Running {
-                started: time(*started),
-                ready: ready(name),
-            },
+            (Some(RuntimeState::Running(started)), None) => {
+                let probed = probed(name);
+                ContainerPhase::Running {
+                    started: time(*started),
+                    ready: probed.ready,
+                    has_started: probed.started,
+                }
+            }
             (Some(RuntimeState::Exited(exit)), None) => terminated(exit),
             (Some(RuntimeState::Created) | None, None) => ContainerPhase::Waiting {
                 reason: if observed.sandbox.is_some() || terminal {
@@ -254,13 +272,24 @@ pub fn plan(
         };
         match &state.state {
             RuntimeState::Running(_) => (report(name, Some(state), None), init),
-            RuntimeState::Created => (report(name, Some(state), failure_of(name)), true),
+            RuntimeState::Created => {
+                // created and never started, with no start failure seen: the agent stopped
+                // between the two; like the kubelet, start a fresh attempt
+                if failure_of(name).is_none() && sandbox_ready && !terminal {
+                    plan.steps.push(Step::StartContainer {
+                        name: name.to_owned(),
+                        attempt: state.attempt + 1,
+                        init,
+                    });
+                }
+                (report(name, Some(state), failure_of(name)), true)
+            }
             RuntimeState::Exited(exit) => {
                 let done = init && exit.code == 0;
                 if done || terminal || !sandbox_ready || !should_restart(policy, exit) {
                     return (report(name, Some(state), None), !done);
                 }
-                let delay = restart_delay(state.attempt, exit);
+                let delay = restart_delay(state.attempt.saturating_sub(state.backoff_from), exit);
                 let until =
                     exit.finished + jiff::SignedDuration::try_from(delay).unwrap_or_default();
                 if until > now {
@@ -368,11 +397,15 @@ mod tests {
             }),
             image_id: "sha256:1".into(),
             previous: None,
+            backoff_from: 0,
         }
     }
 
-    fn yes(_: &str) -> bool {
-        true
+    fn yes(_: &str) -> Probed {
+        Probed {
+            started: true,
+            ready: true,
+        }
     }
 
     #[test]
@@ -437,6 +470,99 @@ mod tests {
         assert_eq!(restart_delay(3, &exit_after(1)), Duration::from_secs(40));
         assert_eq!(restart_delay(9, &exit_after(1)), MAX_BACKOFF);
         assert_eq!(restart_delay(9, &exit_after(601)), Duration::ZERO);
+    }
+
+    #[test]
+    fn back_off_starts_over_after_a_long_run() {
+        let pod = pod("Always", false);
+        let mut observed = Observed {
+            sandbox: sandbox(true),
+            ..Default::default()
+        };
+        // the 7th attempt ran for 11 minutes: the worker starts the run of crashes there
+        let mut long = exited(7, 1, 0, 660);
+        long.backoff_from = 7;
+        observed.containers.insert("app".into(), long);
+        let plan = super::plan(&pod, &observed, &BTreeMap::new(), &yes, ts(661));
+        assert_eq!(plan.steps.len(), 1, "restarted at once");
+        // its successor crashes at once: 10 s, not the 5 minutes of the 8th crash
+        let mut quick = exited(8, 1, 662, 663);
+        quick.backoff_from = 7;
+        observed.containers.insert("app".into(), quick);
+        let waiting = super::plan(&pod, &observed, &BTreeMap::new(), &yes, ts(664));
+        assert_eq!(waiting.backing_off, vec![("app".into(), ts(673))]);
+        assert!(matches!(&waiting.reports[0].phase,
+            ContainerPhase::Waiting { message: Some(m), .. } if m.starts_with("back-off 10s")));
+        // without the reset the 8th crash would wait the longest delay
+        let mut stale = exited(8, 1, 662, 663);
+        stale.backoff_from = 0;
+        observed.containers.insert("app".into(), stale);
+        let waiting = super::plan(&pod, &observed, &BTreeMap::new(), &yes, ts(664));
+        assert_eq!(waiting.backing_off, vec![("app".into(), ts(963))]);
+    }
+
+    #[test]
+    fn a_container_left_created_starts_afresh() {
+        let pod = pod("Always", false);
+        let mut observed = Observed {
+            sandbox: sandbox(true),
+            ..Default::default()
+        };
+        let mut created = exited(2, 0, 0, 0);
+        created.state = RuntimeState::Created;
+        observed.containers.insert("app".into(), created);
+        let plan = super::plan(&pod, &observed, &BTreeMap::new(), &yes, ts(1));
+        assert_eq!(
+            plan.steps,
+            vec![Step::StartContainer {
+                name: "app".into(),
+                attempt: 3,
+                init: false
+            }]
+        );
+        // one whose start this agent saw fail waits, reported with the failure
+        let failures = BTreeMap::from([(
+            "app".to_owned(),
+            StartFailure {
+                reason: "RunContainerError".into(),
+                message: "no such file".into(),
+            },
+        )]);
+        let plan = super::plan(&pod, &observed, &failures, &yes, ts(1));
+        assert!(plan.steps.is_empty());
+        assert!(matches!(&plan.reports[0].phase,
+            ContainerPhase::Waiting { reason, .. } if reason == "RunContainerError"));
+    }
+
+    #[test]
+    fn running_reports_startup_and_readiness_apart() {
+        let pod = pod("Always", false);
+        let mut observed = Observed {
+            sandbox: sandbox(true),
+            ..Default::default()
+        };
+        let mut running = exited(0, 0, 0, 0);
+        running.state = RuntimeState::Running(ts(0));
+        observed.containers.insert("app".into(), running);
+        let starting = |_: &str| Probed::default();
+        let plan = super::plan(&pod, &observed, &BTreeMap::new(), &starting, ts(5));
+        assert!(matches!(
+            plan.reports[0].phase,
+            ContainerPhase::Running {
+                ready: false,
+                has_started: false,
+                ..
+            }
+        ));
+        let plan = super::plan(&pod, &observed, &BTreeMap::new(), &yes, ts(5));
+        assert!(matches!(
+            plan.reports[0].phase,
+            ContainerPhase::Running {
+                ready: true,
+                has_started: true,
+                ..
+            }
+        ));
     }
 
     fn exit_after(seconds: i64) -> Exit {

@@ -594,4 +594,50 @@ mod tests {
         tracker.retain(&[]);
         assert!(!tracker.has_started(&c, "id"));
     }
+
+    /// A gRPC probe asks the standard health service, per service name, as the kubelet does.
+    #[tokio::test]
+    async fn grpc_probe_asks_the_health_service() {
+        use tonic_health::ServingStatus;
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("db", ServingStatus::NotServing)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = i32::from(listener.local_addr().unwrap().port());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let action = |service: Option<&str>| k8s_openapi::api::core::v1::GRPCAction {
+            port,
+            service: service.map(str::to_owned),
+        };
+        // the server as a whole serves
+        assert_eq!(grpc_check(&action(None), "127.0.0.1").await, Ok(()));
+        assert_eq!(
+            grpc_check(&action(Some("db")), "127.0.0.1").await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        let unknown = grpc_check(&action(Some("cache")), "127.0.0.1").await;
+        assert!(
+            unknown
+                .as_ref()
+                .is_err_and(|e| e.starts_with("rpc error: code = NotFound")),
+            "{unknown:?}"
+        );
+        reporter
+            .set_service_status("db", ServingStatus::Serving)
+            .await;
+        assert_eq!(grpc_check(&action(Some("db")), "127.0.0.1").await, Ok(()));
+        server.abort();
+        let closed = grpc_check(&action(None), "127.0.0.1").await;
+        assert!(
+            closed
+                .as_ref()
+                .is_err_and(|e| e.starts_with("failed to connect service")),
+            "{closed:?}"
+        );
+    }
 }

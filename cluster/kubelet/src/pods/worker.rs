@@ -59,6 +59,8 @@ pub(crate) struct Worker {
     killed: std::collections::HashSet<String>,
     /// The pod's service-account token: value, when issued, lifetime.
     token: Option<(String, std::time::Instant, Duration)>,
+    /// Per container name, the attempt its current run of crashes started at.
+    backoff_from: HashMap<String, u32>,
     /// Containers whose back-off was announced with a BackOff event.
     backoff_reported: std::collections::HashSet<String>,
     /// When this worker first saw the pod.
@@ -100,6 +102,7 @@ pub(crate) async fn run(
         probes: probes::Tracker::default(),
         killed: std::collections::HashSet::new(),
         token: None,
+        backoff_from: HashMap::new(),
         backoff_reported: std::collections::HashSet::new(),
         first_seen: std::time::Instant::now(),
         start_observed: None,
@@ -150,6 +153,86 @@ fn timestamp(nanos: i64) -> Option<Timestamp> {
     (nanos > 0)
         .then(|| Timestamp::from_nanosecond(i128::from(nanos)).ok())
         .flatten()
+}
+
+/// Where a container's termination message goes unless its spec says otherwise.
+const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// The most of a termination message file that is reported, as the kubelet does.
+const TERMINATION_MESSAGE_BYTES: u64 = 4096;
+/// With `FallbackToLogsOnError`: the last this many lines of the log, at most ...
+const FALLBACK_LOG_LINES: usize = 80;
+/// ... this many bytes.
+const FALLBACK_LOG_BYTES: usize = 2048;
+
+/// The termination message of an exited container, as the kubelet reads it: the file mounted
+/// at its `terminationMessagePath`, or with `FallbackToLogsOnError` after a failure and an
+/// empty file, the end of its log.
+fn termination_message(status: &cri::ContainerStatus, container: Option<&Container>) -> String {
+    use std::io::Read as _;
+    let path = container
+        .and_then(|c| c.termination_message_path.as_deref())
+        .filter(|p| !p.is_empty())
+        .unwrap_or(TERMINATION_MESSAGE_PATH);
+    let mut message = String::new();
+    if let Some(mount) = status.mounts.iter().find(|m| m.container_path == path)
+        && let Ok(file) = std::fs::File::open(&mount.host_path)
+    {
+        let mut bytes = Vec::new();
+        let _ = file.take(TERMINATION_MESSAGE_BYTES).read_to_end(&mut bytes);
+        message = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let fallback = container
+        .and_then(|c| c.termination_message_policy.as_deref())
+        .is_some_and(|p| p == "FallbackToLogsOnError");
+    if message.is_empty() && fallback && status.exit_code != 0 && !status.log_path.is_empty() {
+        message = log_end(std::path::Path::new(&status.log_path));
+    }
+    message
+}
+
+/// The last lines of a container log in CRI format, as the fallback termination message.
+fn log_end(path: &std::path::Path) -> String {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    // the last 80 lines fit in the file's last 64 KiB unless they are very long
+    let length = file.metadata().map_or(0, |m| m.len());
+    let start = length.saturating_sub(64 << 10);
+    let mut bytes = Vec::new();
+    if file.seek(std::io::SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if start > 0 {
+        // drop the line cut by the window
+        text = text
+            .split_once('\n')
+            .map(|(_, rest)| rest.to_owned())
+            .unwrap_or_default();
+    }
+    let options = crate::logs::LogOptions {
+        tail_lines: Some(FALLBACK_LOG_LINES),
+        ..Default::default()
+    };
+    let rendered = crate::logs::render(&text, &options);
+    let mut cut = rendered.len().saturating_sub(FALLBACK_LOG_BYTES);
+    while !rendered.is_char_boundary(cut) {
+        cut += 1;
+    }
+    rendered[cut..].to_owned()
+}
+
+/// Joins the runtime's message and the container's termination message as the kubelet does.
+fn with_termination_message(mut exit: Exit, message: String) -> Exit {
+    if !message.is_empty() {
+        if !exit.message.is_empty() {
+            exit.message.push_str(": ");
+        }
+        exit.message.push_str(&message);
+    }
+    exit
 }
 
 fn exit_of(status: &cri::ContainerStatus) -> Exit {
@@ -246,7 +329,7 @@ impl Worker {
     }
 
     /// What the runtime shows for the pod, plus the sandbox's IP.
-    async fn observe(&mut self) -> crate::cri::Result<(Observed, Option<String>)> {
+    async fn observe(&mut self, pod: &Pod) -> crate::cri::Result<(Observed, Option<String>)> {
         let cri = &self.ctx.cri;
         let sandboxes = cri.list_pod_sandboxes(&self.labels()).await?;
         let Some(latest) = sandboxes.iter().max_by_key(|s| s.created_at) else {
@@ -282,8 +365,14 @@ impl Worker {
                 .unwrap_or_default();
             by_name.entry(name).or_default().push(container);
         }
+        let specs: Vec<&Container> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .collect();
         let mut containers = BTreeMap::new();
         for (name, mut attempts) in by_name {
+            let container = specs.iter().copied().find(|c| c.name == name);
             attempts.sort_by_key(|c| c.metadata.as_ref().map_or(0, |m| m.attempt));
             let newest = attempts.pop().expect("grouped containers are never empty");
             let attempt = newest.metadata.as_ref().map_or(0, |m| m.attempt);
@@ -294,7 +383,10 @@ impl Worker {
                 ),
                 Ok(cri::ContainerState::ContainerCreated) => RuntimeState::Created,
                 _ => {
-                    let exit = exit_of(&status);
+                    let exit = with_termination_message(
+                        exit_of(&status),
+                        termination_message(&status, container),
+                    );
                     if !may_become_oom(&exit, Timestamp::now()) {
                         self.exits.insert(newest.id.clone(), exit.clone());
                     }
@@ -305,7 +397,11 @@ impl Worker {
                 Some(previous) => match self.exits.get(&previous.id) {
                     Some(exit) => Some(exit.clone()),
                     None => {
-                        let exit = exit_of(&cri.container_status(&previous.id).await?);
+                        let status = cri.container_status(&previous.id).await?;
+                        let exit = with_termination_message(
+                            exit_of(&status),
+                            termination_message(&status, container),
+                        );
                         self.exits.insert(previous.id.clone(), exit.clone());
                         Some(exit)
                     }
@@ -321,6 +417,15 @@ impl Worker {
                     self.exits.remove(&old.id);
                 }
             }
+            // a run of crashes starts when the agent first sees the container and again after
+            // an attempt ran for 10 minutes (the kubelet's back-off entry expires)
+            let ran_long = matches!(&state, RuntimeState::Exited(exit)
+                if exit.started.is_some_and(|s| exit.finished.duration_since(s).unsigned_abs() >= plan::BACKOFF_RESET));
+            let backoff_from = self.backoff_from.entry(name.clone()).or_insert(attempt);
+            if ran_long || *backoff_from > attempt {
+                *backoff_from = attempt;
+            }
+            let backoff_from = *backoff_from;
             containers.insert(
                 name,
                 ContainerState {
@@ -329,6 +434,7 @@ impl Worker {
                     state,
                     image_id: status.image_ref.clone(),
                     previous,
+                    backoff_from,
                 },
             );
         }
@@ -343,7 +449,7 @@ impl Worker {
 
     /// One sync: observe, plan, act, report. Returns when to look again.
     async fn sync(&mut self, pod: &Pod) -> crate::cri::Result<Duration> {
-        let (observed, sandbox_ip) = self.observe().await?;
+        let (observed, sandbox_ip) = self.observe(pod).await?;
         let now = Timestamp::now();
         let memory_limited = |name: &str| {
             pod.spec.iter().flat_map(|s| s.containers.iter()).any(|c| {
@@ -384,15 +490,18 @@ impl Worker {
             .map(|s| s.containers.clone())
             .unwrap_or_default();
         let tracker = &self.probes;
-        let ready = |name: &str| {
+        let probed = |name: &str| {
             let container = containers.iter().find(|c| c.name == name);
             let id = observed.containers.get(name).map(|c| c.id.as_str());
             match (container, id) {
-                (Some(container), Some(id)) => tracker.ready(container, id),
-                _ => false,
+                (Some(container), Some(id)) => plan::Probed {
+                    started: tracker.has_started(container, id),
+                    ready: tracker.ready(container, id),
+                },
+                _ => plan::Probed::default(),
             }
         };
-        let plan = plan::plan(pod, &observed, &self.failures, &ready, now);
+        let plan = plan::plan(pod, &observed, &self.failures, &probed, now);
         self.report(pod, &plan, pod_ip.as_deref()).await;
 
         let starts = plan
@@ -776,6 +885,14 @@ impl Worker {
         let paths = self.volumes.clone().unwrap_or_default();
         config.mounts = volumes::container_mounts(pod, container, &paths)
             .map_err(|error| config_error(error.to_string()))?;
+        match self.termination_log(container, attempt) {
+            Ok(mount) => config.mounts.push(mount),
+            Err(error) => {
+                return Err(config_error(format!(
+                    "failed to create the termination message file: {error}"
+                )));
+            }
+        }
         if !spec::uses_host_network(pod)
             && !config
                 .mounts
@@ -940,6 +1057,43 @@ impl Worker {
     }
 
     /// The pod's /etc/hosts: localhost and the pod's own name at its IP.
+    /// A fresh, empty file for one attempt's termination message, mounted at the container's
+    /// `terminationMessagePath` (the container writes it; [`termination_message`] reads it).
+    fn termination_log(&self, container: &Container, attempt: u32) -> std::io::Result<cri::Mount> {
+        let directory = self
+            .ctx
+            .pod_directory(&self.key.uid)
+            .join("containers")
+            .join(&container.name);
+        std::fs::create_dir_all(&directory)?;
+        let nanos = Timestamp::now().as_nanosecond();
+        let path = directory.join(format!("{attempt}-{nanos:x}"));
+        std::fs::File::create(&path)?;
+        // writable by whichever user the container runs as
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        // only the newest few attempts' files are of use
+        if let Ok(entries) = std::fs::read_dir(&directory) {
+            let mut files: Vec<_> = entries
+                .flatten()
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+            files.sort();
+            for (_, old) in files.iter().rev().skip(3) {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        let container_path = container
+            .termination_message_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(TERMINATION_MESSAGE_PATH);
+        Ok(cri::Mount {
+            container_path: container_path.to_owned(),
+            host_path: path.display().to_string(),
+            ..Default::default()
+        })
+    }
+
     fn hosts_file(&self, pod: &Pod, pod_ip: &str) -> std::io::Result<std::path::PathBuf> {
         let directory = self.ctx.pod_directory(&self.key.uid);
         std::fs::create_dir_all(&directory)?;
@@ -1247,5 +1401,97 @@ impl Worker {
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
             Err(error) => warn!(pod = %self.key.name, %error, "failed to confirm a pod deletion"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn exited(code: i32, mounts: Vec<cri::Mount>, log: &std::path::Path) -> cri::ContainerStatus {
+        cri::ContainerStatus {
+            exit_code: code,
+            mounts,
+            log_path: log.display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn container(spec: serde_json::Value) -> Container {
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn termination_messages_as_the_kubelet_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("message");
+        let log = dir.path().join("0.log");
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("2026-11-24T00:00:00.{i:09}Z stdout F line {i}\n"));
+        }
+        text.push_str("2026-11-24T00:00:01.000000000Z stderr P panic: \n");
+        text.push_str("2026-11-24T00:00:01.000000001Z stderr F boom\n");
+        std::fs::write(&log, text).unwrap();
+        let mount = |path: &str| cri::Mount {
+            container_path: path.into(),
+            host_path: file.display().to_string(),
+            ..Default::default()
+        };
+
+        // the file at the default path, cut at 4096 bytes
+        std::fs::write(&file, "x".repeat(5000)).unwrap();
+        let plain = container(json!({"name": "c"}));
+        let status = exited(1, vec![mount("/dev/termination-log")], &log);
+        assert_eq!(termination_message(&status, Some(&plain)).len(), 4096);
+
+        // a custom path; the file wins over the logs
+        std::fs::write(&file, "disk full").unwrap();
+        let custom = container(json!({"name": "c", "terminationMessagePath": "/tmp/why",
+            "terminationMessagePolicy": "FallbackToLogsOnError"}));
+        let status = exited(1, vec![mount("/tmp/why")], &log);
+        assert_eq!(termination_message(&status, Some(&custom)), "disk full");
+        // a mount at another path is not the message
+        let status = exited(1, vec![mount("/dev/termination-log")], &log);
+        let fallback = termination_message(&status, Some(&custom));
+        // an empty file after a failure: the log's last 80 lines, partial lines joined
+        assert!(fallback.ends_with("line 99\npanic: boom\n"), "{fallback}");
+        assert!(fallback.starts_with("line 21\n"), "{fallback}");
+        // not after a success, and not without the policy
+        let status = exited(0, vec![], &log);
+        assert_eq!(termination_message(&status, Some(&custom)), "");
+        let status = exited(1, vec![], &log);
+        assert_eq!(termination_message(&status, Some(&plain)), "");
+    }
+
+    #[test]
+    fn fallback_keeps_the_last_2048_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let long = "é".repeat(700);
+        let mut text = String::new();
+        for _ in 0..3 {
+            text.push_str(&format!("2026-11-24T00:00:00Z stdout F {long}\n"));
+        }
+        std::fs::write(&log, text).unwrap();
+        let end = log_end(&log);
+        assert!(end.len() <= 2048 && end.len() > 2000, "{}", end.len());
+        assert!(end.ends_with("é\n"));
+        assert_eq!(
+            with_termination_message(
+                Exit {
+                    code: 1,
+                    reason: "Error".into(),
+                    message: "runtime says".into(),
+                    started: None,
+                    finished: Timestamp::UNIX_EPOCH,
+                },
+                "app says".into()
+            )
+            .message,
+            "runtime says: app says"
+        );
     }
 }
