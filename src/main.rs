@@ -807,6 +807,7 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             data_dir.join("node-token").display()
         );
     }
+    let mut node_agent = None;
     if !args.disable_agent {
         args.node
             .start_node_exporter(&data_dir.join("agent"), shutdown.clone())
@@ -856,13 +857,22 @@ async fn server(args: ServerArgs, up: Option<bool>) -> anyhow::Result<()> {
             )
             .await?;
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        node_agent = Some(tokio::spawn(async move {
             if let Err(error) = kelson_kubelet::agent::run(client, agent, shutdown).await {
                 tracing::error!(%error, "node agent failed");
             }
-        });
+        }));
     }
-    api.await?.context("kelson server failed")
+    let served = api.await?.context("kelson server failed");
+    // the agent finishes the pod syncs it is in (it drains for at most 10 s)
+    if let Some(node_agent) = node_agent
+        && tokio::time::timeout(Duration::from_secs(15), node_agent)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the node agent did not stop in time");
+    }
+    served
 }
 
 /// A client from the kubeconfig at `path`, or from the environment ($KUBECONFIG,

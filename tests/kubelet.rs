@@ -103,7 +103,7 @@ spec:
       grep -q "$(hostname)" /etc/hosts && echo hosts-has-pod
       echo "namespace: $(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)"
       grep -q "BEGIN CERTIFICATE" /var/run/secrets/kubernetes.io/serviceaccount/ca.crt && echo ca-mounted
-      while true; do echo "page: $(cat /config/greeting)"; cat /scratch/note 2>/dev/null; sleep 1; done
+      while true; do echo "page: $(cat /config/greeting) secret: $(cat /secret/password)"; cat /scratch/note 2>/dev/null; sleep 1; done
     volumeMounts:
     - {name: page, mountPath: /config}
     - {name: creds, mountPath: /secret}
@@ -120,6 +120,61 @@ spec:
   - {name: scratch, emptyDir: {}}
   - {name: memory, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
   - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.35
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo "password=$PASSWORD greeting=$greeting limit=$LIMIT host=$(hostname)"']
+    envFrom: [{configMapRef: {name: page}}]
+    env:
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: LIMIT, valueFrom: {resourceFieldRef: {containerName: main, resource: limits.memory, divisor: 1Mi}}}
+    resources: {limits: {memory: 32Mi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: keeper}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: busybox:1.35, command: [sh, -c, 'echo kept > /data/note'], volumeMounts: [{name: data, mountPath: /data}]}
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: filler}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, 'dd if=/dev/zero of=/scratch/fill bs=1M count=4; exec sleep 3600']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Mi}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: farewell}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: custom, image: busybox:1.35, terminationMessagePath: /tmp/why, command: [sh, -c, 'echo "disk full at /data" > /tmp/why; exit 2']}
+  - {name: plain, image: busybox:1.35, command: [sh, -c, 'printf done > /dev/termination-log']}
+  - {name: fallback, image: busybox:1.35, terminationMessagePolicy: FallbackToLogsOnError, command: [sh, -c, 'echo starting; echo "panic: boom"; exit 1']}
 ---
 apiVersion: v1
 kind: Pod
@@ -261,6 +316,27 @@ fn streaming(kubectl: &Kubectl, pod: &str) {
         Some("shout\n"),
     );
     assert_eq!(output, "SHOUT\n");
+    // exec -it: kubectl wants a terminal of its own, which `script` gives it; the container
+    // gets one too
+    let inner = kubectl.command(&["exec", "-it", pod, "--", "tty"]);
+    let line: Vec<String> = std::iter::once(inner.get_program())
+        .chain(inner.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line.join(" "), "/dev/null"]);
+    for (key, value) in inner.get_envs() {
+        if let Some(value) = value {
+            script.env(key, value);
+        }
+    }
+    let output = script.output().unwrap();
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && terminal.contains("/dev/pts/"),
+        "{terminal} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let failed = kubectl.run(&["exec", pod, "--", "sh", "-c", "exit 7"], None);
     assert_eq!(
         failed.status.code(),
@@ -615,16 +691,40 @@ fn pods_run_on_containerd() {
             "volumeMounts": [{{"name": "out", "mountPath": "/out"}}],
             "lifecycle": {{
               "postStart": {{"exec": {{"command": ["sh", "-c", "echo hi > /tmp/poststart"]}}}},
-              "preStop": {{"exec": {{"command": ["sh", "-c", "echo prestop-ran > /out/prestop"]}}}}}}}}]}}}}"#,
+              "preStop": {{"exec": {{"command": ["sh", "-c", "echo prestop-ran > /out/prestop"]}}}}}}}},
+            {{"name": "web", "image": "busybox:1.35",
+            "command": ["sh", "-c", "sleep 3600 | nc -l -p 8080 > /out/request"],
+            "volumeMounts": [{{"name": "out", "mountPath": "/out"}}],
+            "readinessProbe": {{"exec": {{"command": ["sh", "-c", "netstat -ltn | grep -q :8080"]}}, "periodSeconds": 1}},
+            "lifecycle": {{"preStop": {{"httpGet": {{"path": "/stop?why=test", "port": 8080}}}}}}}}]}}}}"#,
         hooks_dir.display()
     );
     kubectl.ok_with(&["apply", "-f", "-"], Some(&hooks));
     wait_jsonpath(&kubectl, "hooks", ".status.phase", "Running");
     wait_logs(&kubectl, "hooks", "saw-poststart");
+    wait_jsonpath(
+        &kubectl,
+        "hooks",
+        ".status.containerStatuses[?(@.name==\"web\")].ready",
+        "true",
+    );
     kubectl.ok(&["delete", "pod", "hooks", "--wait=true"]);
     assert_eq!(
         std::fs::read_to_string(hooks_dir.join("prestop")).unwrap_or_default(),
         "prestop-ran\n"
+    );
+    // an httpGet preStop hook reaches the container's port on the pod network (nc's stdin is
+    // a pipe that stays open: at end of input nc would hang up before reading the request)
+    let request = std::fs::read_to_string(hooks_dir.join("request")).unwrap_or_default();
+    assert!(
+        request.starts_with("GET /stop?why=test HTTP/1.1\r\n"),
+        "{request:?}; {}",
+        kubectl.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hooks"
+        ])
     );
 
     // a ConfigMap update reaches the mounted file in place
@@ -636,6 +736,101 @@ fn pods_run_on_containerd() {
         r#"{"data":{"greeting":"updated"}}"#,
     ]);
     seen("page: updated");
+    // logs -f (from the end: --tail=0) streams lines as they are written; --since keeps only
+    // the recent ones
+    let mut follow = kubectl
+        .command(&["logs", "-f", "--tail=0", "volumes", "-c", "main"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut followed = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let started = Instant::now();
+    let mut pages = 0;
+    let mut line = String::new();
+    while pages < 2 && started.elapsed() < Duration::from_secs(30) {
+        line.clear();
+        if std::io::BufRead::read_line(&mut followed, &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.starts_with("page: updated") {
+            pages += 1;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(pages, 2, "followed lines written after the request");
+    let all = kubectl.ok(&["logs", "volumes", "-c", "main", "--since=1h"]);
+    let recent = kubectl.ok(&["logs", "volumes", "-c", "main", "--since=2s"]);
+    assert!(
+        recent.lines().count() < all.lines().count() && recent.lines().count() <= 6,
+        "--since=2s gave {} of {} lines",
+        recent.lines().count(),
+        all.lines().count()
+    );
+    // and so does a Secret update
+    kubectl.ok(&[
+        "patch",
+        "secret",
+        "creds",
+        "-p",
+        r#"{"stringData":{"password":"rotated"}}"#,
+    ]);
+    seen("secret: rotated");
+
+    // termination messages: the file at terminationMessagePath, or the log's end after a
+    // failure with FallbackToLogsOnError, as `kubectl describe` shows them
+    wait_jsonpath(&kubectl, "farewell", ".status.phase", "Failed");
+    let message = |container: &str| {
+        jsonpath(
+            &kubectl,
+            "farewell",
+            &format!(
+                ".status.containerStatuses[?(@.name==\"{container}\")].state.terminated.message"
+            ),
+        )
+    };
+    assert_eq!(message("custom"), "disk full at /data\n");
+    assert_eq!(message("plain"), "done");
+    assert_eq!(message("fallback"), "starting\npanic: boom\n");
+    let described = kubectl.ok(&["describe", "pod", "farewell"]);
+    assert!(described.contains("disk full at /data"), "{described}");
+
+    // host network: the node's address and name; env from a whole ConfigMap, a Secret key
+    // and a resource limit
+    wait_jsonpath(&kubectl, "hostnet", ".status.phase", "Succeeded");
+    assert_eq!(
+        jsonpath(&kubectl, "hostnet", ".status.podIP"),
+        jsonpath(&kubectl, "hostnet", ".status.hostIP")
+    );
+    let printed = kubectl.ok(&["logs", "hostnet"]);
+    assert!(
+        printed.starts_with("password=s3cret greeting=hello from kelson limit=32 host="),
+        "{printed}"
+    );
+    assert!(
+        !printed.trim_end().ends_with("host=hostnet"),
+        "the node's host name, not the pod's: {printed}"
+    );
+
+    // a claim provisioned by the default class: the pod's write lands in the volume's
+    // directory on this machine
+    wait_jsonpath(&kubectl, "keeper", ".status.phase", "Succeeded");
+    let volume = kubectl.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
+    let host_path = kubectl.ok(&["get", "pv", &volume, "-o", "jsonpath={.spec.hostPath.path}"]);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&host_path).join("note")).unwrap_or_default(),
+        "kept\n",
+        "{host_path}"
+    );
+
+    // a disk-backed emptyDir that outgrows its sizeLimit gets its pod evicted
+    wait_jsonpath(&kubectl, "filler", ".status.reason", "Evicted");
+    assert_eq!(
+        jsonpath(&kubectl, "filler", ".status.message"),
+        "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". "
+    );
+    assert_eq!(jsonpath(&kubectl, "filler", ".status.phase"), "Failed");
     // a missing ConfigMap keeps the pod ContainerCreating with a FailedMount event
     wait_for(Duration::from_secs(30), "a FailedMount event", || {
         let events = kubectl.ok(&[
@@ -719,6 +914,10 @@ fn pods_run_on_containerd() {
         .unwrap()
         .to_owned();
     let before = jsonpath(&kubectl, &web, ".status.containerStatuses[0].containerID");
+    // first SIGTERM, which exits cleanly, then kill -9
+    let status = server.terminate().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
+    let mut server = KelsonProcess::server(binary, &data, &[&node_arg]).unwrap();
     server.kill();
     let mut server = KelsonProcess::server(binary, &data, &[&node_arg]).unwrap();
     let kubectl = Kubectl::new(33, &server.kubeconfig());
@@ -753,7 +952,8 @@ fn pods_run_on_containerd() {
                 .map(|_| String::new())
         },
     );
-    server.terminate().unwrap();
+    let status = server.terminate().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
 }
 
 /// A `kelson agent` process, killed when dropped.

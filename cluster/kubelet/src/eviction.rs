@@ -1,54 +1,233 @@
-//! Node-pressure eviction for memory, as the kubelet's eviction manager does it: when
-//! `memory.available` falls under the hard threshold (100Mi), one pod per round is evicted —
-//! pods using more than they requested first, then lower priority, then the largest use above
-//! the request (so BestEffort pods, which request nothing, go first). The evicted pod is marked
-//! `Failed` with reason `Evicted`; its worker then stops it, and its controller replaces it.
+//! Eviction, as the kubelet's eviction manager does it, every 10 s:
+//!
+//! - **Local storage limits** first: a pod whose disk-backed `emptyDir` outgrows its
+//!   `sizeLimit`, or whose containers' writable layers and logs outgrow their
+//!   `ephemeral-storage` limits, is evicted with the kubelet's message.
+//! - **Node pressure**: when `memory.available` falls under 100Mi, `nodefs.available` under
+//!   10% or free pids under 10% (the node's pressure conditions), one pod per round is evicted —
+//!   for memory and disk, pods using more than they requested first, then lower priority, then
+//!   the largest use above the request (so BestEffort pods, which request nothing, go first);
+//!   for pids, lower priority, then the most processes. Critical pods (static and mirror pods,
+//!   priority of `system-cluster-critical` and above) are never chosen.
+//!
+//! The evicted pod is marked `Failed` with reason `Evicted`; its worker then stops it, and its
+//! controller replaces it. Unlike the kubelet, no node-level reclaim (image garbage collection)
+//! is tried before evicting under disk pressure: images here come from local imports, with
+//! no registry to pull them back from.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kelson_common::quantity;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::Recorder;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::host;
 use crate::pods::PodContext;
-use crate::pods::spec::{NODE_LABEL, POD_UID_LABEL};
+use crate::pods::spec::{NODE_LABEL, POD_UID_LABEL, PodKey};
 
-/// The memory a pod requests, summed over its containers.
+/// Priority from which pods are critical (`system-cluster-critical`).
+const CRITICAL_PRIORITY: i32 = 2_000_000_000;
+
+/// A resource whose shortage makes the node evict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// `memory.available`.
+    Memory,
+    /// `nodefs.available`.
+    NodeFs,
+    /// `pid.available`.
+    Pids,
+}
+
+impl Signal {
+    /// The signal's name, as in `kubelet_evictions{eviction_signal}`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory.available",
+            Self::NodeFs => "nodefs.available",
+            Self::Pids => "pid.available",
+        }
+    }
+
+    /// The resource named in the eviction message and requested by containers.
+    fn resource(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::NodeFs => "ephemeral-storage",
+            Self::Pids => "pids",
+        }
+    }
+}
+
+/// What a pod uses, as the eviction manager measures it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodUsage {
+    /// Working set, bytes.
+    pub memory: u64,
+    /// Disk: writable layers, logs and disk-backed volumes, bytes.
+    pub disk: u64,
+    /// Processes.
+    pub processes: u64,
+    /// Disk used by each disk-backed emptyDir, by volume name.
+    pub empty_dirs: BTreeMap<String, u64>,
+    /// Writable layer plus logs of each container, by name.
+    pub containers: BTreeMap<String, u64>,
+}
+
+impl PodUsage {
+    fn of(&self, signal: Signal) -> u64 {
+        match signal {
+            Signal::Memory => self.memory,
+            Signal::NodeFs => self.disk,
+            Signal::Pids => self.processes,
+        }
+    }
+}
+
+/// What a pod's containers request of `resource`, summed.
 #[must_use]
-pub fn memory_request(pod: &Pod) -> u64 {
+pub fn request(pod: &Pod, resource: &str) -> u64 {
     pod.spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("memory"))
+        .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get(resource))
         .map(|q| u64::try_from(quantity::units(q)).unwrap_or(0))
         .sum()
 }
 
-/// Orders candidate pods (with their memory use in bytes) for eviction, first to go first.
+/// Static and mirror pods, and those of `system-cluster-critical` priority and above.
 #[must_use]
-pub fn rank(candidates: &[(Pod, u64)]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
+pub fn is_critical(pod: &Pod) -> bool {
+    let annotations = pod.metadata.annotations.as_ref();
+    let static_pod = annotations.is_some_and(|a| {
+        a.contains_key(crate::static_pods::MIRROR_ANNOTATION)
+            || a.get(crate::static_pods::SOURCE_ANNOTATION)
+                .is_some_and(|s| s != "api")
+    });
+    static_pod
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority)
+            .is_some_and(|p| p >= CRITICAL_PRIORITY)
+}
+
+/// Orders candidate pods (with their use of `signal`'s resource) for eviction, first to go
+/// first; critical pods are left out.
+#[must_use]
+pub fn rank_for(signal: Signal, candidates: &[(Pod, u64)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !is_critical(&candidates[i].0))
+        .collect();
     order.sort_by_key(|&i| {
         let (pod, usage) = &candidates[i];
-        let request = memory_request(pod);
-        let exceeds = *usage > request;
         let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-        (
-            Reverse(exceeds),
-            priority,
-            Reverse(usage.saturating_sub(request)),
-        )
+        match signal {
+            Signal::Pids => (Reverse(false), priority, Reverse(*usage)),
+            Signal::Memory | Signal::NodeFs => {
+                let request = request(pod, signal.resource());
+                (
+                    Reverse(*usage > request),
+                    priority,
+                    Reverse(usage.saturating_sub(request)),
+                )
+            }
+        }
     });
     order
 }
 
-/// Watches memory every 10 s and evicts one pod per round while under pressure.
+/// Why `pod` must go for outgrowing its local storage limits, in the kubelet's words.
+#[must_use]
+pub fn storage_violation(pod: &Pod, usage: &PodUsage) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    for volume in spec.volumes.iter().flatten() {
+        let Some(empty_dir) = &volume.empty_dir else {
+            continue;
+        };
+        if empty_dir.medium.as_deref() == Some("Memory") {
+            // a tmpfs of that size: the kernel holds the limit
+            continue;
+        }
+        if let Some(limit) = &empty_dir.size_limit
+            && let Some(used) = usage.empty_dirs.get(&volume.name)
+            && *used > u64::try_from(quantity::units(limit)).unwrap_or(u64::MAX)
+        {
+            return Some(format!(
+                "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                volume.name, limit.0
+            ));
+        }
+    }
+    let mut total_limit = Some(0u64);
+    for container in &spec.containers {
+        let limit = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("ephemeral-storage"));
+        let Some(limit) = limit else {
+            total_limit = None;
+            continue;
+        };
+        let bytes = u64::try_from(quantity::units(limit)).unwrap_or(u64::MAX);
+        total_limit = total_limit.map(|t| t.saturating_add(bytes));
+        if usage.containers.get(&container.name).copied().unwrap_or(0) > bytes {
+            return Some(format!(
+                "Container {} exceeded its local ephemeral storage limit {:?}. ",
+                container.name, limit.0
+            ));
+        }
+    }
+    if let Some(total) = total_limit.filter(|_| !spec.containers.is_empty())
+        && usage.disk > total
+    {
+        return Some(format!(
+            "Pod ephemeral local storage usage exceeds the total limit of containers {total}. "
+        ));
+    }
+    None
+}
+
+/// Bytes a directory tree takes on its own file system (as `du -sx`): files, not what is
+/// mounted under it.
+#[must_use]
+pub fn disk_usage(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(top) = std::fs::symlink_metadata(root) else {
+        return 0;
+    };
+    let device = top.dev();
+    let mut total = top.blocks() * 512;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.dev() != device {
+                continue;
+            }
+            total += metadata.blocks() * 512;
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
+/// Checks every 10 s: storage limits, then node pressure (one pod per round).
 pub async fn run(ctx: Arc<PodContext>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
@@ -56,68 +235,201 @@ pub async fn run(ctx: Arc<PodContext>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let available = host::readings().memory_available;
-        if available >= host::MEMORY_AVAILABLE_THRESHOLD {
-            continue;
-        }
-        if let Err(error) = evict_one(&ctx, &ctx.recorder, available).await {
+        if let Err(error) = round(&ctx).await {
             warn!(%error, "eviction failed");
         }
     }
 }
 
-async fn evict_one(ctx: &PodContext, recorder: &Recorder, available: u64) -> kube::Result<()> {
-    let labels = [(NODE_LABEL, ctx.node.name.as_str())];
-    let Ok(stats) = ctx.cri.list_pod_sandbox_stats(&labels).await else {
-        return Ok(());
-    };
+async fn round(ctx: &PodContext) -> kube::Result<()> {
+    let readings = host::readings();
+    let (memory, disk, pids) = readings.pressures();
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let pods = api
         .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={}", ctx.node.name)))
         .await?;
-    let candidates: Vec<(Pod, u64)> = pods
+    let pods: Vec<Pod> = pods
         .items
         .into_iter()
         .filter(|p| !kelson_common::pod::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
-        .filter_map(|pod| {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let usage = stats
-                .iter()
-                .filter(|s| {
-                    s.attributes
-                        .as_ref()
-                        .and_then(|a| a.labels.get(POD_UID_LABEL))
-                        == Some(&uid)
-                })
-                .filter_map(|s| {
-                    s.linux
-                        .as_ref()?
-                        .memory
-                        .as_ref()?
-                        .working_set_bytes
-                        .as_ref()
-                })
-                .map(|v| v.value)
-                .max()?;
-            Some((pod, usage))
-        })
         .collect();
-    let Some(&victim) = rank(&candidates).first() else {
+    let limited = pods.iter().any(has_storage_limits);
+    if !(limited || memory || disk || pids) {
+        return Ok(());
+    }
+    let usages = measure(ctx, &pods, limited || disk).await;
+    let mut evicted = false;
+    for (pod, usage) in pods.iter().zip(&usages) {
+        if let Some(message) = storage_violation(pod, usage) {
+            evict(ctx, pod, "ephemeralpodfs.limit", message).await?;
+            evicted = true;
+        }
+    }
+    if evicted {
+        return Ok(());
+    }
+    let (signal, available, threshold) = if memory {
+        (
+            Signal::Memory,
+            readings.memory_available,
+            "100Mi".to_owned(),
+        )
+    } else if disk {
+        (Signal::NodeFs, readings.disk_available, "10%".to_owned())
+    } else if pids {
+        (
+            Signal::Pids,
+            readings.pid_max.saturating_sub(readings.processes),
+            "10%".to_owned(),
+        )
+    } else {
+        return Ok(());
+    };
+    let candidates: Vec<(Pod, u64)> = pods
+        .iter()
+        .zip(&usages)
+        .map(|(pod, usage)| (pod.clone(), usage.of(signal)))
+        .collect();
+    let Some(&victim) = rank_for(signal, &candidates).first() else {
         return Ok(());
     };
     let (pod, usage) = &candidates[victim];
+    let (available, used) = match signal {
+        Signal::Pids => (available.to_string(), usage.to_string()),
+        _ => (
+            format!("{}Ki", available / 1024),
+            format!("{}Ki", usage / 1024),
+        ),
+    };
+    let message = format!(
+        "The node was low on resource: {}. Threshold quantity: {threshold}, available: {available}. Pod used {used}.",
+        signal.resource()
+    );
+    evict(ctx, pod, signal.name(), message).await
+}
+
+fn has_storage_limits(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.volumes.iter().flatten().any(|v| {
+            v.empty_dir
+                .as_ref()
+                .is_some_and(|e| e.size_limit.is_some() && e.medium.as_deref() != Some("Memory"))
+        }) || spec.containers.iter().any(|c| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some_and(|l| l.contains_key("ephemeral-storage"))
+        })
+    })
+}
+
+/// What each of `pods` uses; disk usage only when `disk` (walking directories costs).
+async fn measure(ctx: &PodContext, pods: &[Pod], disk: bool) -> Vec<PodUsage> {
+    let labels = [(NODE_LABEL, ctx.node.name.as_str())];
+    let stats = ctx
+        .cri
+        .list_pod_sandbox_stats(&labels)
+        .await
+        .unwrap_or_default();
+    let mut usages = Vec::with_capacity(pods.len());
+    for pod in pods {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut usage = PodUsage::default();
+        let mut layers: BTreeMap<String, u64> = BTreeMap::new();
+        for sandbox in stats.iter().filter(|s| {
+            s.attributes
+                .as_ref()
+                .and_then(|a| a.labels.get(POD_UID_LABEL))
+                == Some(&uid)
+        }) {
+            let Some(linux) = &sandbox.linux else {
+                continue;
+            };
+            if let Some(memory) = linux
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+            {
+                usage.memory = usage.memory.max(memory.value);
+            }
+            if let Some(count) = linux
+                .process
+                .as_ref()
+                .and_then(|p| p.process_count.as_ref())
+            {
+                usage.processes = usage.processes.max(count.value);
+            }
+            for container in &linux.containers {
+                let name = container
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.metadata.as_ref())
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let used = container
+                    .writable_layer
+                    .as_ref()
+                    .and_then(|w| w.used_bytes.as_ref())
+                    .map_or(0, |b| b.value);
+                *layers.entry(name).or_default() += used;
+            }
+        }
+        if usage.processes == 0 {
+            usage.processes = crate::pods::pod_processes(&uid);
+        }
+        if disk {
+            let pod_directory = ctx.pod_directory(&uid);
+            let logs = PodKey::of(pod).log_directory();
+            let (empty_dirs, containers, total) = tokio::task::spawn_blocking({
+                let pod = pod.clone();
+                move || disk_of(&pod, &pod_directory, Path::new(&logs), layers)
+            })
+            .await
+            .unwrap_or_default();
+            usage.empty_dirs = empty_dirs;
+            usage.containers = containers;
+            usage.disk = total;
+        }
+        usages.push(usage);
+    }
+    usages
+}
+
+/// Disk use of a pod: its disk-backed emptyDirs, each container's writable layer plus logs,
+/// and the total with its other volumes.
+fn disk_of(
+    pod: &Pod,
+    pod_directory: &Path,
+    logs: &Path,
+    layers: BTreeMap<String, u64>,
+) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
+    let mut empty_dirs = BTreeMap::new();
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        if volume
+            .empty_dir
+            .as_ref()
+            .is_some_and(|e| e.medium.as_deref() != Some("Memory"))
+        {
+            let directory =
+                crate::pods::volumes::volume_directory(pod_directory, "empty-dir", &volume.name);
+            empty_dirs.insert(volume.name.clone(), disk_usage(&directory));
+        }
+    }
+    let mut containers = layers;
+    for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        *containers.entry(container.name.clone()).or_default() +=
+            disk_usage(&logs.join(&container.name));
+    }
+    // the pod directory holds the emptyDirs and the other volumes (tmpfs ones not counted)
+    let total = containers.values().sum::<u64>() + disk_usage(pod_directory);
+    (empty_dirs, containers, total)
+}
+
+async fn evict(ctx: &PodContext, pod: &Pod, signal: &str, message: String) -> kube::Result<()> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let message = format!(
-        "The node was low on resource: memory. Threshold quantity: 100Mi, available: {}Ki. Pod used {}Ki.",
-        available / 1024,
-        usage / 1024
-    );
-    info!(pod = %name, %namespace, "evicting under memory pressure");
-    ctx.metrics
-        .evictions
-        .with_label_values(&["memory.available"])
-        .inc();
+    info!(pod = %name, %namespace, signal, %message, "evicting");
+    ctx.metrics.evictions.with_label_values(&[signal]).inc();
     let patch =
         serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted", "message": message}});
     Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
@@ -131,7 +443,7 @@ async fn evict_one(ctx: &PodContext, recorder: &Recorder, available: u64) -> kub
         uid: pod.metadata.uid.clone(),
         ..Default::default()
     };
-    kelson_common::events::publish(recorder, &reference, true, "Evicted", message).await;
+    kelson_common::events::publish(&ctx.recorder, &reference, true, "Evicted", message).await;
     Ok(())
 }
 
@@ -161,7 +473,7 @@ mod tests {
             ),
             (pod("burstable-over", Some("64Mi"), 0), 100 * mib),
         ];
-        let order: Vec<&str> = rank(&candidates)
+        let order: Vec<&str> = rank_for(Signal::Memory, &candidates)
             .into_iter()
             .map(|i| candidates[i].0.metadata.name.as_deref().unwrap())
             .collect();
@@ -175,5 +487,108 @@ mod tests {
                 "guaranteed-under"
             ]
         );
+    }
+
+    fn names(candidates: &[(Pod, u64)], order: Vec<usize>) -> Vec<&str> {
+        order
+            .into_iter()
+            .map(|i| candidates[i].0.metadata.name.as_deref().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn critical_pods_stay_and_pids_go_by_priority_then_count() {
+        let mut mirror = pod("mirror", None, 0);
+        mirror.metadata.annotations = Some(BTreeMap::from([(
+            crate::static_pods::MIRROR_ANNOTATION.to_owned(),
+            "abc".to_owned(),
+        )]));
+        let candidates = vec![
+            (pod("dns", None, 2_000_000_000), 900),
+            (mirror, 800),
+            (pod("few", None, 0), 10),
+            (pod("many", None, 0), 500),
+            (pod("important", None, 100), 700),
+        ];
+        assert_eq!(
+            names(&candidates, rank_for(Signal::Pids, &candidates)),
+            vec!["many", "few", "important"]
+        );
+        // for memory, every one uses more than it requested (nothing): priority comes next
+        assert_eq!(
+            names(&candidates, rank_for(Signal::Memory, &candidates)),
+            vec!["many", "few", "important"]
+        );
+    }
+
+    #[test]
+    fn disk_pressure_ranks_by_ephemeral_storage_requests() {
+        let gib = 1 << 30;
+        let storage = |name: &str, request: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"containers": [
+                {"name": "c", "resources": {"requests": {"ephemeral-storage": request}}}]}}))
+            .unwrap()
+        };
+        let candidates = vec![
+            (storage("within", "10Gi"), 2 * gib),
+            (storage("over-a-little", "1Gi"), 2 * gib),
+            (pod("unrequested", None, 0), gib / 2),
+            (storage("over-a-lot", "1Gi"), 5 * gib),
+        ];
+        assert_eq!(
+            names(&candidates, rank_for(Signal::NodeFs, &candidates)),
+            vec!["over-a-lot", "over-a-little", "unrequested", "within"]
+        );
+    }
+
+    #[test]
+    fn storage_limits_in_the_kubelets_words() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [
+                {"name": "app", "resources": {"limits": {"ephemeral-storage": "10Mi"}}},
+                {"name": "side", "resources": {"limits": {"ephemeral-storage": "5Mi"}}}],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}},
+                {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]}}))
+        .unwrap();
+        let mib = 1 << 20;
+        let mut usage = PodUsage {
+            empty_dirs: BTreeMap::from([("scratch".to_owned(), mib / 2)]),
+            containers: BTreeMap::from([("app".to_owned(), 2 * mib)]),
+            disk: 3 * mib,
+            ..PodUsage::default()
+        };
+        assert_eq!(storage_violation(&pod, &usage), None);
+        usage.empty_dirs.insert("scratch".into(), 2 * mib);
+        assert_eq!(
+            storage_violation(&pod, &usage).as_deref(),
+            Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ")
+        );
+        usage.empty_dirs.insert("scratch".into(), 0);
+        usage.containers.insert("side".into(), 6 * mib);
+        assert_eq!(
+            storage_violation(&pod, &usage).as_deref(),
+            Some("Container side exceeded its local ephemeral storage limit \"5Mi\". ")
+        );
+        usage.containers.insert("side".into(), 0);
+        usage.disk = 16 * mib;
+        assert_eq!(
+            storage_violation(&pod, &usage).as_deref(),
+            Some(
+                "Pod ephemeral local storage usage exceeds the total limit of containers 15728640. "
+            )
+        );
+    }
+
+    #[test]
+    fn disk_usage_counts_blocks_in_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(disk_usage(&dir.path().join("absent")), 0);
+        let empty = disk_usage(dir.path());
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/data"), vec![1u8; 3 << 20]).unwrap();
+        let used = disk_usage(dir.path());
+        assert!(used >= empty + (3 << 20), "{used}");
+        assert!(used < empty + (4 << 20), "{used}");
     }
 }
