@@ -403,11 +403,48 @@ impl Cri {
                     .collect(),
             }),
         };
-        let response = self.runtime.clone().list_pod_sandbox_stats(request).await;
-        Ok(response
-            .map_err(call_error("ListPodSandboxStats"))?
+        let error = match self.runtime.clone().list_pod_sandbox_stats(request).await {
+            Ok(response) => return Ok(response.into_inner().stats),
+            Err(error) => error,
+        };
+        // containerd 1.6 fails the whole list while any sandbox is not ready (a finished pod,
+        // one being torn down): ask each ready sandbox instead, skipping those that stop
+        // in between
+        if !error.message().contains("not in ready state") {
+            return Err(call_error("ListPodSandboxStats")(error));
+        }
+        let filter = cri::PodSandboxFilter {
+            label_selector: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxReady as i32,
+            }),
+            ..Default::default()
+        };
+        let ready = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(filter),
+            })
+            .await
+            .map_err(call_error("ListPodSandbox"))?
             .into_inner()
-            .stats)
+            .items;
+        let mut stats = Vec::with_capacity(ready.len());
+        for sandbox in ready {
+            let request = cri::PodSandboxStatsRequest {
+                pod_sandbox_id: sandbox.id,
+            };
+            if let Ok(response) = self.runtime.clone().pod_sandbox_stats(request).await
+                && let Some(one) = response.into_inner().stats
+            {
+                stats.push(one);
+            }
+        }
+        Ok(stats)
     }
 
     /// Asks the runtime to reopen a container's log file (after the kubelet renamed it).
