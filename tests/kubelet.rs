@@ -58,6 +58,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: hog-fast}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.35
+    # at once: before containerd 1.6 watches the container's cgroup (the pod's cgroup tells)
+    command: [dd, if=/dev/zero, of=/dev/null, bs=100M, count=1]
+    resources: {limits: {memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: once}
 spec:
   restartPolicy: Never
@@ -558,6 +570,16 @@ fn pods_run_on_containerd() {
         ),
         "137"
     );
+    // also when the kill comes at once
+    wait_jsonpath(&kubectl, "hog-fast", ".status.phase", "Failed");
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "hog-fast",
+            ".status.containerStatuses[0].state.terminated.reason"
+        ),
+        "OOMKilled"
+    );
 
     // init containers run first; a pod that does not restart succeeds
     wait_jsonpath(&kubectl, "once", ".status.phase", "Succeeded");
@@ -970,11 +992,15 @@ impl Drop for AgentProcess {
 fn agent_joins_with_the_token() {
     let node = format!("e2e-joined-{}", std::process::id());
     let cleanup = RuntimeCleanup::new(&node);
+    // the server runs its own agent too: two kubelets share this machine's containerd
+    let first = format!("e2e-first-{}", std::process::id());
+    let first_cleanup = RuntimeCleanup::new(&first);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     std::fs::create_dir_all(&data).unwrap();
     let binary = Path::new(env!("CARGO_BIN_EXE_kelson"));
-    let server = KelsonProcess::server(binary, &data, &[]).unwrap();
+    let first_arg = format!("--node-name={first}");
+    let server = KelsonProcess::server(binary, &data, &[&first_arg]).unwrap();
     let kubectl = Kubectl::new(33, &server.kubeconfig());
     let token = std::fs::read_to_string(data.join("node-token")).unwrap();
     let token = token.trim();
@@ -1023,7 +1049,29 @@ fn agent_joins_with_the_token() {
         "echo hello from the joined node; exec sleep 3600",
     );
     kubectl.ok_with(&["apply", "-f", "-"], Some(&pod));
+    let local = pod_on(
+        &first,
+        "local",
+        "echo hello from the first node; exec sleep 3600",
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&local));
     wait_jsonpath(&kubectl, "joined", ".status.phase", "Running");
+    wait_jsonpath(&kubectl, "local", ".status.phase", "Running");
+    assert_eq!(
+        wait_logs(&kubectl, "local", "hello"),
+        "hello from the first node\n"
+    );
+    // pods on the two nodes reach each other over the pod network
+    let joined_ip = jsonpath(&kubectl, "joined", ".status.podIP");
+    let reply = kubectl.ok(&[
+        "exec",
+        "local",
+        "--",
+        "sh",
+        "-c",
+        &format!("ping -c 1 -W 5 {joined_ip} >/dev/null && echo reached"),
+    ]);
+    assert_eq!(reply, "reached\n");
     // logs and exec reach the joined node's kubelet through the API server
     let logs = wait_logs(&kubectl, "joined", "hello");
     assert_eq!(logs, "hello from the joined node\n");
@@ -1107,6 +1155,32 @@ fn agent_joins_with_the_token() {
         "the joined node's sandbox to go",
         || {
             cleanup
+                .sandboxes()
+                .ok()
+                .filter(Vec::is_empty)
+                .map(|_| String::new())
+        },
+    );
+    // neither agent touched the other's pod
+    assert_eq!(jsonpath(&kubectl, "local", ".status.phase"), "Running");
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            "local",
+            ".status.containerStatuses[0].restartCount"
+        ),
+        "0"
+    );
+    assert_eq!(
+        kubectl.ok(&["logs", "local"]),
+        "hello from the first node\n"
+    );
+    kubectl.ok(&["delete", "pod", "local", "--wait=true"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the first node's sandbox to go",
+        || {
+            first_cleanup
                 .sandboxes()
                 .ok()
                 .filter(Vec::is_empty)

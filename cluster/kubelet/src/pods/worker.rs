@@ -57,8 +57,12 @@ pub(crate) struct Worker {
     probes: probes::Tracker,
     /// Containers this worker killed (failed probes), whose SIGKILL is no OOM.
     killed: std::collections::HashSet<String>,
-    /// The pod's service-account token: value, when issued, lifetime.
-    token: Option<(String, std::time::Instant, Duration)>,
+    /// The pod's service-account token: value, when issued, when it expires.
+    token: Option<(String, Timestamp, Timestamp)>,
+    /// OOM kills counted in the pod's cgroup, as far as they are accounted for (`None` before
+    /// the cgroup exists), and since when a newer kill waits for a container to own it.
+    oom_kills: Option<f64>,
+    oom_unowned_since: Option<std::time::Instant>,
     /// Per container name, the attempt its current run of crashes started at.
     backoff_from: HashMap<String, u32>,
     /// Containers whose back-off was announced with a BackOff event.
@@ -102,6 +106,8 @@ pub(crate) async fn run(
         probes: probes::Tracker::default(),
         killed: std::collections::HashSet::new(),
         token: None,
+        oom_kills: None,
+        oom_unowned_since: None,
         backoff_from: HashMap::new(),
         backoff_reported: std::collections::HashSet::new(),
         first_seen: std::time::Instant::now(),
@@ -153,6 +159,14 @@ fn timestamp(nanos: i64) -> Option<Timestamp> {
     (nanos > 0)
         .then(|| Timestamp::from_nanosecond(i128::from(nanos)).ok())
         .flatten()
+}
+
+/// Whether a service-account token issued at `issued`, expiring at `expires`, is renewed at
+/// `now`: past 80% of its life or older than a day, as the kubelet's token manager does.
+fn token_due(issued: Timestamp, expires: Timestamp, now: Timestamp) -> bool {
+    let life = expires.duration_since(issued);
+    let age = now.duration_since(issued);
+    age.as_secs_f64() >= life.as_secs_f64() * 0.8 || age >= jiff::SignedDuration::from_hours(24)
 }
 
 /// Where a container's termination message goes unless its spec says otherwise.
@@ -336,6 +350,19 @@ impl Worker {
             return Ok((Observed::default(), None));
         };
         let ready = latest.state == cri::PodSandboxState::SandboxReady as i32;
+        // OOM kills in the pod's cgroup (counted from before its containers start): containerd
+        // 1.6 misses one that comes before it watches the container's cgroup
+        let oom_count = crate::cadvisor::Cgroups::default()
+            .readings(&spec::cgroup_parent(pod))
+            .oom_kills;
+        let mut oom_unowned = match (oom_count, self.oom_kills) {
+            (Some(count), Some(seen)) => count > seen,
+            (Some(_), None) => {
+                self.oom_kills = oom_count;
+                false
+            }
+            (None, _) => false,
+        };
         let sandbox = SandboxState {
             id: latest.id.clone(),
             ready,
@@ -383,10 +410,25 @@ impl Worker {
                 ),
                 Ok(cri::ContainerState::ContainerCreated) => RuntimeState::Created,
                 _ => {
-                    let exit = with_termination_message(
-                        exit_of(&status),
-                        termination_message(&status, container),
-                    );
+                    let exit = match self.exits.get(&newest.id) {
+                        Some(known) if known.reason == "OOMKilled" => known.clone(),
+                        _ => {
+                            let mut exit = with_termination_message(
+                                exit_of(&status),
+                                termination_message(&status, container),
+                            );
+                            if oom_unowned
+                                && exit.code == 137
+                                && exit.reason == "Error"
+                                && !self.killed.contains(&newest.id)
+                            {
+                                exit.reason = "OOMKilled".into();
+                                oom_unowned = false;
+                                self.oom_kills = oom_count;
+                            }
+                            exit
+                        }
+                    };
                     if !may_become_oom(&exit, Timestamp::now()) {
                         self.exits.insert(newest.id.clone(), exit.clone());
                     }
@@ -437,6 +479,19 @@ impl Worker {
                     backoff_from,
                 },
             );
+        }
+        // a kill no exited container owns (a process the container survived, or an exit not
+        // seen yet) is accounted for after a while, so a later exit is not blamed on it
+        if oom_unowned {
+            let since = *self
+                .oom_unowned_since
+                .get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= OOM_SETTLE.unsigned_abs() {
+                self.oom_kills = oom_count;
+                self.oom_unowned_since = None;
+            }
+        } else {
+            self.oom_unowned_since = None;
         }
         Ok((
             Observed {
@@ -1204,8 +1259,8 @@ impl Worker {
         let Some(source) = source else {
             return Ok(None);
         };
-        if let Some((token, issued, lifetime)) = &self.token
-            && issued.elapsed() < lifetime.mul_f64(0.8)
+        if let Some((token, issued, expires)) = &self.token
+            && !token_due(*issued, *expires, Timestamp::now())
         {
             return Ok(Some(token.clone()));
         }
@@ -1241,8 +1296,14 @@ impl Worker {
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| "the token request returned no token".to_owned())?
             .to_owned();
-        let lifetime = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
-        self.token = Some((token.clone(), std::time::Instant::now(), lifetime));
+        let issued = Timestamp::now();
+        // the server may grant another lifetime than asked: renew by what it granted
+        let expires = response
+            .pointer("/status/expirationTimestamp")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or_else(|| issued + jiff::SignedDuration::from_secs(seconds));
+        self.token = Some((token.clone(), issued, expires));
         Ok(Some(token))
     }
 
@@ -1464,6 +1525,19 @@ mod tests {
         assert_eq!(termination_message(&status, Some(&custom)), "");
         let status = exited(1, vec![], &log);
         assert_eq!(termination_message(&status, Some(&plain)), "");
+    }
+
+    #[test]
+    fn tokens_renew_after_80_percent_of_their_life_or_a_day() {
+        let at = |seconds: i64| Timestamp::from_second(1_800_000_000 + seconds).unwrap();
+        // a ten-minute token
+        assert!(!token_due(at(0), at(600), at(479)));
+        assert!(token_due(at(0), at(600), at(480)));
+        // a year-long one still renews daily
+        assert!(!token_due(at(0), at(365 * 86_400), at(86_399)));
+        assert!(token_due(at(0), at(365 * 86_400), at(86_400)));
+        // one that is already expired (a clock step) at once
+        assert!(token_due(at(0), at(0), at(0)));
     }
 
     #[test]
