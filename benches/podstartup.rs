@@ -1,9 +1,11 @@
 //! Pod startup on the local containerd (`cargo bench --bench podstartup`, as root after
-//! scripts/setup.sh): an in-process API server, scheduler and node agent; the time from the
+//! scripts/setup.sh): an in-process API server, controllers, scheduler and node agent; the time from the
 //! create request until a watch sees the pod Running, for 1 pod at a time and for a burst,
 //! with host network and with the CNI pod network. The raw CRI floor (RunPodSandbox,
 //! CreateContainer, StartContainer with no Kubernetes in between) is measured in the same run
-//! for the ratio. Then the agent's cost at rest with 50 pods running.
+//! for the ratio. Then the cost at rest with 50 pods running: of the whole in-process stack,
+//! and of the kubelet alone as its own process (`kelson agent` without the log pipeline, node
+//! exporter and service proxy, joined to a `kelson server --disable-agent`).
 //!
 //! Knobs (env): `BENCH_SINGLE` (sequential pods per network, default 10), `BENCH_BURST` (30).
 
@@ -24,7 +26,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn process_stat() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    process_stat_of("self")
+}
+
+/// Resident MiB and CPU seconds so far of process `pid` (`self` for this one).
+fn process_stat_of(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -32,7 +39,7 @@ fn process_stat() -> (f64, f64) {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0;
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -176,6 +183,11 @@ async fn cri_start(
 
 #[tokio::main]
 async fn main() {
+    // the agent's warnings (a pod that cannot start says why)
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let single = env("BENCH_SINGLE", 10);
     let burst = env("BENCH_BURST", 30);
     let node = format!("bench-{}", std::process::id());
@@ -186,6 +198,20 @@ async fn main() {
     tokio::spawn(kelson_scheduler::run(
         client.clone(),
         kelson_scheduler::Config::default(),
+        shutdown.clone(),
+    ));
+    // the controllers publish kube-root-ca.crt and create the default ServiceAccount, which
+    // every pod's kube-api-access volume needs
+    let root_ca = server
+        .kubeconfig()
+        .parent()
+        .and_then(|dir| std::fs::read_to_string(dir.join("tls/ca.crt")).ok());
+    tokio::spawn(kelson_controllers::run_with(
+        server.in_process_client("system:kube-controller-manager"),
+        kelson_controllers::Options {
+            root_ca,
+            ..Default::default()
+        },
         shutdown.clone(),
     ));
     let root = tempfile::tempdir().expect("temp dir");
@@ -233,7 +259,9 @@ async fn main() {
     }
     delete_all(&api).await;
 
-    println!("## Pod startup on containerd (in-process API server, scheduler and agent, 2 CPUs)\n");
+    println!(
+        "## Pod startup on containerd (in-process API server, controllers, scheduler and agent, 2 CPUs)\n"
+    );
     println!(
         "| case | p50 ms | p99 ms | raw CRI floor p50 / p99 ms | p99 / floor p50 | p99 / floor p99 |"
     );
@@ -309,10 +337,83 @@ async fn main() {
     let (_, cpu_after) = process_stat();
     println!(
         "\n- With 50 pods running: process RSS {rss_after:.0} MiB ({:+.0} MiB for the pods), \
-         CPU at rest {:.1}% of one core (API server, scheduler and agent together, 20 s)",
+         CPU at rest {:.1}% of one core (API server, controllers, scheduler and agent together, 20 s)",
         rss_after - rss_before,
         (cpu_after - cpu_before) / 20.0 * 100.0
     );
     delete_all(&api).await;
     shutdown.cancel();
+    kubelet_at_rest().await;
+}
+
+/// The kubelet alone, as its own process, with 50 pods running: its RSS, and its CPU over 20 s.
+async fn kubelet_at_rest() {
+    let binary = env!("CARGO_BIN_EXE_kelson");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).expect("server dir");
+    let server = kelson_testing::KelsonProcess::server(Path::new(binary), &data, &[])
+        .expect("kelson server");
+    let node = format!("bench-kubelet-{}", std::process::id());
+    let _cleanup = RuntimeCleanup::new(&node);
+    let token = std::fs::read_to_string(data.join("node-token")).expect("join token");
+    let agent_dir = dir.path().join("agent");
+    let agent = kelson_testing::ChildGuard::spawn(
+        binary,
+        &[
+            "agent",
+            "--server",
+            &server.url,
+            "--token",
+            token.trim(),
+            "--node-name",
+            &node,
+            "--kubelet-port=0",
+            "--disable-logpipe",
+            "--disable-node-exporter",
+            "--disable-proxy",
+            "--data-dir",
+            agent_dir.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let pid = agent.0.id().to_string();
+    let client = kelson_testing::client_for(&server.kubeconfig()).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    while nodes.get_opt(&node).await.ok().flatten().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss_empty, _) = process_stat_of(&pid);
+    let api: Api<Pod> = Api::namespaced(client, "default");
+    for i in 0..50 {
+        let mut pod = pod(&format!("rest-{i}"), false);
+        pod.spec.as_mut().expect("spec").node_name = Some(node.clone());
+        api.create(&PostParams::default(), &pod)
+            .await
+            .expect("create");
+    }
+    loop {
+        let pods = api.list(&ListParams::default()).await.expect("list");
+        let running = pods
+            .items
+            .iter()
+            .filter(|p| kelson_common::pod::phase(p) == "Running")
+            .count();
+        if running == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, cpu_before) = process_stat_of(&pid);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (_, cpu_after) = process_stat_of(&pid);
+    println!(
+        "- The kubelet alone (`kelson agent --disable-logpipe --disable-node-exporter \
+         --disable-proxy`, its own process) with 50 pods running: RSS {rss:.0} MiB ({rss_empty:.0} \
+         MiB with none), CPU at rest {:.1}% of one core (20 s)",
+        (cpu_after - cpu_before) / 20.0 * 100.0
+    );
+    delete_all(&api).await;
+    drop(agent);
 }
