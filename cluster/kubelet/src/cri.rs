@@ -408,11 +408,9 @@ impl Cri {
             Err(error) => error,
         };
         // containerd 1.6 fails the whole list while any sandbox is not ready (a finished pod,
-        // one being torn down): ask each ready sandbox instead, skipping those that stop
-        // in between
-        if !error.message().contains("not in ready state") {
-            return Err(call_error("ListPodSandboxStats")(error));
-        }
+        // one being torn down) or a task is gone: ask each ready sandbox instead, skipping
+        // those that stop in between
+        tracing::debug!(%error, "ListPodSandboxStats failed; asking each ready sandbox");
         let filter = cri::PodSandboxFilter {
             label_selector: labels
                 .iter()
@@ -430,7 +428,7 @@ impl Cri {
                 filter: Some(filter),
             })
             .await
-            .map_err(call_error("ListPodSandbox"))?
+            .map_err(|_| call_error("ListPodSandboxStats")(error))?
             .into_inner()
             .items;
         let mut stats = Vec::with_capacity(ready.len());

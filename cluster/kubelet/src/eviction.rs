@@ -1,17 +1,20 @@
-//! Eviction, as the kubelet's eviction manager does it, every 10 s:
+//! Eviction, as the kubelet's eviction manager does it:
 //!
-//! - **Local storage limits** first: a pod whose disk-backed `emptyDir` outgrows its
-//!   `sizeLimit`, or whose containers' writable layers and logs outgrow their
-//!   `ephemeral-storage` limits, is evicted with the kubelet's message.
-//! - **Node pressure**: when `memory.available` falls under 100Mi, `nodefs.available` under
-//!   10% or free pids under 10% (the node's pressure conditions), one pod per round is evicted —
+//! - **Local storage limits**, every 30 s (walking volumes and logs costs) and every 10 s
+//!   under disk pressure: a pod whose disk-backed `emptyDir` outgrows its `sizeLimit`, or
+//!   whose containers' writable layers and logs outgrow their `ephemeral-storage` limits (each,
+//!   or summed for the pod), is evicted with the kubelet's message.
+//! - **Node pressure**, every 10 s: when `memory.available` falls under 100Mi,
+//!   `nodefs.available` under 10% or free pids under 10% (the node's pressure conditions), one
+//!   pod per round is evicted, then none for 30 s while it goes —
 //!   for memory and disk, pods using more than they requested first, then lower priority, then
 //!   the largest use above the request (so BestEffort pods, which request nothing, go first);
 //!   for pids, lower priority, then the most processes. Critical pods (static and mirror pods,
-//!   priority of `system-cluster-critical` and above) are never chosen.
+//!   priority of `system-cluster-critical` and above) are never evicted, for any reason.
+//!   Without the runtime's statistics a round evicts nobody.
 //!
-//! The evicted pod is marked `Failed` with reason `Evicted`; its worker then stops it, and its
-//! controller replaces it. Unlike the kubelet, no node-level reclaim (image garbage collection)
+//! The evicted pod is marked `Failed` with reason `Evicted`; its worker then stops it and
+//! removes its volumes (so emptyDirs free their disk), and its controller replaces it. Unlike the kubelet, no node-level reclaim (image garbage collection)
 //! is tried before evicting under disk pressure: images here come from local imports, with
 //! no registry to pull them back from.
 
@@ -158,6 +161,7 @@ pub fn storage_violation(pod: &Pod, usage: &PodUsage) -> Option<String> {
         }
         if let Some(limit) = &empty_dir.size_limit
             && let Some(used) = usage.empty_dirs.get(&volume.name)
+            && quantity::units(limit) > 0
             && *used > u64::try_from(quantity::units(limit)).unwrap_or(u64::MAX)
         {
             return Some(format!(
@@ -166,19 +170,20 @@ pub fn storage_violation(pod: &Pod, usage: &PodUsage) -> Option<String> {
             ));
         }
     }
-    let mut total_limit = Some(0u64);
+    // the pod's limit: the sum of its containers' (those that have one), as the kubelet sums
+    let mut total_limit = 0u64;
     for container in &spec.containers {
         let limit = container
             .resources
             .as_ref()
             .and_then(|r| r.limits.as_ref())
             .and_then(|l| l.get("ephemeral-storage"));
-        let Some(limit) = limit else {
-            total_limit = None;
-            continue;
-        };
+        let Some(limit) = limit else { continue };
         let bytes = u64::try_from(quantity::units(limit)).unwrap_or(u64::MAX);
-        total_limit = total_limit.map(|t| t.saturating_add(bytes));
+        if bytes == 0 {
+            continue;
+        }
+        total_limit = total_limit.saturating_add(bytes);
         if usage.containers.get(&container.name).copied().unwrap_or(0) > bytes {
             return Some(format!(
                 "Container {} exceeded its local ephemeral storage limit {:?}. ",
@@ -186,14 +191,28 @@ pub fn storage_violation(pod: &Pod, usage: &PodUsage) -> Option<String> {
             ));
         }
     }
-    if let Some(total) = total_limit.filter(|_| !spec.containers.is_empty())
-        && usage.disk > total
-    {
+    if total_limit > 0 && usage.disk > total_limit {
         return Some(format!(
-            "Pod ephemeral local storage usage exceeds the total limit of containers {total}. "
+            "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
+            binary_quantity(total_limit)
         ));
     }
     None
+}
+
+/// Bytes as a quantity with the largest binary suffix that divides them (`15Mi`).
+fn binary_quantity(bytes: u64) -> String {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
 }
 
 /// Bytes a directory tree takes on its own file system (as `du -sx`): files, not what is
@@ -227,37 +246,59 @@ pub fn disk_usage(root: &Path) -> u64 {
     total
 }
 
-/// Checks every 10 s: storage limits, then node pressure (one pod per round).
+/// Storage limits are checked every this many rounds (walking volumes and logs costs), and
+/// every round under disk pressure.
+const STORAGE_PERIOD: u32 = 3;
+/// After a node-pressure eviction, the evicted pod gets this long to go before another.
+const EVICTION_PAUSE: Duration = Duration::from_secs(30);
+
+/// Checks every 10 s: node pressure (one pod per round), and storage limits every 30 s.
 pub async fn run(ctx: Arc<PodContext>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut rounds: u32 = 0;
+    let mut last_eviction: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = round(&ctx).await {
-            warn!(%error, "eviction failed");
+        rounds = rounds.wrapping_add(1);
+        let storage = rounds.is_multiple_of(STORAGE_PERIOD);
+        let paused = last_eviction.is_some_and(|at| at.elapsed() < EVICTION_PAUSE);
+        match round(&ctx, storage, paused).await {
+            Ok(true) => last_eviction = Some(std::time::Instant::now()),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "eviction failed"),
         }
     }
 }
 
-async fn round(ctx: &PodContext) -> kube::Result<()> {
+/// One round; returns whether a pod was evicted for node pressure.
+async fn round(ctx: &PodContext, storage: bool, paused: bool) -> kube::Result<bool> {
     let readings = host::readings();
     let (memory, disk, pids) = readings.pressures();
+    let pressure = (memory || disk || pids) && !paused;
+    if !(storage || disk || pressure) {
+        return Ok(false);
+    }
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let pods = api
         .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={}", ctx.node.name)))
         .await?;
+    // critical pods are never evicted, whatever the reason (the kubelet refuses them too)
     let pods: Vec<Pod> = pods
         .items
         .into_iter()
-        .filter(|p| !kelson_common::pod::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !kelson_common::pod::is_terminal(p)
+                && p.metadata.deletion_timestamp.is_none()
+                && !is_critical(p)
+        })
         .collect();
-    let limited = pods.iter().any(has_storage_limits);
-    if !(limited || memory || disk || pids) {
-        return Ok(());
-    }
-    let usages = measure(ctx, &pods, limited || disk).await;
+    let Some(usages) = measure(ctx, &pods, disk).await else {
+        // without the runtime's statistics nobody's usage is known: no guessing
+        return Ok(false);
+    };
     let mut evicted = false;
     for (pod, usage) in pods.iter().zip(&usages) {
         if let Some(message) = storage_violation(pod, usage) {
@@ -265,8 +306,8 @@ async fn round(ctx: &PodContext) -> kube::Result<()> {
             evicted = true;
         }
     }
-    if evicted {
-        return Ok(());
+    if evicted || !pressure {
+        return Ok(false);
     }
     let (signal, available, threshold) = if memory {
         (
@@ -276,14 +317,12 @@ async fn round(ctx: &PodContext) -> kube::Result<()> {
         )
     } else if disk {
         (Signal::NodeFs, readings.disk_available, "10%".to_owned())
-    } else if pids {
+    } else {
         (
             Signal::Pids,
             readings.pid_max.saturating_sub(readings.processes),
             "10%".to_owned(),
         )
-    } else {
-        return Ok(());
     };
     let candidates: Vec<(Pod, u64)> = pods
         .iter()
@@ -291,7 +330,7 @@ async fn round(ctx: &PodContext) -> kube::Result<()> {
         .map(|(pod, usage)| (pod.clone(), usage.of(signal)))
         .collect();
     let Some(&victim) = rank_for(signal, &candidates).first() else {
-        return Ok(());
+        return Ok(false);
     };
     let (pod, usage) = &candidates[victim];
     let (available, used) = match signal {
@@ -305,7 +344,8 @@ async fn round(ctx: &PodContext) -> kube::Result<()> {
         "The node was low on resource: {}. Threshold quantity: {threshold}, available: {available}. Pod used {used}.",
         signal.resource()
     );
-    evict(ctx, pod, signal.name(), message).await
+    evict(ctx, pod, signal.name(), message).await?;
+    Ok(true)
 }
 
 fn has_storage_limits(pod: &Pod) -> bool {
@@ -323,14 +363,17 @@ fn has_storage_limits(pod: &Pod) -> bool {
     })
 }
 
-/// What each of `pods` uses; disk usage only when `disk` (walking directories costs).
-async fn measure(ctx: &PodContext, pods: &[Pod], disk: bool) -> Vec<PodUsage> {
+/// What each of `pods` uses (`None` when the runtime gives no statistics); disk usage of pods
+/// with storage limits, and of every pod under disk pressure (walking directories costs).
+async fn measure(ctx: &PodContext, pods: &[Pod], disk: bool) -> Option<Vec<PodUsage>> {
     let labels = [(NODE_LABEL, ctx.node.name.as_str())];
-    let stats = ctx
-        .cri
-        .list_pod_sandbox_stats(&labels)
-        .await
-        .unwrap_or_default();
+    let stats = match ctx.cri.list_pod_sandbox_stats(&labels).await {
+        Ok(stats) => stats,
+        Err(error) => {
+            warn!(%error, "no sandbox statistics for eviction");
+            return None;
+        }
+    };
     let mut usages = Vec::with_capacity(pods.len());
     for pod in pods {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -377,7 +420,7 @@ async fn measure(ctx: &PodContext, pods: &[Pod], disk: bool) -> Vec<PodUsage> {
         if usage.processes == 0 {
             usage.processes = crate::pods::pod_processes(&uid);
         }
-        if disk {
+        if disk || has_storage_limits(pod) {
             let pod_directory = ctx.pod_directory(&uid);
             let logs = PodKey::of(pod).log_directory();
             let (empty_dirs, containers, total) = tokio::task::spawn_blocking({
@@ -392,7 +435,7 @@ async fn measure(ctx: &PodContext, pods: &[Pod], disk: bool) -> Vec<PodUsage> {
         }
         usages.push(usage);
     }
-    usages
+    Some(usages)
 }
 
 /// Disk use of a pod: its disk-backed emptyDirs, each container's writable layer plus logs,
@@ -574,9 +617,7 @@ mod tests {
         usage.disk = 16 * mib;
         assert_eq!(
             storage_violation(&pod, &usage).as_deref(),
-            Some(
-                "Pod ephemeral local storage usage exceeds the total limit of containers 15728640. "
-            )
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 15Mi. ")
         );
     }
 

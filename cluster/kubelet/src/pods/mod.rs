@@ -262,7 +262,7 @@ async fn remove_orphans(ctx: &PodContext, live: &HashSet<String>) {
     if let Ok(entries) = std::fs::read_dir(&pods_root) {
         for entry in entries.flatten() {
             let uid = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&uid) {
+            if !uid.is_empty() && !live.contains(&uid) {
                 info!(%uid, "removing the volumes and logs of a deleted pod");
                 // log directories only of pods this agent ran: others on this machine (a
                 // second agent) keep theirs
@@ -293,7 +293,8 @@ async fn remove_orphans(ctx: &PodContext, live: &HashSet<String>) {
             .get(POD_UID_LABEL)
             .cloned()
             .unwrap_or_default();
-        if live.contains(&uid) {
+        if uid.is_empty() || live.contains(&uid) {
+            // without a pod uid there is nothing to match (and no directory to remove)
             continue;
         }
         let metadata = sandbox.metadata.clone().unwrap_or_default();

@@ -59,10 +59,8 @@ pub(crate) struct Worker {
     killed: std::collections::HashSet<String>,
     /// The pod's service-account token: value, when issued, when it expires.
     token: Option<(String, Timestamp, Timestamp)>,
-    /// OOM kills counted in the pod's cgroup, as far as they are accounted for (`None` before
-    /// the cgroup exists), and since when a newer kill waits for a container to own it.
-    oom_kills: Option<f64>,
-    oom_unowned_since: Option<std::time::Instant>,
+    /// OOM kills counted in the pod's cgroup, and which of them exits explain.
+    oom: OomLedger,
     /// Per container name, the attempt its current run of crashes started at.
     backoff_from: HashMap<String, u32>,
     /// Containers whose back-off was announced with a BackOff event.
@@ -106,8 +104,7 @@ pub(crate) async fn run(
         probes: probes::Tracker::default(),
         killed: std::collections::HashSet::new(),
         token: None,
-        oom_kills: None,
-        oom_unowned_since: None,
+        oom: OomLedger::default(),
         backoff_from: HashMap::new(),
         backoff_reported: std::collections::HashSet::new(),
         first_seen: std::time::Instant::now(),
@@ -161,6 +158,65 @@ fn timestamp(nanos: i64) -> Option<Timestamp> {
         .flatten()
 }
 
+/// The OOM kills of a pod's cgroup and which of them exits explain. On cgroup v2 the pod's
+/// `memory.events` counts its containers' kills; on v1 only a container's own cgroup does, so
+/// there the count never moves and only the runtime's reasons tell.
+#[derive(Debug, Default)]
+struct OomLedger {
+    /// The count explained so far (`None` until the cgroup is read).
+    explained: Option<f64>,
+    /// The count now.
+    now: Option<f64>,
+    /// Since when a kill waits for an exit to own it.
+    unowned_since: Option<std::time::Instant>,
+}
+
+impl OomLedger {
+    /// Takes a reading of the pod cgroup's count.
+    fn count(&mut self, count: Option<f64>) {
+        let Some(count) = count else { return };
+        // the first reading (before containers start), or a recreated cgroup, starts over
+        if self.explained.is_none_or(|explained| count < explained) {
+            self.explained = Some(count);
+        }
+        self.now = Some(count);
+    }
+
+    fn unexplained(&self) -> bool {
+        matches!((self.now, self.explained), (Some(now), Some(explained)) if now > explained)
+    }
+
+    /// Whether an exit by SIGKILL owns an unexplained kill (which it then explains).
+    fn take(&mut self) -> bool {
+        if !self.unexplained() {
+            return false;
+        }
+        self.explained = self.explained.map(|e| e + 1.0);
+        true
+    }
+
+    /// The runtime reported an OOM kill itself: one kill is explained.
+    fn owned(&mut self) {
+        if self.unexplained() {
+            self.explained = self.explained.map(|e| e + 1.0);
+        }
+    }
+
+    /// A kill no exit owns for a while (a process its container survived) stops waiting, so
+    /// a later exit is not blamed on it.
+    fn settle(&mut self, now: std::time::Instant) {
+        if !self.unexplained() {
+            self.unowned_since = None;
+            return;
+        }
+        let since = *self.unowned_since.get_or_insert(now);
+        if now.duration_since(since) >= OOM_SETTLE.unsigned_abs() {
+            self.explained = self.now;
+            self.unowned_since = None;
+        }
+    }
+}
+
 /// Whether a service-account token issued at `issued`, expiring at `expires`, is renewed at
 /// `now`: past 80% of its life or older than a day, as the kubelet's token manager does.
 fn token_due(issued: Timestamp, expires: Timestamp, now: Timestamp) -> bool {
@@ -182,17 +238,22 @@ const FALLBACK_LOG_BYTES: usize = 2048;
 /// at its `terminationMessagePath`, or with `FallbackToLogsOnError` after a failure and an
 /// empty file, the end of its log.
 fn termination_message(status: &cri::ContainerStatus, container: Option<&Container>) -> String {
-    use std::io::Read as _;
+    use std::io::{Read as _, Seek as _};
     let path = container
         .and_then(|c| c.termination_message_path.as_deref())
         .filter(|p| !p.is_empty())
         .unwrap_or(TERMINATION_MESSAGE_PATH);
     let mut message = String::new();
     if let Some(mount) = status.mounts.iter().find(|m| m.container_path == path)
-        && let Ok(file) = std::fs::File::open(&mount.host_path)
+        && let Ok(mut file) = std::fs::File::open(&mount.host_path)
     {
+        // the end of the file, as the kubelet reads it
+        let length = file.metadata().map_or(0, |m| m.len());
+        let start = length.saturating_sub(TERMINATION_MESSAGE_BYTES);
         let mut bytes = Vec::new();
-        let _ = file.take(TERMINATION_MESSAGE_BYTES).read_to_end(&mut bytes);
+        if file.seek(std::io::SeekFrom::Start(start)).is_ok() {
+            let _ = file.read_to_end(&mut bytes);
+        }
         message = String::from_utf8_lossy(&bytes).into_owned();
     }
     let fallback = container
@@ -355,14 +416,7 @@ impl Worker {
         let oom_count = crate::cadvisor::Cgroups::default()
             .readings(&spec::cgroup_parent(pod))
             .oom_kills;
-        let mut oom_unowned = match (oom_count, self.oom_kills) {
-            (Some(count), Some(seen)) => count > seen,
-            (Some(_), None) => {
-                self.oom_kills = oom_count;
-                false
-            }
-            (None, _) => false,
-        };
+        self.oom.count(oom_count);
         let sandbox = SandboxState {
             id: latest.id.clone(),
             ready,
@@ -410,24 +464,24 @@ impl Worker {
                 ),
                 Ok(cri::ContainerState::ContainerCreated) => RuntimeState::Created,
                 _ => {
-                    let exit = match self.exits.get(&newest.id) {
-                        Some(known) if known.reason == "OOMKilled" => known.clone(),
-                        _ => {
-                            let mut exit = with_termination_message(
-                                exit_of(&status),
-                                termination_message(&status, container),
-                            );
-                            if oom_unowned
-                                && exit.code == 137
-                                && exit.reason == "Error"
-                                && !self.killed.contains(&newest.id)
-                            {
-                                exit.reason = "OOMKilled".into();
-                                oom_unowned = false;
-                                self.oom_kills = oom_count;
-                            }
-                            exit
+                    // an exit is read once (its message file, the log's end) and then kept
+                    let exit = if let Some(known) = self.exits.get(&newest.id) {
+                        known.clone()
+                    } else {
+                        let mut exit = with_termination_message(
+                            exit_of(&status),
+                            termination_message(&status, container),
+                        );
+                        if exit.reason == "OOMKilled" {
+                            self.oom.owned();
+                        } else if exit.code == 137
+                            && exit.reason == "Error"
+                            && !self.killed.contains(&newest.id)
+                            && self.oom.take()
+                        {
+                            exit.reason = "OOMKilled".into();
                         }
+                        exit
                     };
                     if !may_become_oom(&exit, Timestamp::now()) {
                         self.exits.insert(newest.id.clone(), exit.clone());
@@ -480,19 +534,7 @@ impl Worker {
                 },
             );
         }
-        // a kill no exited container owns (a process the container survived, or an exit not
-        // seen yet) is accounted for after a while, so a later exit is not blamed on it
-        if oom_unowned {
-            let since = *self
-                .oom_unowned_since
-                .get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() >= OOM_SETTLE.unsigned_abs() {
-                self.oom_kills = oom_count;
-                self.oom_unowned_since = None;
-            }
-        } else {
-            self.oom_unowned_since = None;
-        }
+        self.oom.settle(std::time::Instant::now());
         Ok((
             Observed {
                 sandbox: Some(sandbox),
@@ -539,11 +581,12 @@ impl Worker {
             // a container was killed; its exit shows at the next look
             return Ok(Duration::ZERO);
         }
-        let containers = pod
+        let containers: Vec<Container> = pod
             .spec
-            .as_ref()
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .cloned()
+            .collect();
         let tracker = &self.probes;
         let probed = |name: &str| {
             let container = containers.iter().find(|c| c.name == name);
@@ -606,6 +649,17 @@ impl Worker {
                 Step::StopSandbox => {
                     if let Some(sandbox) = &observed.sandbox {
                         self.ctx.cri.stop_pod_sandbox(&sandbox.id).await?;
+                    }
+                    // a finished (or evicted) pod's volumes go now, as the kubelet tears
+                    // them down: emptyDirs free their disk and memory; its status is final
+                    if kelson_common::pod::is_terminal(pod) {
+                        self.volumes = None;
+                        let directory = self.ctx.pod_directory(&self.key.uid);
+                        tokio::task::spawn_blocking(move || {
+                            volumes::remove_pod_directory(&directory);
+                        })
+                        .await
+                        .ok();
                     }
                 }
                 Step::StartContainer {
@@ -1121,20 +1175,22 @@ impl Worker {
             .join("containers")
             .join(&container.name);
         std::fs::create_dir_all(&directory)?;
-        let nanos = Timestamp::now().as_nanosecond();
-        let path = directory.join(format!("{attempt}-{nanos:x}"));
+        // one file per attempt (a retried create truncates it); this attempt's and the
+        // previous one's are kept, for `state` and `lastState`
+        let path = directory.join(attempt.to_string());
         std::fs::File::create(&path)?;
         // writable by whichever user the container runs as
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
-        // only the newest few attempts' files are of use
         if let Ok(entries) = std::fs::read_dir(&directory) {
-            let mut files: Vec<_> = entries
-                .flatten()
-                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-                .collect();
-            files.sort();
-            for (_, old) in files.iter().rev().skip(3) {
-                let _ = std::fs::remove_file(old);
+            for entry in entries.flatten() {
+                let old = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_none_or(|n| n + 1 < attempt || n > attempt);
+                if old {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
         let container_path = container
@@ -1502,11 +1558,13 @@ mod tests {
             ..Default::default()
         };
 
-        // the file at the default path, cut at 4096 bytes
-        std::fs::write(&file, "x".repeat(5000)).unwrap();
+        // the file at the default path: its last 4096 bytes
+        std::fs::write(&file, format!("{}{}", "x".repeat(5000), "y".repeat(96))).unwrap();
         let plain = container(json!({"name": "c"}));
         let status = exited(1, vec![mount("/dev/termination-log")], &log);
-        assert_eq!(termination_message(&status, Some(&plain)).len(), 4096);
+        let message = termination_message(&status, Some(&plain));
+        assert_eq!(message.len(), 4096);
+        assert!(message.ends_with(&"y".repeat(96)));
 
         // a custom path; the file wins over the logs
         std::fs::write(&file, "disk full").unwrap();
@@ -1525,6 +1583,37 @@ mod tests {
         assert_eq!(termination_message(&status, Some(&custom)), "");
         let status = exited(1, vec![], &log);
         assert_eq!(termination_message(&status, Some(&plain)), "");
+    }
+
+    #[test]
+    fn oom_kills_are_owned_once() {
+        let start = std::time::Instant::now();
+        let mut ledger = OomLedger::default();
+        // no cgroup yet, then the count before any container runs
+        ledger.count(None);
+        assert!(!ledger.take());
+        ledger.count(Some(2.0));
+        assert!(
+            !ledger.take(),
+            "kills before this agent looked are not blamed"
+        );
+        // one kill, owned by the first SIGKILL exit only
+        ledger.count(Some(3.0));
+        assert!(ledger.take());
+        assert!(!ledger.take());
+        // one the runtime reported itself is not charged to another exit
+        ledger.count(Some(4.0));
+        ledger.owned();
+        assert!(!ledger.take());
+        // one no exit owns stops waiting after a while
+        ledger.count(Some(5.0));
+        ledger.settle(start);
+        ledger.settle(start + std::time::Duration::from_secs(6));
+        assert!(!ledger.take());
+        // a recreated cgroup starts over
+        ledger.count(Some(0.0));
+        ledger.count(Some(1.0));
+        assert!(ledger.take());
     }
 
     #[test]
