@@ -24,6 +24,10 @@ use kelson_testing::ChildGuard;
 use kelson_testing::bench::{cpu_seconds, env_or as env, percentile};
 use kelson_testing::git::get;
 
+/// The `kelson` binary's allocator, so what runs in this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
 const PODS: usize = 10;
 /// 2026-11-23T00:00:00Z

@@ -21,6 +21,10 @@ use kelson_testing::bench::{cpu_seconds, env_or as env, percentile, rss_mib};
 use kelson_testing::git::{free_port, wait_listening};
 use kelson_testing::{ChildGuard, KelsonProcess};
 
+/// The `kelson` binary's allocator, so what runs in this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KELSON: &str = env!("CARGO_BIN_EXE_kelson");
 const PEER: &str = "/usr/bin/prometheus-node-exporter";
 

@@ -25,6 +25,10 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// The `kelson` binary's allocator, so what runs in this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn process_stat() -> (f64, f64) {
     process_stat_of("self")
 }

@@ -18,6 +18,10 @@ use kelson_proxy::model::{Endpoint, Protocol, ServicePort};
 use kelson_proxy::nft::{self, RulesConfig};
 use kelson_testing::bench::env_or as env;
 
+/// The `kelson` binary's allocator, so what runs in this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TABLE: &str = "kelson-proxy";
 
 struct Namespace(String);

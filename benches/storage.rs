@@ -17,6 +17,10 @@ use kelson_testing::{KelsonProcess, client_for};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+/// The `kelson` binary's allocator, so what runs in this process is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -16,6 +16,14 @@ mod node_exporter;
 mod state_metrics;
 mod telemetry;
 
+/// mimalloc (its v2, which returns freed memory within milliseconds) rather than glibc's
+/// allocator, whose per-thread arenas contend and fragment under the control plane's many
+/// small, short-lived allocations on async worker threads: a third of the CPU went to
+/// malloc and free with 1000 hollow nodes, and scheduling runs 1.6× faster without that
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kelson: a Kubernetes distribution whose desired state comes from Git.
 #[derive(Parser)]
 #[command(name = "kelson", version, about)]
