@@ -421,17 +421,7 @@ pub(crate) fn run(
             if forward {
                 hits.reverse();
             }
-            let mut streams: BTreeMap<BTreeMap<String, String>, Vec<Value>> = BTreeMap::new();
-            for hit in hits {
-                streams
-                    .entry(stream_labels(&hit))
-                    .or_default()
-                    .push(json!([hit.timestamp_ns.to_string(), hit.message]));
-            }
-            let result: Vec<Value> = streams
-                .into_iter()
-                .map(|(stream, values)| json!({"stream": stream, "values": values}))
-                .collect();
+            let result = streams(&hits);
             Ok(json!({"resultType": "streams", "result": result, "stats": {}}))
         }
         Expr::Count {
@@ -607,8 +597,8 @@ async fn label_values(
     }
 }
 
-/// One Loki tail frame: entries grouped into streams by their labels.
-fn tail_frame(hits: &[Hit], dropped: u64) -> String {
+/// Entries grouped into Loki streams by their labels, in the order given within each.
+fn streams(hits: &[Hit]) -> Vec<Value> {
     let mut streams: BTreeMap<BTreeMap<String, String>, Vec<Value>> = BTreeMap::new();
     for hit in hits {
         streams
@@ -616,10 +606,15 @@ fn tail_frame(hits: &[Hit], dropped: u64) -> String {
             .or_default()
             .push(json!([hit.timestamp_ns.to_string(), hit.message]));
     }
-    let streams: Vec<Value> = streams
+    streams
         .into_iter()
         .map(|(stream, values)| json!({"stream": stream, "values": values}))
-        .collect();
+        .collect()
+}
+
+/// One Loki tail frame: entries grouped into streams by their labels.
+fn tail_frame(hits: &[Hit], dropped: u64) -> String {
+    let streams = streams(hits);
     let dropped: Vec<Value> = (0..dropped.min(100))
         .map(|_| json!({"labels": {}, "timestamp": now_ns().to_string()}))
         .collect();

@@ -206,6 +206,7 @@ pub async fn run(
             crate::metrics::KubeletMetrics::new(&config.node_name)
                 .with_requests(config.client_metrics.clone()),
         ),
+        cgroups: crate::cadvisor::Cgroups::default(),
     });
     if let Some((listener, tls, port)) = api {
         info!(port, "kubelet API listening");

@@ -64,6 +64,27 @@ impl Cgroups {
         self.read(controller, cgroup, name)?.trim().parse().ok()
     }
 
+    /// OOM kills counted in a cgroup and below it, on cgroup v2 only (`memory.events`): v1
+    /// counts a kill only in the killed task's own cgroup.
+    #[must_use]
+    pub fn oom_kills_below(&self, cgroup: &str) -> Option<f64> {
+        if !self.v2 {
+            return None;
+        }
+        self.read("", cgroup, "memory.events")?
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    }
+
+    /// Processes in a cgroup (`pids.current`).
+    #[must_use]
+    pub fn processes(&self, cgroup: &str) -> Option<u64> {
+        self.read("pids", cgroup, "pids.current")?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Whether the cgroup exists.
     #[must_use]
     pub fn exists(&self, cgroup: &str) -> bool {
@@ -532,10 +553,10 @@ fn spec_rows(out: &mut Families, row: &Row, readings: &Readings) {
 }
 
 /// The pod's cgroup, `/kubepods[/burstable|/besteffort]/pod<uid>`, whichever exists.
-fn pod_cgroup(cgroups: &Cgroups, uid: &str) -> Option<String> {
-    ["", "burstable/", "besteffort/"]
-        .iter()
-        .map(|qos| format!("/kubepods/{qos}pod{uid}"))
+#[must_use]
+pub fn pod_cgroup(cgroups: &Cgroups, uid: &str) -> Option<String> {
+    crate::pods::spec::pod_cgroup_candidates(uid)
+        .into_iter()
         .find(|path| cgroups.exists(path))
 }
 

@@ -219,6 +219,11 @@ fn binary_quantity(bytes: u64) -> String {
 /// mounted under it.
 #[must_use]
 pub fn disk_usage(root: &Path) -> u64 {
+    disk_usage_without(root, None)
+}
+
+/// [`disk_usage`] leaving out the tree at `skip` (already counted elsewhere).
+fn disk_usage_without(root: &Path, skip: Option<&Path>) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(top) = std::fs::symlink_metadata(root) else {
         return 0;
@@ -234,7 +239,7 @@ pub fn disk_usage(root: &Path) -> u64 {
             let Ok(metadata) = entry.metadata() else {
                 continue;
             };
-            if metadata.dev() != device {
+            if metadata.dev() != device || skip.is_some_and(|skip| entry.path() == skip) {
                 continue;
             }
             total += metadata.blocks() * 512;
@@ -418,7 +423,10 @@ async fn measure(ctx: &PodContext, pods: &[Pod], disk: bool) -> Option<Vec<PodUs
             }
         }
         if usage.processes == 0 {
-            usage.processes = crate::pods::pod_processes(&uid);
+            let cgroups = crate::cadvisor::Cgroups::default();
+            usage.processes = crate::cadvisor::pod_cgroup(&cgroups, &uid)
+                .and_then(|cgroup| cgroups.processes(&cgroup))
+                .unwrap_or(0);
         }
         if disk || has_storage_limits(pod) {
             let pod_directory = ctx.pod_directory(&uid);
@@ -463,8 +471,14 @@ fn disk_of(
         *containers.entry(container.name.clone()).or_default() +=
             disk_usage(&logs.join(&container.name));
     }
-    // the pod directory holds the emptyDirs and the other volumes (tmpfs ones not counted)
-    let total = containers.values().sum::<u64>() + disk_usage(pod_directory);
+    // the pod directory holds the emptyDirs, walked above, and the other volumes (tmpfs ones
+    // not counted)
+    let empty_dir_root = pod_directory
+        .join("volumes")
+        .join("kubernetes.io~empty-dir");
+    let total = containers.values().sum::<u64>()
+        + empty_dirs.values().sum::<u64>()
+        + disk_usage_without(pod_directory, Some(&empty_dir_root));
     (empty_dirs, containers, total)
 }
 
@@ -631,5 +645,8 @@ mod tests {
         let used = disk_usage(dir.path());
         assert!(used >= empty + (3 << 20), "{used}");
         assert!(used < empty + (4 << 20), "{used}");
+        // a skipped subtree is left out
+        let without = disk_usage_without(dir.path(), Some(&dir.path().join("a")));
+        assert!(without < empty + (1 << 20), "{without}");
     }
 }

@@ -55,6 +55,8 @@ pub struct PodContext {
     pub root_dir: std::path::PathBuf,
     /// The kubelet's metrics.
     pub metrics: Arc<crate::metrics::KubeletMetrics>,
+    /// This machine's cgroup hierarchy.
+    pub cgroups: crate::cadvisor::Cgroups,
 }
 
 impl PodContext {
@@ -98,8 +100,8 @@ fn pod_cgroups(root: &std::path::Path, uid: &str) -> Vec<std::path::PathBuf> {
     }
     let mut found = Vec::new();
     for hierarchy in hierarchies {
-        for qos in ["", "burstable/", "besteffort/"] {
-            let pod = hierarchy.join(format!("kubepods/{qos}pod{uid}"));
+        for candidate in spec::pod_cgroup_candidates(uid) {
+            let pod = hierarchy.join(candidate.trim_start_matches('/'));
             if pod.is_dir() {
                 found.push(pod);
             }
@@ -123,16 +125,6 @@ fn remove_pod_cgroups(root: &std::path::Path, uid: &str) {
             debug!(%error, cgroup = %pod.display(), "a pod cgroup stays");
         }
     }
-}
-
-/// Processes in pod `uid`'s cgroup (its `pids.current`), 0 when unknown.
-#[must_use]
-pub fn pod_processes(uid: &str) -> u64 {
-    pod_cgroups(std::path::Path::new(CGROUP_ROOT), uid)
-        .iter()
-        .find_map(|dir| std::fs::read_to_string(dir.join("pids.current")).ok())
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The log directories of pod `uid` under `root` (`<namespace>_<name>_<uid>`).

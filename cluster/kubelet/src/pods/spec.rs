@@ -89,6 +89,12 @@ pub fn cgroup_parent(pod: &Pod) -> String {
     }
 }
 
+/// Where pod `uid`'s cgroup may be, one per QoS class (see [`cgroup_parent`]).
+#[must_use]
+pub fn pod_cgroup_candidates(uid: &str) -> [String; 3] {
+    ["", "burstable/", "besteffort/"].map(|qos| format!("/kubepods/{qos}pod{uid}"))
+}
+
 fn host_network(pod: &Pod) -> bool {
     pod.spec
         .as_ref()

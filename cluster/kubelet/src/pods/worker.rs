@@ -413,9 +413,7 @@ impl Worker {
         let ready = latest.state == cri::PodSandboxState::SandboxReady as i32;
         // OOM kills in the pod's cgroup (counted from before its containers start): containerd
         // 1.6 misses one that comes before it watches the container's cgroup
-        let oom_count = crate::cadvisor::Cgroups::default()
-            .readings(&spec::cgroup_parent(pod))
-            .oom_kills;
+        let oom_count = self.ctx.cgroups.oom_kills_below(&spec::cgroup_parent(pod));
         self.oom.count(oom_count);
         let sandbox = SandboxState {
             id: latest.id.clone(),
