@@ -303,8 +303,25 @@ fn http_get(address: &str) -> std::io::Result<String> {
 }
 
 /// logs, exec (with stdin and an exit code), cp and port-forward through the API server and
-/// the kubelet, with one kubectl version.
-fn streaming(kubectl: &Kubectl, pod: &str) {
+/// the kubelet, with kubectl `1.<minor>`. From 1.30 kubectl speaks WebSocket v5 for exec,
+/// attach and cp, falling back to SPDY only when the upgrade fails.
+fn streaming(kubectl: &Kubectl, minor: u32, pod: &str) {
+    if minor >= 30 {
+        let verbose = kubectl.run(&["exec", "-v=4", pod, "--", "echo", "over v5"], None);
+        let log = String::from_utf8_lossy(&verbose.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&verbose.stdout),
+            "over v5\n",
+            "{log}"
+        );
+        assert!(
+            !log.contains("RemoteCommand fallback"),
+            "kubectl 1.{minor} fell back to SPDY: {log}"
+        );
+        // stdin's end reaches the container (v5's close signal), so `wc` finishes
+        let counted = kubectl.ok_with(&["exec", "-i", pod, "--", "wc", "-c"], Some("12345"));
+        assert_eq!(counted.trim(), "5");
+    }
     let logs = kubectl.ok(&["logs", pod, "--tail=5"]);
     assert_eq!(logs, "", "httpd -f logs nothing");
     let logs = kubectl.ok(&["logs", "deploy/web", "-c", "httpd", "--timestamps"]);
@@ -355,6 +372,17 @@ fn streaming(kubectl: &Kubectl, pod: &str) {
     let back = dir.path().join("back.txt");
     kubectl.ok(&["cp", &target, back.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+    // 4 MiB of incompressible bytes there and back: many frames each way
+    let big: Vec<u8> = (0u32..1 << 20)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    let local = dir.path().join("big.bin");
+    std::fs::write(&local, &big).unwrap();
+    let target = format!("{pod}:/tmp/big.bin");
+    kubectl.ok(&["cp", local.to_str().unwrap(), &target]);
+    let back = dir.path().join("big-back.bin");
+    kubectl.ok(&["cp", &target, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == big, "4 MiB copied intact");
 
     // port-forward to a free local port, then fetch the page through it
     let mut forward = kubectl
@@ -465,7 +493,7 @@ fn pods_run_on_containerd() {
         .unwrap()
         .to_owned();
     for minor in [27, 33] {
-        streaming(&Kubectl::new(minor, &server.kubeconfig()), &first);
+        streaming(&Kubectl::new(minor, &server.kubeconfig()), minor, &first);
     }
     // the Summary API through nodes/proxy: the node and each running pod with its usage
     let summary = wait_for(Duration::from_secs(20), "pod stats in the summary", || {

@@ -19,3 +19,4 @@ pub mod server;
 pub mod static_pods;
 pub mod stats;
 pub mod status;
+pub mod translate;

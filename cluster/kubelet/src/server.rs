@@ -2,7 +2,8 @@
 //! `pods/exec`, `pods/attach` and `pods/portforward` to: `/containerLogs` reads the CRI log
 //! files ([`crate::logs`]); `/exec`, `/attach` and `/portForward` ask the runtime for a
 //! streaming URL and forward the upgrade to it, so SPDY and WebSocket clients of every version
-//! reach containerd's streaming server unchanged; `/stats/summary` is the Summary API
+//! reach containerd's streaming server unchanged, except WebSocket v5, which the runtime does
+//! not speak and [`crate::translate`] carries over SPDY; `/stats/summary` is the Summary API
 //! ([`crate::stats`]). Clients must present a certificate signed by the cluster CA.
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tracing::debug;
 use crate::logs::{self, LogOptions, form_pairs};
 use crate::pods::PodContext;
 use crate::pods::spec::{CONTAINER_NAME_LABEL, NODE_LABEL, POD_NAME_LABEL, POD_NAMESPACE_LABEL};
+use crate::translate;
 
 /// PEM material of the kubelet's listener.
 #[derive(Clone, Debug)]
@@ -281,23 +283,42 @@ fn flag(pairs: &[(String, String)], name: &str) -> bool {
         .any(|(k, v)| k == name && (v.is_empty() || v == "1" || v == "true"))
 }
 
-/// Forwards the client's (upgrade) request to the runtime's streaming `url`.
-async fn forward_to_runtime(url: &str, mut request: Request) -> Response {
-    let Ok(uri) = url.parse::<axum::http::Uri>() else {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("bad streaming URL {url}"),
-        );
-    };
-    let Some(authority) = uri.authority().map(ToString::to_string) else {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("bad streaming URL {url}"),
-        );
-    };
+/// The authority and path of the runtime's streaming `url`.
+fn streaming_target(url: &str) -> Option<(String, String)> {
+    let uri = url.parse::<axum::http::Uri>().ok()?;
+    let authority = uri.authority().map(ToString::to_string)?;
     let path = uri
         .path_and_query()
         .map_or("/".to_owned(), ToString::to_string);
+    Some((authority, path))
+}
+
+fn bad_streaming_url(url: &str) -> Response {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("bad streaming URL {url}"),
+    )
+}
+
+/// Connects the client's (upgrade) request to the runtime's streaming `url`: a WebSocket
+/// asking for v5 through [`translate`], anything else forwarded as it is.
+async fn remote_command(url: &str, request: Request, streams: translate::Streams) -> Response {
+    if translate::wants_v5(request.headers()) {
+        let Some((authority, path)) = streaming_target(url) else {
+            return bad_streaming_url(url);
+        };
+        return translate::serve(&authority, &path, request, streams)
+            .await
+            .map(Body::from);
+    }
+    forward_to_runtime(url, request).await
+}
+
+/// Forwards the client's (upgrade) request to the runtime's streaming `url`.
+async fn forward_to_runtime(url: &str, mut request: Request) -> Response {
+    let Some((authority, path)) = streaming_target(url) else {
+        return bad_streaming_url(url);
+    };
     let stream = match tokio::net::TcpStream::connect(&authority).await {
         Ok(stream) => stream,
         Err(error) => {
@@ -369,8 +390,14 @@ async fn exec(
         stdout: flag(&pairs, "stdout") || flag(&pairs, "output"),
         stderr: flag(&pairs, "stderr") || flag(&pairs, "error"),
     };
+    let streams = translate::Streams {
+        stdin: exec.stdin,
+        stdout: exec.stdout,
+        stderr: exec.stderr,
+        tty: exec.tty,
+    };
     match ctx.cri.exec(exec).await {
-        Ok(url) => forward_to_runtime(&url, request).await,
+        Ok(url) => remote_command(&url, request, streams).await,
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
@@ -392,8 +419,14 @@ async fn attach(
         stdout: flag(&pairs, "stdout") || flag(&pairs, "output"),
         stderr: flag(&pairs, "stderr") || flag(&pairs, "error"),
     };
+    let streams = translate::Streams {
+        stdin: attach.stdin,
+        stdout: attach.stdout,
+        stderr: attach.stderr,
+        tty: attach.tty,
+    };
     match ctx.cri.attach(attach).await {
-        Ok(url) => forward_to_runtime(&url, request).await,
+        Ok(url) => remote_command(&url, request, streams).await,
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
