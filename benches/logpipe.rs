@@ -12,6 +12,8 @@
 //! in all), a needle with no hit, one pod in a 5-minute window, the newest 100 errors, and
 //! error counts per minute over the hour; `BENCH_QUERY_RUNS` each.
 //!
+//! `BENCH_INDEX=commit_bytes=1000000000,writer_memory_mib=48` sets index sink options.
+//!
 //! Loki is not packaged here; docs/benchmarks.md sets these beside the Loki 2.7.5 figures
 //! measured on this machine kind (../shared/reference/logpipe.md).
 
@@ -155,6 +157,17 @@ fn raw_tantivy(dir: &Path, total: usize) -> (Duration, u64) {
     (elapsed, dir_bytes(dir))
 }
 
+/// Extra settings of the index sink from `BENCH_INDEX` (`key=value,...`), to compare
+/// configurations on the same backlog.
+fn index_settings() -> String {
+    std::env::var("BENCH_INDEX")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| format!("    {}: {}\n", key.trim(), value.trim()))
+        .collect()
+}
+
 fn main() {
     let total = env("BENCH_LOG_LINES", 1_000_000);
     let runs = env("BENCH_QUERY_RUNS", 50);
@@ -174,9 +187,10 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "sources:\n  pods:\n    type: tail\n    include: ['{}/pods/*/*/*.log']\n    kubernetes: true\nsinks:\n  index:\n    type: index\n    path: {}\n",
+            "sources:\n  pods:\n    type: tail\n    include: ['{}/pods/*/*/*.log']\n    kubernetes: true\nsinks:\n  index:\n    type: index\n    path: {}\n{}",
             dir.path().display(),
-            dir.path().join("index").display()
+            dir.path().join("index").display(),
+            index_settings()
         ),
     )
     .unwrap();

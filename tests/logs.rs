@@ -525,7 +525,12 @@ fn a_full_index_disk_buffers_until_space_returns() {
         }
     }
     let _unmount = Unmount(index.clone());
-    let config = pipeline_config(dir.path(), "");
+    // a second sink beside the index: it must get each line once, rewinds or not
+    let copy = dir.path().join("copy.jsonl");
+    let config = pipeline_config(
+        dir.path(),
+        &format!("  copy:\n    type: file\n    path: {}\n", copy.display()),
+    );
     let (_pipeline, address) = start_logpipe(dir.path(), &config);
     let mut file = std::fs::File::create(dir.path().join("logs/app.log")).unwrap();
     for n in 0..30_000 {
@@ -549,17 +554,55 @@ fn a_full_index_disk_buffers_until_space_returns() {
     }
     let during = total(&address, &[]);
     assert!(during < 30_000, "{during} lines fit in 600 KiB?");
+    // while the disk is full the file is rotated out of the pattern and, once let go of,
+    // deleted: what the index had not committed of it is still read again
+    std::fs::rename(
+        dir.path().join("logs/app.log"),
+        dir.path().join("logs/app.log.1"),
+    )
+    .unwrap();
+    let mut file = std::fs::File::create(dir.path().join("logs/app.log")).unwrap();
+    for n in 30_000..35_000 {
+        writeln!(
+            file,
+            "2026-11-23T06:00:01.{n:09}Z stdout F payload {n} {}",
+            "abcdefgh".repeat(8)
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+    // rotate_wait_ms is 1 s, the scan 0.2 s
+    std::thread::sleep(Duration::from_millis(2500));
+    std::fs::remove_file(dir.path().join("logs/app.log.1")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let grown = std::process::Command::new("mount")
         .args(["-o", "remount,size=200m"])
         .arg(&index)
         .status()
         .unwrap();
     assert!(grown.success());
-    let found = wait_total(&address, &[], 30_000, 60);
+    let found = wait_total(&address, &[], 35_000, 60);
     println!("{during} lines searchable while the disk was full, {found} once it had room");
-    assert_eq!(found, 30_000);
+    assert_eq!(found, 35_000);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(total(&address, &[]), 30_000);
+    assert_eq!(total(&address, &[]), 35_000);
+    let rewinds = sample(
+        &metrics(&address),
+        r#"logpipe_component_errors_total{component_id="index",component_type="index",error_type="write_failed"}"#,
+    );
+    // the copy has every line once
+    let copied = std::fs::read_to_string(&copy).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in copied.lines() {
+        let n = line
+            .split("payload ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_owned();
+        assert!(seen.insert(n), "line repeated in the copy: {line}");
+    }
+    assert_eq!(seen.len(), 35_000, "after {rewinds} failed writes");
 }
 
 #[test]

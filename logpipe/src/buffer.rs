@@ -151,6 +151,7 @@ fn decode(bytes: &[u8]) -> (Vec<LogRecord>, u64) {
             position: s.pos.map(|(key, offset)| Position {
                 key: key.into(),
                 offset,
+                replay: false,
             }),
         });
     }

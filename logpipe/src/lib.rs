@@ -90,12 +90,17 @@ pub async fn start(
         .unwrap_or_else(|| environment.data_dir.clone());
     let mut index = None;
     let mut checkpoint = Checkpoint::new();
-    let mut routes: Vec<(TagPattern, mpsc::Sender<Batch>)> = Vec::new();
+    let mut routes: Vec<Route> = Vec::new();
+    let mut rewind = None;
     let mut done = Vec::new();
     for (id, sink) in &config.sinks {
         let pattern = TagPattern::parse(sink.pattern()).map_err(anyhow::Error::msg)?;
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        routes.push((pattern, tx));
+        routes.push(Route {
+            pattern,
+            sink: tx,
+            index: matches!(sink, SinkConfig::Index(_)),
+        });
         let component = metrics.component(id, sink.kind());
         let rx = match sink.buffer() {
             Some(buffer) => {
@@ -138,11 +143,17 @@ pub async fn start(
                 checkpoint.clone_from(&committed);
                 index = Some(log_index.clone());
                 let sink_config = sink_config.clone();
+                let shared = Arc::new(record::Rewind::new(committed.clone()));
+                // with a buffer in front, the index never sees a source's generation
+                if sink.buffer().is_none() {
+                    rewind = Some(shared.clone());
+                }
                 let cx = index::writer::SinkContext {
                     id: id.clone(),
                     component,
                     metrics: metrics.clone(),
                     shutdown: shutdown.clone(),
+                    rewind: shared,
                 };
                 let (finished_tx, finished_rx) = tokio::sync::oneshot::channel::<()>();
                 std::thread::Builder::new()
@@ -221,6 +232,7 @@ pub async fn start(
             pods: pods.clone(),
             client: environment.client.clone(),
             positions: positions.clone(),
+            rewind: rewind.clone(),
         };
         if let Some(address) = sources::start(id, source, cx).await? {
             listening.insert(id.clone(), address);
@@ -237,12 +249,20 @@ pub async fn start(
     })
 }
 
+/// One sink as the router sees it.
+struct Route {
+    pattern: TagPattern,
+    sink: mpsc::Sender<Batch>,
+    /// The index sink, the only one that takes records read again after a rewind.
+    index: bool,
+}
+
 /// Hands each record to every sink whose pattern matches its tag; ends when every source
 /// has ended, which ends the sinks.
 async fn route(
     mut input: mpsc::Receiver<Batch>,
     transforms: Vec<transforms::Transform>,
-    routes: Vec<(TagPattern, mpsc::Sender<Batch>)>,
+    routes: Vec<Route>,
 ) {
     let mut decisions: HashMap<Arc<str>, Vec<bool>> = HashMap::new();
     while let Some(batch) = input.recv().await {
@@ -254,6 +274,7 @@ async fn route(
                 reset: batch.reset.clone(),
                 bytes: 0,
                 ack: None,
+                generation: batch.generation,
             })
             .collect();
         for mut record in batch.records {
@@ -263,12 +284,15 @@ async fn route(
             let wanted = decisions.entry(record.tag.clone()).or_insert_with(|| {
                 routes
                     .iter()
-                    .map(|(pattern, _)| pattern.matches(&record.tag))
+                    .map(|route| route.pattern.matches(&record.tag))
                     .collect()
             });
+            // what other sinks took before a rewind goes to the index alone
+            let replay = record.position.as_ref().is_some_and(|p| p.replay);
+            let takes = |i: usize| wanted[i] && (!replay || routes[i].index);
             // a copy for every sink but the last that wants it, which takes the record
-            if let Some(last) = wanted.iter().rposition(|w| *w) {
-                for i in (0..last).filter(|i| wanted[*i]) {
+            if let Some(last) = (0..routes.len()).rev().find(|i| takes(*i)) {
+                for i in (0..last).filter(|i| takes(*i)) {
                     per_sink[i].records.push(record.clone());
                 }
                 per_sink[last].records.push(record);
@@ -285,8 +309,8 @@ async fn route(
                 }
             }
         }
-        for ((_, sink), batch) in routes.iter().zip(per_sink) {
-            if sink.send(batch).await.is_err() {
+        for (route, batch) in routes.iter().zip(per_sink) {
+            if route.sink.send(batch).await.is_err() {
                 tracing::warn!("a sink stopped; its records are dropped");
             }
         }

@@ -671,18 +671,34 @@ async fn tail(
     else {
         return bad("the tail API is a WebSocket: connect with Upgrade: websocket");
     };
-    // subscribe before reading history, so that no line falls between them
+    // subscribe before reading history, so that no line falls between them; lines added
+    // before the subscription are searchable after the second commit from now (the first may
+    // have begun before them), and lines in both are shown once
     let mut live = index.subscribe();
-    let history = tokio::task::spawn_blocking(move || {
-        run(
-            &index,
-            Expr::Logs(selector),
-            start,
-            now_ns(),
-            limit.min(10_000),
-            true,
-            0,
-        )
+    let mut commits = index.commits();
+    let history = tokio::spawn(async move {
+        let settled = async {
+            for _ in 0..2 {
+                if commits.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if index.uncommitted() {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(2500), settled).await;
+        }
+        tokio::task::spawn_blocking(move || {
+            run(
+                &index,
+                Expr::Logs(selector),
+                start,
+                now_ns(),
+                limit.min(10_000),
+                true,
+                0,
+            )
+        })
+        .await
     });
     let on_upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
@@ -695,7 +711,7 @@ async fn tail(
             None,
         )
         .await;
-        let history = history.await.ok().and_then(Result::ok);
+        let history = history.await.ok().and_then(Result::ok).and_then(Result::ok);
         let mut shown = std::collections::HashSet::new();
         if let Some(history) = history {
             let mut hits = Vec::new();

@@ -40,6 +40,8 @@ pub struct Position {
     pub key: Arc<str>,
     /// Byte offset just after the record.
     pub offset: u64,
+    /// Read again after a [`Rewind`]: sinks other than the index saw it already.
+    pub replay: bool,
 }
 
 /// Offsets per source key that a sink has made durable.
@@ -58,6 +60,9 @@ pub struct Batch {
     pub reset: Vec<Arc<str>>,
     /// Raw bytes read for these records.
     pub bytes: u64,
+    /// The [`Rewind`] generation a rewindable source read these records under (`None`: the
+    /// source cannot read them again, so the index holds them until they are committed).
+    pub generation: Option<u64>,
     /// Told once every sink that took these records made them durable (or failed).
     pub ack: Option<Ack>,
 }
@@ -98,6 +103,69 @@ impl Drop for AckState {
         if let Some(done) = self.done.get_mut().take() {
             let _ = done.send(!self.failed.load(std::sync::atomic::Ordering::SeqCst));
         }
+    }
+}
+
+/// How the index asks sources that can read their records again (files) to do so after a
+/// failed commit, instead of holding those records in memory until a commit succeeds.
+///
+/// A failed commit rolls back and bumps the generation. A source stamps each batch with the
+/// generation it read under; the index drops batches of an older generation, and the source,
+/// once it notices the new one, goes back to the committed offsets. A source also keeps a
+/// file it let go of open until the index has committed letting go of it, so a rewind can
+/// still read a deleted file's last lines.
+#[derive(Debug, Default)]
+pub struct Rewind {
+    generation: std::sync::atomic::AtomicU64,
+    committed: parking_lot::Mutex<Checkpoint>,
+    released: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Rewind {
+    /// Starts at the offsets the index committed last.
+    #[must_use]
+    pub fn new(committed: Checkpoint) -> Self {
+        Self {
+            committed: parking_lot::Mutex::new(committed),
+            ..Self::default()
+        }
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The offsets committed last, where a source goes back to.
+    pub fn committed(&self) -> Checkpoint {
+        self.committed.lock().clone()
+    }
+
+    /// A commit succeeded with `checkpoint`, letting go of the files `forgotten`.
+    pub fn commit(&self, checkpoint: &Checkpoint, forgotten: impl IntoIterator<Item = String>) {
+        self.committed.lock().clone_from(checkpoint);
+        self.released.lock().extend(forgotten);
+    }
+
+    /// A commit failed: sources read again from the committed offsets.
+    pub fn rewind(&self) -> u64 {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// The keys starting with `prefix` whose letting go is committed (each handed out once).
+    pub fn take_released(&self, prefix: &str) -> Vec<String> {
+        let mut released = self.released.lock();
+        let mine: Vec<String> = released
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for key in &mine {
+            released.remove(key);
+        }
+        mine
     }
 }
 
@@ -221,6 +289,7 @@ pub(crate) fn sample() -> LogRecord {
         position: Some(Position {
             key: "pods:1:2".into(),
             offset: 42,
+            replay: false,
         }),
     }
 }

@@ -1487,3 +1487,68 @@ async fn loki_tail_sends_history_then_new_lines_over_a_websocket() {
     stop.cancel();
     pipeline.wait().await;
 }
+
+/// Records read again after a rewind go to the index alone; the rest go everywhere they match.
+#[tokio::test]
+async fn replays_go_to_the_index_alone() {
+    use crate::record::{Batch, LogRecord, Position};
+    let (source, input) = tokio::sync::mpsc::channel(4);
+    let mut sinks = Vec::new();
+    let mut routes = Vec::new();
+    for index in [false, true] {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        routes.push(crate::Route {
+            pattern: crate::config::TagPattern::parse("**").unwrap(),
+            sink: tx,
+            index,
+        });
+        sinks.push(rx);
+    }
+    let record = |offset: u64, replay: bool| LogRecord {
+        tag: "app".into(),
+        message: format!("line {offset}"),
+        position: Some(Position {
+            key: "app:1:2".into(),
+            offset,
+            replay,
+        }),
+        ..LogRecord::default()
+    };
+    tokio::spawn(crate::route(input, Vec::new(), routes));
+    source
+        .send(Batch {
+            records: vec![record(10, true), record(20, true), record(30, false)],
+            generation: Some(1),
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    drop(source);
+    let offsets = |batch: Batch| {
+        assert_eq!(batch.generation, Some(1));
+        batch
+            .records
+            .iter()
+            .map(|r| r.position.as_ref().unwrap().offset)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(sinks[0].recv().await.unwrap()), [30]);
+    assert_eq!(offsets(sinks[1].recv().await.unwrap()), [10, 20, 30]);
+}
+
+#[test]
+fn rewinds_hand_out_generations_offsets_and_released_files() {
+    let rewind = crate::record::Rewind::new(BTreeMap::from([("app:1:2".to_owned(), 5)]));
+    assert_eq!(rewind.generation(), 0);
+    rewind.commit(
+        &BTreeMap::from([("app:1:2".to_owned(), 9)]),
+        ["app:1:3".to_owned(), "other:1:4".to_owned()],
+    );
+    assert_eq!(rewind.committed()["app:1:2"], 9);
+    assert_eq!(rewind.rewind(), 1);
+    assert_eq!(rewind.generation(), 1);
+    // each source takes its own keys, once
+    assert_eq!(rewind.take_released("app:"), ["app:1:3"]);
+    assert!(rewind.take_released("app:").is_empty());
+    assert_eq!(rewind.take_released("other:"), ["other:1:4"]);
+}

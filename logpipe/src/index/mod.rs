@@ -154,6 +154,10 @@ pub struct LogIndex {
     partitions: RwLock<Vec<Arc<Partition>>>,
     /// Records as they are added, for live tails.
     live: crate::live::Feed,
+    /// Counts commits, for live tails that read history first.
+    commits: tokio::sync::watch::Sender<u64>,
+    /// Whether records wait for a commit.
+    uncommitted: std::sync::atomic::AtomicBool,
 }
 
 impl LogIndex {
@@ -205,14 +209,47 @@ impl LogIndex {
             schema,
             partitions: RwLock::new(partitions),
             live: tokio::sync::broadcast::Sender::new(4096),
+            commits: tokio::sync::watch::Sender::new(0),
+            uncommitted: std::sync::atomic::AtomicBool::new(false),
         });
         Ok((index, checkpoint))
+    }
+
+    /// Whether any live tail listens.
+    pub fn has_live_tails(&self) -> bool {
+        self.live.receiver_count() > 0
     }
 
     /// Records added from now on (see [`crate::live`]).
     #[must_use]
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<LogRecord>> {
         self.live.subscribe()
+    }
+
+    /// Commits from now on. The index sink holds records for live tails only while one
+    /// listens, so a tail that shows history first reads it once the commits that follow its
+    /// subscription have made everything added before it searchable.
+    #[must_use]
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Counts a commit.
+    pub(crate) fn committed(&self) {
+        self.uncommitted
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.commits.send_modify(|n| *n += 1);
+    }
+
+    /// Whether records wait for a commit.
+    pub fn uncommitted(&self) -> bool {
+        self.uncommitted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records are about to be added.
+    pub(crate) fn adding(&self) {
+        self.uncommitted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Hands committed records to live tails, when there are any.

@@ -1,9 +1,12 @@
 //! The `index` sink: adds records to the newest partition and commits every
 //! `commit_interval_ms` (so a line is searchable about a second after it is read), with the
 //! source offsets in the commit. A failed commit (a full or unwritable disk) is counted,
-//! rolled back and retried with backoff while the records wait in memory and the bounded
-//! channel holds the sources back: buffering, not loss. Writing blocks, so the sink runs on
-//! its own thread.
+//! rolled back and retried with backoff while the bounded channel holds the sources back:
+//! buffering, not loss. Records of sources that can read them again (files) are not held
+//! for a retry: the sink asks those sources to go back to the committed offsets
+//! ([`Rewind`]), so memory does not grow with the commit interval. Records of other sources
+//! (network inputs, events) wait in memory until committed. Writing blocks, so the sink runs
+//! on its own thread.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Error, LogIndex, Partition, Payload};
 use crate::metrics::{ComponentMetrics, Metrics};
-use crate::record::{Batch, Checkpoint, LogRecord};
+use crate::record::{Batch, Checkpoint, LogRecord, Rewind};
 
 /// Configuration of the `index` sink.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -40,7 +43,9 @@ pub struct IndexSinkConfig {
     /// Segments merged at once (more: less merging while ingesting, more segments to search).
     #[serde(default = "default_merge_segments")]
     pub merge_segments: usize,
-    /// Commit early once this many bytes of records wait for a commit (bounds memory).
+    /// Commit early once this many bytes of records are held for a commit (bounds memory).
+    /// Records of files are not held (a failed commit has the files read again), except
+    /// while live tails listen; records of network inputs and events are.
     #[serde(default = "default_commit_bytes")]
     pub commit_bytes: usize,
     /// Seconds of arrivals one partition takes before a new one starts.
@@ -100,6 +105,8 @@ pub(crate) struct SinkContext {
     pub metrics: Metrics,
     /// Stop retrying when cancelled.
     pub shutdown: CancellationToken,
+    /// Where file sources learn of commits and rewinds.
+    pub rewind: Arc<Rewind>,
 }
 
 /// Runs the sink until its input closes; commits what it has, then returns.
@@ -122,6 +129,11 @@ pub(crate) fn run(
         committed,
         uncommitted: Vec::new(),
         uncommitted_bytes: 0,
+        rewindable: false,
+        added: 0,
+        newest: None,
+        forgotten: Vec::new(),
+        rewind: cx.rewind.clone(),
         span: (i64::MAX, i64::MIN),
         dirty_since: None,
         last_batch: Instant::now(),
@@ -145,7 +157,7 @@ pub(crate) fn run(
             if sink.failures > 0 {
                 if cx.shutdown.is_cancelled() {
                     tracing::warn!(
-                        records = sink.pending_records(),
+                        records = sink.added,
                         "index not writable at shutdown; the sources will resend"
                     );
                     return;
@@ -202,10 +214,20 @@ struct Sink {
     checkpoint: Checkpoint,
     /// Offsets of everything committed.
     committed: Checkpoint,
-    /// Records added since the last commit, kept to add again if the commit fails.
+    /// Records added since the last commit that no source can read again, kept to add again
+    /// if the commit fails (and, while live tails listen, every record, to publish).
     uncommitted: Vec<Batch>,
     /// Their approximate size in memory.
     uncommitted_bytes: usize,
+    /// Whether records a source can read again were added since the last commit.
+    rewindable: bool,
+    /// Records added since the last commit, held or not.
+    added: u64,
+    /// The newest of their timestamps.
+    newest: Option<i64>,
+    /// Files let go of since the last commit.
+    forgotten: Vec<String>,
+    rewind: Arc<Rewind>,
     /// Span of the active partition's lines, committed or not.
     span: (i64, i64),
     dirty_since: Option<Instant>,
@@ -280,6 +302,16 @@ impl Sink {
     }
 
     fn add(&mut self, mut batch: Batch) {
+        if batch
+            .generation
+            .is_some_and(|generation| generation < self.rewind.generation())
+        {
+            // read before a rewind: the source sends these again
+            return;
+        }
+        if !batch.records.is_empty() {
+            self.index.adding();
+        }
         self.component
             .received(batch.records.len() as u64, batch.bytes);
         for key in &batch.reset {
@@ -307,9 +339,20 @@ impl Sink {
         if duplicates > 0 {
             self.component.discarded("duplicate", duplicates as u64);
         }
+        let rewindable = batch.generation.is_some() && !batch.records.is_empty();
+        self.rewindable |= rewindable;
+        let generation = self.rewind.generation();
         if let Err(error) = self.add_documents(&batch) {
             self.fail(&error);
+            if self.rewind.generation() != generation {
+                // rolled back: the sources send this batch again
+                return;
+            }
         }
+        self.added += batch.records.len() as u64;
+        self.newest = self
+            .newest
+            .max(batch.records.iter().map(|r| r.timestamp).max());
         // the last offset of each run
         let mut previous: Option<&crate::record::Position> = None;
         for position in batch.records.iter().filter_map(|r| r.position.as_ref()) {
@@ -323,15 +366,20 @@ impl Sink {
         if let Some(last) = previous {
             self.checkpoint.insert(last.key.to_string(), last.offset);
         }
+        for key in &batch.forgotten {
+            self.checkpoint.remove(&**key);
+            self.forgotten.push(key.to_string());
+        }
+        self.dirty_since.get_or_insert_with(Instant::now);
+        if rewindable && !self.index.has_live_tails() {
+            // the source reads these again if the commit fails
+            return;
+        }
         self.uncommitted_bytes += batch
             .records
             .iter()
             .map(|r| r.message.len() + RECORD_OVERHEAD)
             .sum::<usize>();
-        for key in &batch.forgotten {
-            self.checkpoint.remove(&**key);
-        }
-        self.dirty_since.get_or_insert_with(Instant::now);
         self.uncommitted.push(batch);
     }
 
@@ -358,11 +406,31 @@ impl Sink {
         self.failures += 1;
         self.component.error("write_failed");
         if self.failures == 1 || self.failures.is_power_of_two() {
-            tracing::error!(%error, records = self.pending_records(), "index write failed; holding records and retrying");
+            tracing::error!(%error, records = self.added, "index write failed; holding records and retrying");
         }
         // the writer may be broken: start a fresh one and add everything uncommitted again
         if let Some(mut active) = self.active.take() {
             let _ = active.writer.rollback();
+        }
+        if self.rewindable {
+            // what file sources sent since the last commit is gone: they send it again
+            self.uncommitted.retain(|batch| batch.generation.is_none());
+            self.uncommitted_bytes = self
+                .uncommitted
+                .iter()
+                .flat_map(|b| &b.records)
+                .map(|r| r.message.len() + RECORD_OVERHEAD)
+                .sum();
+            self.checkpoint.clone_from(&self.committed);
+            self.forgotten.clear();
+            self.rewindable = false;
+            self.added = self.pending_records() as u64;
+            self.newest = newest_of(&self.uncommitted);
+            let generation = self.rewind.rewind();
+            tracing::info!(
+                generation,
+                "file sources read again from the committed offsets"
+            );
         }
     }
 
@@ -380,15 +448,15 @@ impl Sink {
         for batch in &self.uncommitted {
             self.index.publish(&batch.records);
         }
-        let records = self.pending_records() as u64;
-        let newest = self
-            .uncommitted
-            .iter()
-            .filter_map(|b| b.records.iter().map(|r| r.timestamp).max())
-            .max();
+        self.index.committed();
+        let records = std::mem::take(&mut self.added);
+        let newest = self.newest.take();
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
         self.committed = self.checkpoint.clone();
+        self.rewindable = false;
+        self.rewind
+            .commit(&self.committed, std::mem::take(&mut self.forgotten));
         self.dirty_since = None;
         if self.failures > 0 {
             tracing::info!("index writable again");
@@ -489,6 +557,15 @@ impl Sink {
             tracing::warn!(%error, "failed to finish index merges");
         }
     }
+}
+
+/// The newest timestamp among `batches`' records.
+fn newest_of(batches: &[Batch]) -> Option<i64> {
+    batches
+        .iter()
+        .flat_map(|b| &b.records)
+        .map(|r| r.timestamp)
+        .max()
 }
 
 fn partition_age(partition: &Partition) -> Duration {

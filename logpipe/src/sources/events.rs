@@ -100,6 +100,7 @@ fn to_record(id: &str, config: &EventsConfig, event: &Event, node: &Arc<str>) ->
         position: Some(Position {
             key: format!("{id}:{uid}").into(),
             offset: count,
+            replay: false,
         }),
         ..LogRecord::default()
     })

@@ -70,6 +70,8 @@ pub(crate) struct SourceContext {
     pub client: Option<kube::Client>,
     /// Where a source that reads files keeps its positions when no index does.
     pub positions: Option<Arc<crate::positions::Positions>>,
+    /// The index's commits and rewinds, for sources that can read records again.
+    pub rewind: Option<Arc<crate::record::Rewind>>,
 }
 
 impl SourceContext {

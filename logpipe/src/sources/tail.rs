@@ -95,6 +95,10 @@ struct Followed {
     seen: bool,
     last_growth: Instant,
     meta: FileMeta,
+    /// Position of the last record sent.
+    emitted: u64,
+    /// Records up to here were sent before a rewind (other sinks have them).
+    replay_until: u64,
 }
 
 struct FileMeta {
@@ -134,6 +138,8 @@ pub(crate) fn run(id: &str, config: &TailConfig, mut cx: SourceContext) {
         chunk: vec![0; READ_CHUNK],
         batch: Batch::default(),
         orphans: HashMap::new(),
+        closing: HashMap::new(),
+        generation: cx.rewind.as_ref().map_or(0, |r| r.generation()),
     };
     // files this source was reading when it stopped, by identity: if they were rotated away
     // meanwhile, the first scan finds them under their new name and finishes them
@@ -277,6 +283,11 @@ struct Tail {
     batch: Batch,
     /// Checkpointed files not seen yet (only before the first scan ends).
     orphans: HashMap<(u64, u64), Arc<str>>,
+    /// Files let go of whose letting go the index has not committed yet: kept open, so that
+    /// a rewind can read them again even once they are deleted.
+    closing: HashMap<(u64, u64), Followed>,
+    /// The rewind generation this source reads under.
+    generation: u64,
 }
 
 impl Tail {
@@ -346,9 +357,64 @@ impl Tail {
                     emit(&mut followed, joined, cx, &mut self.batch);
                 }
                 tracing::debug!(source = %self.id, path = %followed.path.display(), "let go of a file that is gone");
-                self.batch.forgotten.push(followed.key);
+                self.batch.forgotten.push(followed.key.clone());
+                if cx.rewind.is_some() {
+                    self.closing.insert(id, followed);
+                }
             }
         }
+        if let Some(rewind) = &cx.rewind
+            && !self.closing.is_empty()
+        {
+            let released = rewind.take_released(&format!("{}:", self.id));
+            self.closing
+                .retain(|_, followed| !released.iter().any(|k| **k == *followed.key));
+        }
+    }
+
+    /// Goes back to the offsets the index committed, after it failed to commit what came
+    /// after them: what was read since is dropped and read again.
+    fn rewind(&mut self, rewind: &crate::record::Rewind) {
+        self.generation = rewind.generation();
+        let committed = rewind.committed();
+        // records read but not sent yet reached no sink: they are not replays
+        let mut unsent: HashMap<Arc<str>, u64> = HashMap::new();
+        for position in self
+            .batch
+            .records
+            .iter()
+            .filter_map(|r| r.position.as_ref())
+        {
+            unsent
+                .entry(position.key.clone())
+                .or_insert(position.offset);
+        }
+        self.batch = Batch::default();
+        for (id, mut followed) in self.closing.drain() {
+            followed.seen = false;
+            self.files.insert(id, followed);
+        }
+        for followed in self.files.values_mut() {
+            let mut offset = committed.get(&*followed.key).copied().unwrap_or(0);
+            if followed.file.metadata().is_ok_and(|m| m.len() < offset) {
+                offset = 0;
+                self.batch.reset.push(followed.key.clone());
+            }
+            if followed.file.seek(SeekFrom::Start(offset)).is_err() {
+                continue;
+            }
+            let sent = unsent
+                .get(&followed.key)
+                .map_or(followed.emitted, |first| first - 1);
+            followed.replay_until = followed.replay_until.max(sent);
+            followed.read_offset = offset;
+            followed.emitted = offset;
+            followed.pending.clear();
+            followed.partial = None;
+            followed.joining = None;
+            followed.skipping = false;
+        }
+        tracing::info!(source = %self.id, generation = self.generation, "reading again from the committed offsets");
     }
 
     /// Finishes the files this source was reading when it stopped and that were rotated
@@ -430,6 +496,8 @@ impl Tail {
             seen: true,
             last_growth: Instant::now(),
             meta,
+            emitted: offset,
+            replay_until: 0,
         })
     }
 
@@ -481,6 +549,12 @@ impl Tail {
 
     /// Sends the batch downstream; false when nothing listens any more.
     fn flush(&mut self, cx: &SourceContext) -> bool {
+        if let Some(rewind) = &cx.rewind
+            && rewind.generation() != self.generation
+        {
+            self.rewind(rewind);
+            return true;
+        }
         if self.batch.records.is_empty()
             && self.batch.forgotten.is_empty()
             && self.batch.reset.is_empty()
@@ -488,6 +562,7 @@ impl Tail {
             return true;
         }
         let mut batch = std::mem::take(&mut self.batch);
+        batch.generation = cx.rewind.as_ref().map(|_| self.generation);
         if let Some(positions) = &cx.positions {
             positions.track(&mut batch);
         }
@@ -701,7 +776,7 @@ fn emit(
 }
 
 fn push_record(
-    followed: &Followed,
+    followed: &mut Followed,
     text: String,
     timestamp: i64,
     stream: &'static str,
@@ -724,8 +799,10 @@ fn push_record(
         position: Some(Position {
             key: followed.key.clone(),
             offset,
+            replay: offset <= followed.replay_until,
         }),
     });
+    followed.emitted = offset;
 }
 
 #[cfg(test)]
