@@ -33,6 +33,8 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 /// Scheduler configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The `schedulerName` of the pods this scheduler places (kube-scheduler's profile name).
+    pub scheduler_name: String,
     /// Binding requests in flight at once.
     pub max_concurrent_binds: usize,
     /// First retry delay of an unschedulable pod.
@@ -46,6 +48,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            scheduler_name: DEFAULT_SCHEDULER.to_owned(),
             max_concurrent_binds: 64,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
@@ -68,6 +71,8 @@ struct Waiting {
 
 #[derive(Default)]
 struct State {
+    /// The `schedulerName` this scheduler serves.
+    name: String,
     nodes: HashMap<String, NodeInfo>,
     /// Node of every placed pod (observed or assumed).
     placement: HashMap<String, String>,
@@ -199,7 +204,7 @@ impl State {
                     .as_ref()
                     .and_then(|s| s.scheduler_name.as_deref())
                     .unwrap_or(DEFAULT_SCHEDULER)
-                    == DEFAULT_SCHEDULER;
+                    == self.name;
                 if !ours || terminal || kelson_common::pod::is_terminating(pod) {
                     self.waiting.remove(&key);
                     return;
@@ -256,7 +261,10 @@ fn pod_key(pod: &Pod) -> String {
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) {
-    let state = Arc::new(Mutex::new(State::default()));
+    let state = Arc::new(Mutex::new(State {
+        name: config.scheduler_name.clone(),
+        ..State::default()
+    }));
     let wake = Arc::new(Notify::new());
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
@@ -358,7 +366,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
-            controller: DEFAULT_SCHEDULER.into(),
+            controller: config.scheduler_name.clone(),
             instance: None,
         },
     );
@@ -823,8 +831,25 @@ mod tests {
     }
 
     #[test]
+    fn a_scheduler_takes_only_pods_of_its_name() {
+        let mut state = State {
+            name: "batch".to_owned(),
+            ..State::default()
+        };
+        state.observe_pod(&pod("default", None));
+        assert!(state.queue.is_empty(), "default-scheduler's pod");
+        let mut mine = pod("mine", None);
+        mine.spec.as_mut().unwrap().scheduler_name = Some("batch".into());
+        state.observe_pod(&mine);
+        assert_eq!(state.queue.len(), 1);
+    }
+
+    #[test]
     fn state_tracks_waiting_and_placed_pods() {
-        let mut state = State::default();
+        let mut state = State {
+            name: DEFAULT_SCHEDULER.to_owned(),
+            ..State::default()
+        };
         let node: Node = serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "10"}, "conditions": [{"type": "Ready", "status": "True"}]}})).unwrap();
         state.observe_node(&node);
         state.observe_pod(&pod("a", None));

@@ -312,3 +312,66 @@ async fn higher_priority_pods_preempt_lower_ones() {
         (Some(100), Some("normal"))
     );
 }
+
+/// `pods/binding` as kube-scheduler uses it: one write sets the node and `PodScheduled`; a
+/// second binding, or one naming another pod's UID, is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binding_subresource_assigns_once() {
+    let server = kelson_testing::TestServer::start().await;
+    let client = server.client().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let created = pods
+        .create(&PostParams::default(), &pod("bound", "100m"))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let binding = |uid: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": "bound", "uid": uid}, "target": {"kind": "Node", "name": node}})
+    };
+    let wrong = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "bound",
+            &PostParams::default(),
+            &binding("not-the-uid", "n1"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&wrong, kube::Error::Api(status) if status.code == 409),
+        "{wrong}"
+    );
+    pods.create_subresource::<_, serde_json::Value>(
+        "binding",
+        "bound",
+        &PostParams::default(),
+        &binding(&uid, "n1"),
+    )
+    .await
+    .unwrap();
+    let bound = pods.get("bound").await.unwrap();
+    assert_eq!(
+        bound.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("n1")
+    );
+    let scheduled = kelson_common::pod::condition(&bound, "PodScheduled").unwrap();
+    assert_eq!(scheduled.status, "True");
+    // one write: the resourceVersion moved once
+    let before: u64 = created.metadata.resource_version.unwrap().parse().unwrap();
+    let after: u64 = bound.metadata.resource_version.unwrap().parse().unwrap();
+    assert_eq!(after, before + 1, "binding took one write");
+    let again = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "bound",
+            &PostParams::default(),
+            &binding(&uid, "n2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&again, kube::Error::Api(status) if status.code == 409 && status.message.contains("already assigned to node \"n1\"")),
+        "{again}"
+    );
+}

@@ -896,58 +896,80 @@ pub async fn bind(
             vec![Cause::required("target.name")],
         ));
     }
-    let mut warnings = Warnings::default();
-    let (pod, _) = read_modify_write(
-        server,
-        rt,
-        namespace,
-        name,
-        &options,
-        Target::Main,
-        &mut warnings,
-        |current| {
-            let current = current.ok_or_else(|| ApiError::not_found(rt, name))?;
-            if meta::is_deleting(current) {
-                return Err(ApiError::conflict_message(
-                    rt,
-                    name,
-                    "pod is being deleted, cannot be assigned to a host",
-                ));
-            }
-            let bound = current
-                .pointer("/spec/nodeName")
+    let uid = binding
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|uid| !uid.is_empty())
+        .map(str::to_owned);
+    // one write sets the node and the PodScheduled condition, without admission or field
+    // ownership, as Kubernetes' binding does
+    for _ in 0..32 {
+        let current = server
+            .objects
+            .try_get(rt, namespace, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        if let Some(uid) = &uid {
+            let actual = current
+                .pointer("/metadata/uid")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            if !bound.is_empty() {
+            if actual != uid {
                 return Err(ApiError::conflict_message(
                     rt,
                     name,
-                    &format!("pod {name} is already assigned to node \"{bound}\""),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                    ),
                 ));
             }
-            let mut desired = current.clone();
-            desired["spec"]["nodeName"] = json!(node);
-            Ok(desired)
-        },
-    )
-    .await?;
-    // the PodScheduled condition lives in status
-    let mut status = pod.get("status").cloned().unwrap_or_else(|| json!({}));
-    let mut conditions: Vec<Value> = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    conditions.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
-    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now()}));
-    status["conditions"] = Value::Array(conditions);
-    let mut with_status = pod.clone();
-    with_status["status"] = status;
-    let revision = current_revision(&pod)?;
-    if !options.dry_run {
-        let _ = server.objects.update(rt, with_status, revision).await;
+        }
+        if meta::is_deleting(&current) {
+            return Err(ApiError::conflict_message(
+                rt,
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        let bound = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !bound.is_empty() {
+            return Err(ApiError::conflict_message(
+                rt,
+                name,
+                &format!("pod {name} is already assigned to node \"{bound}\""),
+            ));
+        }
+        let revision = current_revision(&current)?;
+        let mut desired = current;
+        desired["spec"]["nodeName"] = json!(node);
+        let status = &mut desired["status"];
+        if !status.is_object() {
+            *status = json!({});
+        }
+        let mut conditions: Vec<Value> = status
+            .get("conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now()}));
+        status["conditions"] = Value::Array(conditions);
+        if options.dry_run {
+            return Ok(created_status());
+        }
+        match server.objects.update(rt, desired, revision).await {
+            Ok(stored) => {
+                server.after_write(rt, &stored).await;
+                return Ok(created_status());
+            }
+            Err(error) if error.code == 409 => {}
+            Err(error) => return Err(error),
+        }
     }
-    Ok(created_status())
+    Err(ApiError::conflict(rt, name))
 }
 
 /// `201 Created` with a success `Status`, the answer to a subresource POST that creates nothing
