@@ -74,6 +74,9 @@ fn call_error(call: &'static str) -> impl FnOnce(tonic::Status) -> Error {
 pub struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// One statistics call at a time: containerd 1.6 updates its CPU usage cache without a
+    /// lock, and two concurrent stats calls crash it (`concurrent map writes`).
+    stats: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Cri {
@@ -97,6 +100,7 @@ impl Cri {
         Ok(Self {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
+            stats: std::sync::Arc::default(),
         })
     }
 
@@ -394,6 +398,8 @@ impl Cri {
         &self,
         labels: &[(&str, &str)],
     ) -> Result<Vec<cri::PodSandboxStats>> {
+        // the Summary API, resource metrics and eviction may ask at once
+        let _one_at_a_time = self.stats.lock().await;
         let request = cri::ListPodSandboxStatsRequest {
             filter: Some(cri::PodSandboxStatsFilter {
                 id: String::new(),
