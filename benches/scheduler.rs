@@ -63,15 +63,7 @@ async fn main() {
         p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
     }));
     let created = Instant::now();
-    futures::stream::iter(0..pods)
-        .map(|i| {
-            let api = api.clone();
-            let p = pod(i);
-            async move { api.create(&PostParams::default(), &p).await.unwrap() }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
+    create_all(&api, pods, pod).await;
     let create_time = created.elapsed();
     bound.await.unwrap();
     let bind_time = created.elapsed();
@@ -116,15 +108,7 @@ async fn main() {
                      "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}))
         .unwrap()
     };
-    futures::stream::iter(0..backlog)
-        .map(|i| {
-            let api = api.clone();
-            let p = waiting(i);
-            async move { api.create(&PostParams::default(), &p).await.unwrap() }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
+    create_all(&api, backlog, waiting).await;
     let bound = tokio::spawn(wait_until(
         api.clone(),
         "bench=backlog",
@@ -153,6 +137,19 @@ async fn main() {
         "- process RSS at the end: {:.0} MiB",
         rss_mib(std::process::id())
     );
+}
+
+/// Creates `count` pods made by `make`, 64 requests in flight.
+async fn create_all(api: &Api<Pod>, count: usize, make: impl Fn(usize) -> Pod) {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            let p = make(i);
+            async move { api.create(&PostParams::default(), &p).await.unwrap() }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
 }
 
 /// Waits (at most 10 minutes) until `count` pods with `labels` satisfy `done`, from a watch.

@@ -325,31 +325,26 @@ async fn the_binding_subresource_assigns_once() {
         .await
         .unwrap();
     let uid = created.metadata.uid.clone().unwrap();
-    let binding = |uid: &str, node: &str| {
-        json!({"apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": "bound", "uid": uid}, "target": {"kind": "Node", "name": node}})
+    let bind = |uid: String, node: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": "bound", "uid": uid}, "target": {"kind": "Node", "name": node}});
+            pods.create_subresource::<_, serde_json::Value>(
+                "binding",
+                "bound",
+                &PostParams::default(),
+                &binding,
+            )
+            .await
+        }
     };
-    let wrong = pods
-        .create_subresource::<_, serde_json::Value>(
-            "binding",
-            "bound",
-            &PostParams::default(),
-            &binding("not-the-uid", "n1"),
-        )
-        .await
-        .unwrap_err();
+    let wrong = bind("not-the-uid".into(), "n1").await.unwrap_err();
     assert!(
         matches!(&wrong, kube::Error::Api(status) if status.code == 409),
         "{wrong}"
     );
-    pods.create_subresource::<_, serde_json::Value>(
-        "binding",
-        "bound",
-        &PostParams::default(),
-        &binding(&uid, "n1"),
-    )
-    .await
-    .unwrap();
+    bind(uid.clone(), "n1").await.unwrap();
     let bound = pods.get("bound").await.unwrap();
     assert_eq!(
         bound.spec.as_ref().unwrap().node_name.as_deref(),
@@ -361,15 +356,7 @@ async fn the_binding_subresource_assigns_once() {
     let before: u64 = created.metadata.resource_version.unwrap().parse().unwrap();
     let after: u64 = bound.metadata.resource_version.unwrap().parse().unwrap();
     assert_eq!(after, before + 1, "binding took one write");
-    let again = pods
-        .create_subresource::<_, serde_json::Value>(
-            "binding",
-            "bound",
-            &PostParams::default(),
-            &binding(&uid, "n2"),
-        )
-        .await
-        .unwrap_err();
+    let again = bind(uid, "n2").await.unwrap_err();
     assert!(
         matches!(&again, kube::Error::Api(status) if status.code == 409 && status.message.contains("already assigned to node \"n1\"")),
         "{again}"
