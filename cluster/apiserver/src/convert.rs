@@ -18,7 +18,11 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
 ];
 
 fn is_events_v1(rt: &ResourceType) -> bool {
-    rt.group == "events.k8s.io" && rt.kind == "Event"
+    is_events_v1_kind(&rt.group, &rt.kind)
+}
+
+fn is_events_v1_kind(group: &str, kind: &str) -> bool {
+    group == "events.k8s.io" && kind == "Event"
 }
 
 fn rename(object: &mut Value, pairs: impl Iterator<Item = (&'static str, &'static str)>) {
@@ -44,10 +48,22 @@ pub fn to_storage(rt: &ResourceType, mut object: Value) -> Value {
     object
 }
 
+/// Whether `rt` serves objects in another form than storage holds them.
+#[must_use]
+pub fn converts(rt: &ResourceType) -> bool {
+    is_events_v1(rt)
+}
+
 /// An object read from storage as `rt` serves it.
 #[must_use]
-pub fn from_storage(rt: &ResourceType, mut object: Value) -> Value {
-    if is_events_v1(rt) {
+pub fn from_storage(rt: &ResourceType, object: Value) -> Value {
+    from_storage_of(&rt.group, &rt.kind, object)
+}
+
+/// An object read from storage as the kind `kind` of `group` serves it.
+#[must_use]
+pub fn from_storage_of(group: &str, kind: &str, mut object: Value) -> Value {
+    if is_events_v1_kind(group, kind) {
         rename(&mut object, EVENT_FIELDS.iter().map(|(a, b)| (*b, *a)));
         object["apiVersion"] = Value::String("events.k8s.io/v1".into());
     }

@@ -42,10 +42,20 @@ struct Entry {
     time: String,
     subresource: Option<String>,
     fields: BTreeSet<Path>,
+    /// The form it was read in, with its field count and time then: written back as it was
+    /// while those are unchanged (fields are only ever removed from an entry that keeps this;
+    /// an entry that gains fields drops it).
+    stored: Option<(Value, usize, String)>,
 }
 
 impl Entry {
     fn to_json(&self) -> Value {
+        if let Some((stored, count, time)) = &self.stored
+            && *count == self.fields.len()
+            && *time == self.time
+        {
+            return stored.clone();
+        }
         let mut entry = json!({
             "manager": self.manager,
             "operation": self.operation,
@@ -83,6 +93,11 @@ impl Entry {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             fields: value.get("fieldsV1").map(from_tree).unwrap_or_default(),
+            stored: None,
+        })
+        .map(|mut entry| {
+            entry.stored = Some((value.clone(), entry.fields.len(), entry.time.clone()));
+            entry
         })
     }
 }
@@ -334,6 +349,205 @@ pub fn display(path: &[String]) -> String {
     out
 }
 
+/// The field paths whose values differ between `new` and `old`: of the paths [`leaves`] finds
+/// in either, those that [`value_at`] resolves differently. Both are walked together and equal
+/// subtrees are skipped, so the cost follows the change, not the object.
+#[must_use]
+pub fn changed_paths(new: &Value, old: &Value, schema: Option<Node<'_>>) -> BTreeSet<Path> {
+    let mut out = BTreeSet::new();
+    let empty = Map::new();
+    let new_map = new.as_object().unwrap_or(&empty);
+    let old_map = old.as_object().unwrap_or(&empty);
+    for key in union_keys(new_map, old_map) {
+        if key == "apiVersion" || key == "kind" {
+            continue;
+        }
+        let child_schema = schema.and_then(|s| s.property(key));
+        let mut prefix = vec![format!("f:{key}")];
+        if key == "metadata" {
+            let new_meta = new_map
+                .get(key)
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            let old_meta = old_map
+                .get(key)
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            for field in union_keys(new_meta, old_meta) {
+                if SERVER_METADATA.contains(&field) {
+                    continue;
+                }
+                prefix.push(format!("f:{field}"));
+                diff(
+                    new_meta.get(field),
+                    old_meta.get(field),
+                    child_schema.and_then(|s| s.property(field)),
+                    &mut prefix,
+                    &mut out,
+                );
+                prefix.pop();
+            }
+            continue;
+        }
+        diff(
+            new_map.get(key),
+            old_map.get(key),
+            child_schema,
+            &mut prefix,
+            &mut out,
+        );
+    }
+    out
+}
+
+/// Keys of either map, each once, in order.
+fn union_keys<'a>(a: &'a Map<String, Value>, b: &'a Map<String, Value>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = a.keys().chain(b.keys()).map(String::as_str).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// How [`collect`] treats a value: a leaf, or the parent of field, set-item or map-item paths.
+#[derive(PartialEq)]
+enum Shape {
+    Leaf,
+    Fields,
+    SetItems,
+    MapItems(Vec<String>),
+}
+
+fn shape(value: &Value, schema: Option<Node<'_>>) -> Shape {
+    match value {
+        Value::Object(map) if !map.is_empty() && !atomic_map(schema) => Shape::Fields,
+        Value::Array(items) if !items.is_empty() => match list_type(schema) {
+            ListType::Atomic => Shape::Leaf,
+            ListType::Set => Shape::SetItems,
+            ListType::Map(keys) => Shape::MapItems(keys),
+        },
+        _ => Shape::Leaf,
+    }
+}
+
+fn diff(
+    new: Option<&Value>,
+    old: Option<&Value>,
+    schema: Option<Node<'_>>,
+    prefix: &mut Path,
+    out: &mut BTreeSet<Path>,
+) {
+    let (new, old) = match (new, old) {
+        (Some(new), Some(old)) if new == old => return,
+        (Some(new), Some(old)) => (new, old),
+        // present on one side only: all of its paths changed
+        (Some(one), None) | (None, Some(one)) => return collect(one, schema, prefix, out),
+        (None, None) => return,
+    };
+    let (new_shape, old_shape) = (shape(new, schema), shape(old, schema));
+    if new_shape != old_shape || new_shape == Shape::Leaf {
+        // no path resolves alike on both sides
+        collect(new, schema, prefix, out);
+        collect(old, schema, prefix, out);
+        return;
+    }
+    match new_shape {
+        Shape::Leaf => {}
+        Shape::Fields => {
+            let (Some(new_map), Some(old_map)) = (new.as_object(), old.as_object()) else {
+                return;
+            };
+            diff_fields(new_map, old_map, schema, prefix, out);
+        }
+        Shape::SetItems => {
+            let (Some(new_items), Some(old_items)) = (new.as_array(), old.as_array()) else {
+                return;
+            };
+            for (items, others) in [(new_items, old_items), (old_items, new_items)] {
+                for item in items.iter().filter(|i| !others.contains(i)) {
+                    prefix.push(format!("v:{item}"));
+                    out.insert(prefix.clone());
+                    prefix.pop();
+                }
+            }
+        }
+        Shape::MapItems(keys) => {
+            let (Some(new_items), Some(old_items)) = (new.as_array(), old.as_array()) else {
+                return;
+            };
+            let item_schema = schema.and_then(Node::items);
+            // a path names the first item with its key, on either side
+            let new_keyed = first_by_key(new_items, &keys);
+            let old_keyed = first_by_key(old_items, &keys);
+            let mut keys_seen: Vec<&Value> = Vec::new();
+            for (key, _) in new_keyed.iter().chain(old_keyed.iter()) {
+                if keys_seen.contains(&key) {
+                    continue;
+                }
+                keys_seen.push(key);
+                let (a, b) = (keyed_item(&new_keyed, key), keyed_item(&old_keyed, key));
+                if a == b {
+                    continue;
+                }
+                prefix.push(format!("k:{key}"));
+                prefix.push(".".into());
+                out.insert(prefix.clone());
+                prefix.pop();
+                let empty = Map::new();
+                let a_map = a.and_then(Value::as_object).unwrap_or(&empty);
+                let b_map = b.and_then(Value::as_object).unwrap_or(&empty);
+                diff_fields(a_map, b_map, item_schema, prefix, out);
+                prefix.pop();
+            }
+        }
+    }
+}
+
+/// Each key of a map-list once, with the first item that has it.
+fn first_by_key<'v>(items: &'v [Value], keys: &[String]) -> Vec<(Value, &'v Value)> {
+    let mut seen: Vec<(Value, &Value)> = Vec::with_capacity(items.len());
+    for item in items {
+        let key = item_key(item, keys);
+        if !seen.iter().any(|(k, _)| *k == key) {
+            seen.push((key, item));
+        }
+    }
+    seen
+}
+
+fn keyed_item<'v>(items: &[(Value, &'v Value)], key: &Value) -> Option<&'v Value> {
+    items.iter().find(|(k, _)| k == key).map(|(_, item)| *item)
+}
+
+fn diff_fields(
+    new: &Map<String, Value>,
+    old: &Map<String, Value>,
+    schema: Option<Node<'_>>,
+    prefix: &mut Path,
+    out: &mut BTreeSet<Path>,
+) {
+    for key in union_keys(new, old) {
+        prefix.push(format!("f:{key}"));
+        diff(
+            new.get(key),
+            old.get(key),
+            schema.and_then(|s| s.property(key)),
+            prefix,
+            out,
+        );
+        prefix.pop();
+    }
+}
+
+/// Whether `path` is inside, or contains, one of `paths`.
+fn related(path: &Path, paths: &BTreeSet<Path>) -> bool {
+    use std::ops::Bound;
+    paths
+        .range::<[String], _>((Bound::Included(path.as_slice()), Bound::Unbounded))
+        .next()
+        .is_some_and(|p| p.starts_with(path))
+        || (1..=path.len()).any(|n| paths.contains(&path[..n]))
+}
+
 /// Records a non-apply write: the writer takes ownership of every field it changed.
 pub fn record_update(
     object: &mut Value,
@@ -344,17 +558,9 @@ pub fn record_update(
     status: bool,
 ) {
     let mut entries = entries_of(current);
-    let new_fields = leaves(object, schema);
     let changed: BTreeSet<Path> = match current {
-        None => new_fields,
-        Some(current) => {
-            let old_fields = leaves(current, schema);
-            new_fields
-                .union(&old_fields)
-                .filter(|p| value_at(object, p) != value_at(current, p))
-                .cloned()
-                .collect()
-        }
+        None => leaves(object, schema),
+        Some(current) => changed_paths(object, current, schema),
     };
     let subresource = status.then(|| "status".to_owned());
     if !changed.is_empty() {
@@ -374,8 +580,9 @@ pub fn record_update(
                 && e.api_version == api_version
         }) {
             Some(entry) => {
-                entry.fields.extend(changed);
+                entry.fields.extend(changed.iter().cloned());
                 entry.time = now;
+                entry.stored = None;
             }
             None => entries.push(Entry {
                 manager: manager.to_owned(),
@@ -383,13 +590,16 @@ pub fn record_update(
                 api_version: api_version.to_owned(),
                 time: now,
                 subresource,
-                fields: changed,
+                fields: changed.clone(),
+                stored: None,
             }),
         }
     }
-    // fields that no longer exist belong to nobody
+    // fields that no longer exist belong to nobody; only what this write touched can have gone
     for entry in &mut entries {
-        entry.fields.retain(|p| value_at(object, p).is_some());
+        entry.fields.retain(|p| {
+            (current.is_some() && !related(p, &changed)) || value_at(object, p).is_some()
+        });
     }
     store_entries(object, &entries);
 }
@@ -471,6 +681,7 @@ pub fn record_apply(
         time: now,
         subresource: None,
         fields: applied_fields,
+        stored: None,
     });
     for entry in &mut entries {
         entry.fields.retain(|p| value_at(object, p).is_some());
@@ -506,6 +717,113 @@ mod tests {
 
     fn deployment() -> Option<Node<'static>> {
         Node::builtin("io.k8s.api.apps.v1.Deployment")
+    }
+
+    /// The definition [`changed_paths`] computes faster.
+    fn changed_by_definition(new: &Value, old: &Value, schema: Option<Node<'_>>) -> BTreeSet<Path> {
+        leaves(new, schema)
+            .union(&leaves(old, schema))
+            .filter(|p| value_at(new, p) != value_at(old, p))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn changed_paths_match_their_definition() {
+        let pod = Node::builtin("io.k8s.api.core.v1.Pod");
+        assert!(pod.is_some());
+        let base = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u", "labels": {"app": "a"}, "finalizers": ["x"],
+                         "annotations": {}},
+            "spec": {"nodeName": "n1", "containers": [
+                {"name": "c", "image": "i:1", "args": ["a", "b"],
+                 "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
+                 "resources": {"requests": {"cpu": "1"}}},
+                {"name": "d", "image": "j"}]},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "True"}]}
+        });
+        let variants = [
+            json!({"status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "t"}],
+                "containerStatuses": [{"name": "c", "ready": true, "state": {"running": {"startedAt": "t"}}}]}}),
+            json!({"metadata": {"labels": {"app": "b", "tier": "web"}, "finalizers": ["x", "y"]}}),
+            json!({"metadata": {"labels": {}, "finalizers": [], "annotations": {"k": "v"}}}),
+            json!({"spec": {"containers": [
+                {"name": "d", "image": "j"},
+                {"name": "c", "image": "i:2", "args": ["a"],
+                 "ports": [{"containerPort": 80, "protocol": "TCP"}, {"containerPort": 8080}],
+                 "resources": {}}]}}),
+            json!({"spec": {"containers": [{"name": "c", "image": "i:1"}, {"name": "c", "image": "dup"}]}}),
+            json!({"spec": "not an object", "status": null}),
+            json!({"metadata": "odd"}),
+        ];
+        for variant in &variants {
+            let mut changed = base.clone();
+            crate::patch::apply::merge(&mut changed, variant, pod);
+            if variant.get("spec").is_some_and(Value::is_string)
+                || variant.get("metadata").is_some_and(Value::is_string)
+            {
+                changed = base.clone();
+                for (k, v) in variant.as_object().unwrap() {
+                    changed[k] = v.clone();
+                }
+            }
+            assert!(
+                !changed_by_definition(&changed, &base, pod).is_empty(),
+                "{variant}"
+            );
+            for (new, old) in [(&changed, &base), (&base, &changed)] {
+                assert_eq!(
+                    changed_paths(new, old, pod),
+                    changed_by_definition(new, old, pod),
+                    "{variant}"
+                );
+            }
+        }
+        assert!(changed_paths(&base, &base, pod).is_empty());
+    }
+
+    #[test]
+    fn ownership_moves_with_changes_and_untouched_entries_stay_as_they_were() {
+        let owned = |object: &Value, manager: &str| -> BTreeSet<Path> {
+            entries_of(Some(object))
+                .into_iter()
+                .find(|e| e.manager == manager)
+                .map(|e| e.fields)
+                .unwrap_or_default()
+        };
+        let path = |tokens: &[&str]| -> Path { tokens.iter().map(|t| (*t).to_owned()).collect() };
+        let entry = |object: &Value, manager: &str| {
+            object["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["manager"] == manager)
+                .cloned()
+        };
+        let mut v1 = json!({"metadata": {"labels": {"x": "1"}}, "spec": {"replicas": 1}});
+        record_update(&mut v1, None, "a", "apps/v1", deployment(), false);
+        let mut v2 = v1.clone();
+        v2["spec"]["replicas"] = json!(2);
+        record_update(&mut v2, Some(&v1), "b", "apps/v1", deployment(), false);
+        assert!(!owned(&v2, "a").contains(&path(&["f:spec", "f:replicas"])));
+        assert!(owned(&v2, "a").contains(&path(&["f:metadata", "f:labels", "f:x"])));
+        assert_eq!(
+            owned(&v2, "b"),
+            BTreeSet::from([path(&["f:spec", "f:replicas"])])
+        );
+        // within the same second: one label added, one removed
+        let mut v3 = v2.clone();
+        v3["metadata"]["labels"] = json!({"y": "2"});
+        record_update(&mut v3, Some(&v2), "a", "apps/v1", deployment(), false);
+        assert_eq!(
+            owned(&v3, "a"),
+            BTreeSet::from([path(&["f:metadata", "f:labels", "f:y"])])
+        );
+        assert_eq!(entry(&v3, "b"), entry(&v2, "b"), "untouched");
     }
 
     #[test]

@@ -12,36 +12,25 @@ fn at(object: &Value, pointer: &str) -> String {
     }
 }
 
-/// The value of a selectable field, or `None` when the kind does not support it.
+/// Where a selectable field lives in the object (a JSON pointer), or `None` when the kind does
+/// not support it.
 #[must_use]
-pub fn field_value(group: &str, kind: &str, object: &Value, field: &str) -> Option<String> {
+pub fn field_pointer(group: &str, kind: &str, field: &str) -> Option<&'static str> {
     match field {
-        "metadata.name" => return Some(at(object, "/metadata/name")),
-        "metadata.namespace" => return Some(at(object, "/metadata/namespace")),
+        "metadata.name" => return Some("/metadata/name"),
+        "metadata.namespace" => return Some("/metadata/namespace"),
         _ => {}
     }
-    let pointer = match (group, kind, field) {
+    Some(match (group, kind, field) {
         ("", "Pod", "spec.nodeName") => "/spec/nodeName",
         ("", "Pod", "spec.restartPolicy") => "/spec/restartPolicy",
         ("", "Pod", "spec.schedulerName") => "/spec/schedulerName",
         ("", "Pod", "spec.serviceAccountName") => "/spec/serviceAccountName",
-        ("", "Pod", "spec.hostNetwork") => {
-            let host = object
-                .pointer("/spec/hostNetwork")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            return Some(host.to_string());
-        }
+        ("", "Pod", "spec.hostNetwork") => "/spec/hostNetwork",
         ("", "Pod", "status.phase") => "/status/phase",
         ("", "Pod", "status.podIP") => "/status/podIP",
         ("", "Pod", "status.nominatedNodeName") => "/status/nominatedNodeName",
-        ("", "Node", "spec.unschedulable") => {
-            let unschedulable = object
-                .pointer("/spec/unschedulable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            return Some(unschedulable.to_string());
-        }
+        ("", "Node", "spec.unschedulable") => "/spec/unschedulable",
         ("", "Event", "involvedObject.kind") => "/involvedObject/kind",
         ("", "Event", "involvedObject.namespace") => "/involvedObject/namespace",
         ("", "Event", "involvedObject.name") => "/involvedObject/name",
@@ -65,7 +54,21 @@ pub fn field_value(group: &str, kind: &str, object: &Value, field: &str) -> Opti
         ("batch", "Job", "status.successful") => "/status/succeeded",
         ("", "PersistentVolumeClaim", "spec.volumeName") => "/spec/volumeName",
         _ => return None,
-    };
+    })
+}
+
+/// The value of a selectable field, or `None` when the kind does not support it.
+#[must_use]
+pub fn field_value(group: &str, kind: &str, object: &Value, field: &str) -> Option<String> {
+    let pointer = field_pointer(group, kind, field)?;
+    // booleans Kubernetes defaults to false read as "false" when absent
+    if matches!(pointer, "/spec/hostNetwork" | "/spec/unschedulable") {
+        let set = object
+            .pointer(pointer)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        return Some(set.to_string());
+    }
     Some(at(object, pointer))
 }
 

@@ -125,14 +125,30 @@ impl Req {
     /// Whether the client accepts a `Table` rendering.
     #[must_use]
     pub fn wants_table(&self) -> bool {
+        self.accepts_meta_kind("Table")
+    }
+
+    /// Whether the client asked for metadata only (`as=PartialObjectMetadata`, or
+    /// `PartialObjectMetadataList` for lists), as metadata informers do; a Table, when also
+    /// accepted, comes first.
+    #[must_use]
+    pub fn wants_metadata(&self) -> bool {
+        !self.wants_table()
+            && (self.accepts_meta_kind("PartialObjectMetadata")
+                || self.accepts_meta_kind("PartialObjectMetadataList"))
+    }
+
+    /// Whether an `Accept` media type asks for `as=<kind>;g=meta.k8s.io`.
+    fn accepts_meta_kind(&self, kind: &str) -> bool {
         self.headers
             .get_all(http::header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|part| {
-                let part = part.replace(' ', "");
-                part.contains("as=Table") && part.contains("g=meta.k8s.io")
+                let parameters: Vec<&str> = part.split(';').skip(1).map(str::trim).collect();
+                parameters.contains(&format!("as={kind}").as_str())
+                    && parameters.contains(&"g=meta.k8s.io")
             })
     }
 }

@@ -142,6 +142,56 @@ impl Objects {
         ))
     }
 
+    /// An object's metadata as a `meta.k8s.io/v1` `PartialObjectMetadata` (what a client asking
+    /// for `as=PartialObjectMetadata` receives): only the stored metadata is scanned, nothing
+    /// else of the object is parsed.
+    ///
+    /// # Errors
+    /// When the stored bytes do not decode (500).
+    pub fn metadata_bytes(
+        rt: &ResourceType,
+        prefix: &str,
+        stored: &[u8],
+        revision: Revision,
+    ) -> ApiResult<Bytes> {
+        const HEAD: &[u8] = br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":""#;
+        // the stored layout puts metadata (without resourceVersion) right after the prefix
+        let metadata = match stored.strip_prefix(&prefix.as_bytes()[..prefix.len() - 1]) {
+            Some(rest) => {
+                let mut reader = serde_json::Deserializer::from_slice(rest);
+                <&serde_json::value::RawValue as serde::Deserialize>::deserialize(&mut reader)
+                    .ok()
+                    .map(|raw| raw.get().as_bytes().to_vec())
+            }
+            None => None,
+        };
+        let metadata = match metadata {
+            Some(bytes) => bytes,
+            None => {
+                let object = Self::decode_at(rt, stored, revision)?;
+                let mut metadata = object.get("metadata").cloned().unwrap_or(Value::Null);
+                if let Some(map) = metadata.as_object_mut() {
+                    map.remove("resourceVersion");
+                }
+                serde_json::to_vec(&metadata).expect("json values serialize")
+            }
+        };
+        let rest = metadata
+            .strip_prefix(b"{")
+            .map(<[u8]>::trim_ascii_start)
+            .unwrap_or(b"}");
+        let mut out = Vec::with_capacity(HEAD.len() + metadata.len() + 24);
+        out.extend_from_slice(HEAD);
+        out.extend_from_slice(revision.to_string().as_bytes());
+        out.push(b'"');
+        if rest.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        out.push(b'}');
+        Ok(Bytes::from(out))
+    }
+
     /// Keys and values of a prefix, unfiltered, for responses that need no decoding.
     ///
     /// # Errors

@@ -1,6 +1,7 @@
 //! Reads: get, list (selectors, pagination, resourceVersion semantics), watch (newline-delimited
 //! JSON events, bookmarks, 410 for compacted revisions) and their `Table` renderings.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ pub struct Filter {
     fields: FieldSelector,
     group: String,
     kind: String,
+    /// What matching reads of an object.
+    reads: Reads,
+    /// The kind is served in another form than stored, so objects are decoded whole.
+    converts: bool,
 }
 
 impl Filter {
@@ -55,12 +60,54 @@ impl Filter {
                 )));
             }
         }
+        let mut reads = Reads::default();
+        for pointer in ["/metadata/name", "/metadata/namespace", "/metadata/labels"] {
+            reads.add(pointer);
+        }
+        for requirement in &fields.0 {
+            if let Some(pointer) = fields::field_pointer(&rt.group, &rt.kind, &requirement.field) {
+                reads.add(pointer);
+            }
+        }
         Ok(Self {
             labels,
             fields,
             group: rt.group.clone(),
             kind: rt.kind.clone(),
+            reads,
+            converts: crate::convert::converts(rt),
         })
+    }
+
+    /// What of a stored object matching reads (labels, name, namespace, selected fields),
+    /// decoded alone: the rest is scanned but not built, so matching a large object is cheap.
+    ///
+    /// # Errors
+    /// When the stored bytes are not JSON (500).
+    pub fn view(&self, stored: &[u8]) -> ApiResult<Value> {
+        if self.converts {
+            let object: Value = serde_json::from_slice(stored)
+                .map_err(|e| ApiError::internal(format!("stored object does not decode: {e}")))?;
+            return Ok(crate::convert::from_storage_of(
+                &self.group,
+                &self.kind,
+                object,
+            ));
+        }
+        let mut reader = serde_json::Deserializer::from_slice(stored);
+        serde::de::DeserializeSeed::deserialize(Project(&self.reads), &mut reader)
+            .map_err(|e| ApiError::internal(format!("stored object does not decode: {e}")))
+    }
+
+    /// Whether a stored object passes.
+    ///
+    /// # Errors
+    /// When the stored bytes are not JSON (500).
+    pub fn matches_stored(&self, stored: &[u8]) -> ApiResult<bool> {
+        if self.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.matches(&self.view(stored)?))
     }
 
     /// Whether the filter selects everything.
@@ -76,6 +123,119 @@ impl Filter {
             && self
                 .fields
                 .matches(|field| fields::field_value(&self.group, &self.kind, object, field))
+    }
+}
+
+/// The parts of objects something reads: a tree of keys whose marked nodes are kept whole.
+#[derive(Default)]
+struct Reads {
+    children: BTreeMap<String, Reads>,
+    whole: bool,
+}
+
+impl Reads {
+    fn add(&mut self, pointer: &str) {
+        let mut node = self;
+        for segment in pointer.trim_start_matches('/').split('/') {
+            node = node.children.entry(segment.to_owned()).or_default();
+        }
+        node.whole = true;
+    }
+}
+
+/// Decodes only what a [`Reads`] names; everything else is skipped without being built.
+struct Project<'a>(&'a Reads);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Project<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.0.whole {
+            return <Value as serde::Deserialize>::deserialize(deserializer);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Project<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(wanted) = map.next_key_seed(Wanted(self.0))? {
+            match wanted {
+                Some((key, child)) => {
+                    out.insert(key, map.next_value_seed(Project(child))?);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// A map key, with the part of [`Reads`] below it when it is read.
+struct Wanted<'a>(&'a Reads);
+
+impl<'de, 'a> serde::de::DeserializeSeed<'de> for Wanted<'a> {
+    type Value = Option<(String, &'a Reads)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de, 'a> serde::de::Visitor<'de> for Wanted<'a> {
+    type Value = Option<(String, &'a Reads)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self
+            .0
+            .children
+            .get(key)
+            .map(|child| (key.to_owned(), child)))
     }
 }
 
@@ -110,7 +270,11 @@ pub async fn get(
         return Ok(json_response(StatusCode::OK, &table));
     }
     let prefix = Objects::stored_prefix(rt);
-    let bytes = Objects::response_bytes(rt, &prefix, &kv.value, kv.mod_revision)?;
+    let bytes = if req.wants_metadata() {
+        Objects::metadata_bytes(rt, &prefix, &kv.value, kv.mod_revision)?
+    } else {
+        Objects::response_bytes(rt, &prefix, &kv.value, kv.mod_revision)?
+    };
     Ok(raw_json(bytes))
 }
 
@@ -228,6 +392,7 @@ pub async fn list(
             }
         }
     };
+    let metadata_only = req.wants_metadata();
     if filter.is_empty() && !req.wants_table() {
         return list_unfiltered(
             server,
@@ -237,6 +402,7 @@ pub async fn list(
             revision,
             limit,
             req.query.get("continue").is_some(),
+            metadata_only,
         )
         .await;
     }
@@ -273,12 +439,12 @@ pub async fn list(
         );
         return Ok(json_response(StatusCode::OK, &table));
     }
-    // filtered: objects are parsed to match, but the response is spliced from the stored bytes
+    // filtered: only what matching reads is parsed, and the response is spliced from the
+    // stored bytes
     let page = server
         .objects
         .list_with(&prefix, start, revision, limit, |kv| {
-            let object = Objects::decode(rt, &kv)?;
-            Ok(filter.matches(&object).then_some(kv))
+            Ok(filter.matches_stored(&kv.value)?.then_some(kv))
         })
         .await
         .map_err(|e| expired_continue(e, had_continue))?;
@@ -288,6 +454,7 @@ pub async fn list(
         page.items,
         page.revision,
         page.next_key,
+        metadata_only,
     )?))
 }
 
@@ -303,6 +470,7 @@ fn expired_continue(error: ApiError, had_continue: bool) -> ApiError {
 
 /// A list with no selectors and no Table: the body is spliced from stored bytes, no object is
 /// parsed (this is what makes large lists cheap).
+#[allow(clippy::too_many_arguments)]
 async fn list_unfiltered(
     server: &Arc<ApiServer>,
     rt: &ResourceType,
@@ -311,22 +479,32 @@ async fn list_unfiltered(
     revision: Option<Revision>,
     limit: usize,
     had_continue: bool,
+    metadata_only: bool,
 ) -> ApiResult<Response> {
     let (kvs, revision, next_key) = server
         .objects
         .list_raw(prefix, start, revision, limit)
         .await
         .map_err(|e| expired_continue(e, had_continue))?;
-    Ok(raw_json(list_body(rt, prefix, kvs, revision, next_key)?))
+    Ok(raw_json(list_body(
+        rt,
+        prefix,
+        kvs,
+        revision,
+        next_key,
+        metadata_only,
+    )?))
 }
 
-/// A `<Kind>List` body spliced from stored objects.
+/// A `<Kind>List` body spliced from stored objects (a `PartialObjectMetadataList` of their
+/// metadata when `metadata_only`).
 fn list_body(
     rt: &ResourceType,
     prefix: &str,
     kvs: Vec<kelson_storage::KeyValue>,
     revision: Revision,
     next_key: Option<String>,
+    metadata_only: bool,
 ) -> ApiResult<bytes::Bytes> {
     let stored_prefix = Objects::stored_prefix(rt);
     let mut metadata = json!({"resourceVersion": revision.to_string()});
@@ -338,13 +516,16 @@ fn list_body(
     }
     let mut body =
         Vec::with_capacity(kvs.iter().map(|kv| kv.value.len() + 40).sum::<usize>() + 256);
-    body.extend_from_slice(
-        format!(
-            r#"{{"kind":"{}List","apiVersion":"{}","metadata":"#,
-            rt.kind,
-            rt.api_version()
+    let (kind, api_version) = if metadata_only {
+        (
+            "PartialObjectMetadata".to_owned(),
+            "meta.k8s.io/v1".to_owned(),
         )
-        .as_bytes(),
+    } else {
+        (rt.kind.clone(), rt.api_version())
+    };
+    body.extend_from_slice(
+        format!(r#"{{"kind":"{kind}List","apiVersion":"{api_version}","metadata":"#).as_bytes(),
     );
     serde_json::to_writer(&mut body, &metadata).expect("serializes");
     body.extend_from_slice(br#","items":["#);
@@ -352,15 +533,25 @@ fn list_body(
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(&Objects::response_bytes(
-            rt,
-            &stored_prefix,
-            &kv.value,
-            kv.mod_revision,
-        )?);
+        let item = if metadata_only {
+            Objects::metadata_bytes(rt, &stored_prefix, &kv.value, kv.mod_revision)?
+        } else {
+            Objects::response_bytes(rt, &stored_prefix, &kv.value, kv.mod_revision)?
+        };
+        body.extend_from_slice(&item);
     }
     body.extend_from_slice(b"]}");
     Ok(bytes::Bytes::from(body))
+}
+
+/// An object's `meta.k8s.io/v1` `PartialObjectMetadata`.
+#[must_use]
+pub fn partial_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// One Table row for an object.
@@ -369,13 +560,7 @@ fn table_row(rt: &ResourceType, object: &Value, include_object: &str) -> Value {
     match include_object {
         "None" => {}
         "Object" => row["object"] = with_type(rt, object.clone()),
-        _ => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            });
-        }
+        _ => row["object"] = partial_metadata(object),
     }
     row
 }
@@ -421,6 +606,8 @@ struct WatchEncoder {
     rt: Arc<ResourceType>,
     stored_prefix: String,
     table: bool,
+    /// `PartialObjectMetadata` instead of the objects.
+    metadata_only: bool,
     include_object: String,
     columns_sent: bool,
 }
@@ -435,7 +622,11 @@ impl WatchEncoder {
             Event::Deleted { prev, revision } => ("DELETED", &prev.value, *revision),
         };
         let event_type = event_type.unwrap_or(stored_type);
-        let object = Objects::response_bytes(&self.rt, &self.stored_prefix, value, revision)?;
+        let object = if self.metadata_only {
+            Objects::metadata_bytes(&self.rt, &self.stored_prefix, value, revision)?
+        } else {
+            Objects::response_bytes(&self.rt, &self.stored_prefix, value, revision)?
+        };
         let mut line = Vec::with_capacity(object.len() + 32);
         line.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
         line.extend_from_slice(&object);
@@ -458,6 +649,8 @@ impl WatchEncoder {
                 &self.include_object,
                 with_columns,
             )
+        } else if self.metadata_only {
+            partial_metadata(&object)
         } else {
             with_type(&self.rt, object)
         };
@@ -513,6 +706,7 @@ pub async fn watch(
         rt: rt.clone(),
         stored_prefix: Objects::stored_prefix(rt),
         table: req.wants_table(),
+        metadata_only: req.wants_metadata(),
         include_object: req
             .query
             .get("includeObject")
@@ -644,9 +838,9 @@ async fn follow(
             }
             Some(Ok(WatchMessage::Event(event))) => {
                 last_sent = event.revision();
-                match translate(&encoder.rt, &event, &filter) {
+                match translate(&event, &filter) {
                     // the object sent is the stored one: splice its bytes rather than encode
-                    Ok(Some((event_type, _))) if !encoder.table => {
+                    Ok(Some(event_type)) if !encoder.table => {
                         match encoder.splice(&event, Some(event_type)) {
                             Ok(line) => Some(line),
                             Err(error) => {
@@ -655,7 +849,13 @@ async fn follow(
                             }
                         }
                     }
-                    Ok(Some((event_type, object))) => Some(encoder.line(event_type, object)),
+                    Ok(Some(event_type)) => match event_object(&encoder.rt, &event) {
+                        Ok(object) => Some(encoder.line(event_type, object)),
+                        Err(error) => {
+                            tracing::warn!(error = %error.message, "undecodable object in watch");
+                            None
+                        }
+                    },
                     Ok(None) => None,
                     Err(error) => {
                         tracing::warn!(error = %error.message, "undecodable object in watch");
@@ -672,41 +872,78 @@ async fn follow(
     }
 }
 
-/// Maps a storage event to a watch event for a filtered watcher: objects entering the
+/// Maps a storage event to a watch event type for a filtered watcher: objects entering the
 /// selection are ADDED, objects leaving it are DELETED.
-fn translate(
-    rt: &ResourceType,
-    event: &Event,
-    filter: &Filter,
-) -> ApiResult<Option<(&'static str, Value)>> {
+fn translate(event: &Event, filter: &Filter) -> ApiResult<Option<&'static str>> {
     Ok(match event {
-        Event::Created(kv) => {
-            let object = Objects::decode(rt, kv)?;
-            filter.matches(&object).then_some(("ADDED", object))
-        }
+        Event::Created(kv) => filter.matches_stored(&kv.value)?.then_some("ADDED"),
         Event::Updated { kv, prev } => {
-            let object = Objects::decode(rt, kv)?;
             if filter.is_empty() {
-                return Ok(Some(("MODIFIED", object)));
+                return Ok(Some("MODIFIED"));
             }
-            let old = Objects::decode(rt, prev)?;
-            match (filter.matches(&old), filter.matches(&object)) {
-                (true, true) => Some(("MODIFIED", object)),
-                (false, true) => Some(("ADDED", object)),
-                (true, false) => Some(("DELETED", object)),
+            match (
+                filter.matches_stored(&prev.value)?,
+                filter.matches_stored(&kv.value)?,
+            ) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
                 (false, false) => None,
             }
         }
-        Event::Deleted { prev, revision } => {
-            let object = Objects::decode_at(rt, &prev.value, *revision)?;
-            filter.matches(&object).then_some(("DELETED", object))
-        }
+        Event::Deleted { prev, .. } => filter.matches_stored(&prev.value)?.then_some("DELETED"),
     })
+}
+
+/// The object an event carries, decoded.
+fn event_object(rt: &ResourceType, event: &Event) -> ApiResult<Value> {
+    match event {
+        Event::Created(kv) | Event::Updated { kv, .. } => Objects::decode(rt, kv),
+        Event::Deleted { prev, revision } => Objects::decode_at(rt, &prev.value, *revision),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_read_only_what_they_select_on() {
+        let registry = crate::registry::Registry::with_builtins();
+        let pods = registry.lookup("", "v1", "pods").unwrap();
+        let query = Query::parse(Some(
+            "labelSelector=app%3Dweb&fieldSelector=spec.nodeName%3Dn1,status.phase!%3DFailed",
+        ));
+        let filter = Filter::from_query(&pods, &query).unwrap();
+        let stored = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"},
+                         "managedFields": [{"manager": "m"}], "annotations": {"a": "b"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready"}]}});
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        assert_eq!(
+            filter.view(&bytes).unwrap(),
+            json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}},
+                   "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}})
+        );
+        assert!(filter.matches_stored(&bytes).unwrap());
+        for (pointer, value) in [
+            ("/metadata/labels/app", json!("db")),
+            ("/spec/nodeName", json!("n2")),
+            ("/status/phase", json!("Failed")),
+        ] {
+            let mut other = stored.clone();
+            *other.pointer_mut(pointer).unwrap() = value;
+            let bytes = serde_json::to_vec(&other).unwrap();
+            assert_eq!(
+                filter.matches_stored(&bytes).unwrap(),
+                filter.matches(&other),
+                "{pointer}"
+            );
+            assert!(!filter.matches_stored(&bytes).unwrap(), "{pointer}");
+        }
+        assert_eq!(filter.matches_stored(b"{not json").unwrap_err().code, 500);
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_junk() {

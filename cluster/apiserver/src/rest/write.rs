@@ -46,6 +46,8 @@ struct WriteOptions {
     pinned: bool,
     /// Who writes (RBAC objects grant only what their writer holds).
     user: crate::auth::User,
+    /// The client asked for the answer as `PartialObjectMetadata`.
+    metadata_only: bool,
 }
 
 impl WriteOptions {
@@ -58,7 +60,17 @@ impl WriteOptions {
             apply: false,
             pinned: false,
             user: req.user.clone(),
+            metadata_only: req.wants_metadata(),
         })
+    }
+
+    /// The object as the client asked to receive it.
+    fn shape(&self, rt: &ResourceType, object: Value) -> Value {
+        if self.metadata_only {
+            crate::rest::read::partial_metadata(&object)
+        } else {
+            with_type(rt, object)
+        }
     }
 }
 
@@ -230,7 +242,7 @@ pub async fn create(
     let created = create_object(server, rt, namespace, object, &options, &mut warnings).await?;
     Ok(respond(
         StatusCode::CREATED,
-        &with_type(rt, created),
+        &options.shape(rt, created),
         &warnings,
     ))
 }
@@ -407,7 +419,7 @@ pub async fn update(
     } else {
         StatusCode::OK
     };
-    Ok(respond(status, &with_type(rt, updated), &warnings))
+    Ok(respond(status, &options.shape(rt, updated), &warnings))
 }
 
 /// A `resourceVersion` in the body must match the stored object's.
@@ -643,15 +655,30 @@ fn admit_update(
 
 /// Equal apart from bookkeeping that alone is not a change.
 fn same_object(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(metadata) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            metadata.remove("managedFields");
-            metadata.remove("resourceVersion");
-        }
-        v
+    /// Equal maps apart from the `ignored` keys.
+    fn same_except(
+        a: &serde_json::Map<String, Value>,
+        b: &serde_json::Map<String, Value>,
+        ignored: &[&str],
+    ) -> bool {
+        let counted = |m: &serde_json::Map<String, Value>| {
+            m.keys().filter(|k| !ignored.contains(&k.as_str())).count()
+        };
+        counted(a) == counted(b)
+            && a.iter()
+                .filter(|(k, _)| !ignored.contains(&k.as_str()))
+                .all(|(k, v)| b.get(k) == Some(v))
+    }
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
     };
-    strip(a) == strip(b)
+    same_except(a, b, &["metadata"])
+        && match (a.get("metadata"), b.get("metadata")) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                same_except(x, y, &["managedFields", "resourceVersion"])
+            }
+            (x, y) => x == y,
+        }
 }
 
 /// Patches an object (or its status or scale).
@@ -780,7 +807,7 @@ pub async fn patch(
     } else {
         StatusCode::OK
     };
-    Ok(respond(status, &with_type(rt, result), &warnings))
+    Ok(respond(status, &options.shape(rt, result), &warnings))
 }
 
 fn set_replicas(rt: &ResourceType, object: &mut Value, replicas: i64) {
