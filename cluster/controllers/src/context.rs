@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Recorder, Reporter};
+use kelson_common::events::{Recorder, Reporter};
 use parking_lot::Mutex;
 
 /// Errors of a reconcile.

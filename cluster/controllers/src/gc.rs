@@ -4,23 +4,24 @@
 //! from the dependents of owners deleted with `Orphan` (finalizer `orphan`).
 //!
 //! It watches every resource type discovery lists (custom resources included, rediscovered
-//! every 30 s); an owner of a kind it does not track is never assumed gone. The decision is [`plan`], a pure function over the
-//! caches; the loop re-plans whenever a cache changes and applies the plan idempotently.
+//! every 30 s), reading metadata only; an owner of a kind it does not track is never assumed
+//! gone. The decision is [`Graph::take_plan`], a pure function over the cached graph that looks
+//! at the objects whose decision may have changed (and at everything every 30 s); the loop
+//! re-plans whenever a watch reports a change and applies the plan idempotently.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy,
 };
+use kube::core::PartialObjectMeta;
 use kube::discovery::{Discovery, verbs};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -59,25 +60,122 @@ pub enum Step {
     Release { node: Node, finalizer: &'static str },
 }
 
-/// The pure decision over every cached object. `tracked_kinds` are the kinds whose caches are
-/// complete, so that a missing owner of such a kind is really gone.
-#[must_use]
-pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
-    let by_uid: HashMap<&str, &Node> = nodes.iter().map(|n| (n.uid.as_str(), n)).collect();
-    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
-    for node in nodes {
+/// The collector's view of the cluster: every tracked object by uid, the dependents of each
+/// owner uid, and the objects whose decision may have changed since the last pass (an object
+/// changed, one of its owners or dependents came or went), so that a pass looks only at those.
+#[derive(Default)]
+pub struct Graph {
+    nodes: HashMap<String, Node>,
+    dependents: HashMap<String, HashSet<String>>,
+    dirty: HashSet<String>,
+}
+
+impl Graph {
+    /// Adds or replaces an object; an identical one changes nothing.
+    pub fn insert(&mut self, node: Node) {
+        let uid = node.uid.clone();
+        if self.nodes.get(&uid) == Some(&node) {
+            return;
+        }
+        match self.nodes.remove(&uid) {
+            Some(old) => self.unlink(&old),
+            // dependents seen before their owner no longer miss it
+            None => self.mark_dependents(&uid),
+        }
         for (owner, _, _) in &node.owners {
-            dependents.entry(owner.as_str()).or_default().push(node);
+            self.dependents
+                .entry(owner.clone())
+                .or_default()
+                .insert(uid.clone());
+            self.dirty.insert(owner.clone());
+        }
+        self.dirty.insert(uid.clone());
+        self.nodes.insert(uid, node);
+    }
+
+    /// Removes an object: its owners and dependents are looked at again.
+    pub fn remove(&mut self, uid: &str) {
+        if let Some(old) = self.nodes.remove(uid) {
+            self.unlink(&old);
+            self.mark_dependents(uid);
         }
     }
-    let mut steps = Vec::new();
-    for node in nodes {
+
+    /// Replaces every object of one kind (after a full list of it).
+    pub fn replace_kind(&mut self, kind: usize, nodes: Vec<Node>) {
+        let listed: HashSet<&str> = nodes.iter().map(|n| n.uid.as_str()).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.kind == kind && !listed.contains(n.uid.as_str()))
+            .map(|n| n.uid.clone())
+            .collect();
+        for uid in gone {
+            self.remove(&uid);
+        }
+        for node in nodes {
+            self.insert(node);
+        }
+    }
+
+    /// Looks at everything again at the next pass.
+    pub fn mark_all(&mut self) {
+        self.dirty.extend(self.nodes.keys().cloned());
+    }
+
+    /// Looks at one object again at the next pass.
+    pub fn mark(&mut self, uid: &str) {
+        self.dirty.insert(uid.to_owned());
+    }
+
+    fn unlink(&mut self, old: &Node) {
+        for (owner, _, _) in &old.owners {
+            if let Some(set) = self.dependents.get_mut(owner) {
+                set.remove(&old.uid);
+                if set.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+            self.dirty.insert(owner.clone());
+        }
+    }
+
+    fn mark_dependents(&mut self, uid: &str) {
+        if let Some(children) = self.dependents.get(uid) {
+            self.dirty.extend(children.iter().cloned());
+        }
+    }
+
+    /// The steps for every object looked at since the last pass; `tracked_kinds` are the kinds
+    /// whose caches are complete, so that a missing owner of such a kind is really gone.
+    pub fn take_plan(&mut self, tracked_kinds: &HashSet<String>) -> Vec<Step> {
+        let mut dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+        dirty.sort_unstable();
+        let mut steps = Vec::new();
+        for uid in dirty {
+            if let Some(node) = self.nodes.get(&uid) {
+                self.plan_node(node, tracked_kinds, &mut steps);
+            }
+        }
+        steps
+    }
+
+    fn children(&self, uid: &str) -> Vec<&Node> {
+        let mut children: Vec<&Node> = self
+            .dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| self.nodes.get(c))
+            .collect();
+        children.sort_unstable_by(|a, b| a.uid.cmp(&b.uid));
+        children
+    }
+
+    fn plan_node(&self, node: &Node, tracked_kinds: &HashSet<String>, steps: &mut Vec<Step>) {
         // owners deleted with Orphan: release their dependents, then the owner
         if node.deleting && node.finalizers.iter().any(|f| f == ORPHAN) {
-            let children = dependents
-                .get(node.uid.as_str())
-                .cloned()
-                .unwrap_or_default();
+            let children = self.children(&node.uid);
             if children.is_empty() {
                 steps.push(Step::Release {
                     node: node.clone(),
@@ -90,14 +188,11 @@ pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
                     owner_uid: node.uid.clone(),
                 });
             }
-            continue;
+            return;
         }
         // owners deleted with Foreground: dependents go first
         if node.deleting && node.finalizers.iter().any(|f| f == FOREGROUND) {
-            let children = dependents
-                .get(node.uid.as_str())
-                .cloned()
-                .unwrap_or_default();
+            let children = self.children(&node.uid);
             let blocking = children
                 .iter()
                 .filter(|c| {
@@ -118,14 +213,14 @@ pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
                     finalizer: FOREGROUND,
                 });
             }
-            continue;
+            return;
         }
         // dependents whose every owner is gone
         if node.owners.is_empty() || node.deleting {
-            continue;
+            return;
         }
         let all_gone = node.owners.iter().all(|(uid, kind, _)| {
-            tracked_kinds.contains(kind) && !by_uid.contains_key(uid.as_str())
+            tracked_kinds.contains(kind) && !self.nodes.contains_key(uid.as_str())
         });
         if all_gone {
             steps.push(Step::Delete {
@@ -134,7 +229,16 @@ pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
             });
         }
     }
-    steps
+}
+
+/// The pure decision over a set of cached objects (all of them looked at).
+#[must_use]
+pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
+    let mut graph = Graph::default();
+    for node in nodes {
+        graph.insert(node.clone());
+    }
+    graph.take_plan(tracked_kinds)
 }
 
 /// Every resource type the API serves that can be listed, watched and deleted.
@@ -155,7 +259,7 @@ async fn discover(client: &kube::Client) -> kube::Result<Vec<ApiResource>> {
     Ok(resources)
 }
 
-fn node_of(kind: usize, object: &DynamicObject) -> Node {
+fn node_of(kind: usize, object: &PartialObjectMeta<DynamicObject>) -> Node {
     Node {
         kind,
         namespace: object.namespace().unwrap_or_default(),
@@ -177,40 +281,74 @@ fn node_of(kind: usize, object: &DynamicObject) -> Node {
     }
 }
 
-/// The caches of every tracked kind, growing as new kinds (custom resources) appear.
-struct Graph {
-    kinds: Vec<ApiResource>,
-    stores: Vec<Store<DynamicObject>>,
-    changed: Arc<Notify>,
+/// What a kind's watch tells the collector.
+enum Message {
+    /// A full list of the kind starts.
+    Init(usize),
+    /// An object of a full list.
+    Listed(Node),
+    /// The full list of the kind is complete.
+    ListDone(usize),
+    /// An object was added or changed.
+    Applied(Node),
+    /// An object is gone.
+    Deleted(String),
 }
 
-impl Graph {
+/// The kinds the collector watches, growing as new kinds (custom resources) appear; each one's
+/// watch reads metadata only (`PartialObjectMetadata`), as Kubernetes' collector does.
+struct Kinds {
+    resources: Vec<ApiResource>,
+    /// Whether the kind's first full list is complete.
+    ready: Vec<bool>,
+    /// Objects of full lists in progress, by kind.
+    listing: HashMap<usize, Vec<Node>>,
+    sender: mpsc::Sender<Message>,
+}
+
+impl Kinds {
     fn track(
         &mut self,
         client: &kube::Client,
         resource: ApiResource,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         if self
-            .kinds
+            .resources
             .iter()
             .any(|k| k.group == resource.group && k.plural == resource.plural)
         {
-            return;
+            return false;
         }
-        let writer = reflector::store::Writer::new(resource.clone());
-        let store = writer.as_reader();
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let changed = self.changed.clone();
+        let kind = self.resources.len();
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
+        let sender = self.sender.clone();
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
-            .reflect(writer)
             .for_each(move |event| {
-                if let Err(error) = event {
-                    warn!(%error, "garbage collector watch failed");
+                let message = match event {
+                    Ok(watcher::Event::Init) => Some(Message::Init(kind)),
+                    Ok(watcher::Event::InitApply(object)) => {
+                        Some(Message::Listed(node_of(kind, &object)))
+                    }
+                    Ok(watcher::Event::InitDone) => Some(Message::ListDone(kind)),
+                    Ok(watcher::Event::Apply(object)) => {
+                        Some(Message::Applied(node_of(kind, &object)))
+                    }
+                    Ok(watcher::Event::Delete(object)) => {
+                        Some(Message::Deleted(object.metadata.uid.unwrap_or_default()))
+                    }
+                    Err(error) => {
+                        warn!(%error, "garbage collector watch failed");
+                        None
+                    }
+                };
+                let sender = sender.clone();
+                async move {
+                    if let Some(message) = message {
+                        let _ = sender.send(message).await;
+                    }
                 }
-                changed.notify_one();
-                futures::future::ready(())
             });
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -219,18 +357,37 @@ impl Graph {
                 () = stream => {}
             }
         });
-        self.kinds.push(resource);
-        self.stores.push(store);
+        self.resources.push(resource);
+        self.ready.push(false);
+        true
+    }
+
+    fn receive(&mut self, graph: &mut Graph, message: Message) {
+        match message {
+            Message::Init(kind) => {
+                self.listing.insert(kind, Vec::new());
+            }
+            Message::Listed(node) => self.listing.entry(node.kind).or_default().push(node),
+            Message::ListDone(kind) => {
+                graph.replace_kind(kind, self.listing.remove(&kind).unwrap_or_default());
+                self.ready[kind] = true;
+            }
+            Message::Applied(node) => graph.insert(node),
+            Message::Deleted(uid) => graph.remove(&uid),
+        }
     }
 }
 
 /// Runs the collector until `shutdown`.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let mut graph = Graph {
-        kinds: Vec::new(),
-        stores: Vec::new(),
-        changed: Arc::new(Notify::new()),
+    let (sender, mut receiver) = mpsc::channel(4096);
+    let mut kinds = Kinds {
+        resources: Vec::new(),
+        ready: Vec::new(),
+        listing: HashMap::new(),
+        sender,
     };
+    let mut graph = Graph::default();
     let mut last_discovery: Option<tokio::time::Instant> = None;
     // steps already taken, so that a lagging cache does not repeat them
     let mut done: HashSet<String> = HashSet::new();
@@ -241,50 +398,57 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             match discover(&client).await {
                 Ok(resources) => {
                     for resource in resources {
-                        graph.track(&client, resource, &shutdown);
+                        kinds.track(&client, resource, &shutdown);
                     }
                     last_discovery = Some(tokio::time::Instant::now());
+                    // level-triggered: every object is looked at again now and then, and
+                    // whenever a new kind may have made owners known
+                    graph.mark_all();
                 }
                 Err(error) => warn!(%error, "garbage collector discovery failed"),
             }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = graph.changed.notified() => {}
+            message = receiver.recv() => match message {
+                Some(message) => kinds.receive(&mut graph, message),
+                None => return,
+            },
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        // a busy cluster notifies constantly, so forget taken steps by age, not by quiet
+        // a busy cluster sends constantly, so forget taken steps by age, not by quiet
         if done_since.elapsed() > Duration::from_secs(5) {
             done.clear();
             done_since = tokio::time::Instant::now();
         }
         // let bursts of events settle into one pass
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if graph
-            .stores
-            .iter()
-            .any(|s| s.wait_until_ready().now_or_never().is_none())
-        {
+        while let Ok(message) = receiver.try_recv() {
+            kinds.receive(&mut graph, message);
+        }
+        if kinds.ready.iter().any(|ready| !ready) {
             continue;
         }
-        let tracked_kinds: HashSet<String> = graph.kinds.iter().map(|k| k.kind.clone()).collect();
-        let nodes: Vec<Node> = graph
-            .stores
-            .iter()
-            .enumerate()
-            .flat_map(|(i, store)| store.state().into_iter().map(move |o| node_of(i, &o)))
-            .collect();
-        for step in plan(&nodes, &tracked_kinds) {
+        let tracked_kinds: HashSet<String> =
+            kinds.resources.iter().map(|k| k.kind.clone()).collect();
+        for step in graph.take_plan(&tracked_kinds) {
             let key = format!("{step:?}");
             if !done.insert(key) {
                 continue;
             }
-            if let Err(error) = apply(&client, &graph.kinds, &step).await {
+            if let Err(error) = apply(&client, &kinds.resources, &step).await {
                 debug!(?step, %error, "garbage collection step failed");
                 // try again at the next pass
                 done.remove(&format!("{step:?}"));
+                graph.mark(&step_node(&step).uid);
             }
         }
+    }
+}
+
+fn step_node(step: &Step) -> &Node {
+    match step {
+        Step::Delete { node, .. } | Step::Orphan { node, .. } | Step::Release { node, .. } => node,
     }
 }
 
@@ -467,6 +631,59 @@ mod tests {
                 finalizer: ORPHAN
             }]
         );
+    }
+
+    #[test]
+    fn a_pass_looks_at_what_changed_and_its_neighbours() {
+        let mut graph = Graph::default();
+        graph.insert(node("deploy", 2, &[]));
+        graph.insert(node("rs", 1, &[("deploy", "Deployment", true)]));
+        graph.insert(node("pod", 0, &[("rs", "ReplicaSet", true)]));
+        assert!(graph.take_plan(&tracked()).is_empty());
+        graph.insert(node("pod", 0, &[("rs", "ReplicaSet", true)]));
+        assert!(
+            graph.dirty.is_empty(),
+            "an unchanged object is not looked at"
+        );
+
+        graph.remove("deploy");
+        let rs = node("rs", 1, &[("deploy", "Deployment", true)]);
+        assert_eq!(
+            graph.take_plan(&tracked()),
+            vec![Step::Delete {
+                node: rs,
+                foreground: false
+            }],
+            "a gone owner's dependents are looked at"
+        );
+
+        let mut orphaning = node("rs", 1, &[]);
+        orphaning.deleting = true;
+        orphaning.finalizers = vec![ORPHAN.into()];
+        graph.insert(orphaning.clone());
+        assert_eq!(
+            graph.take_plan(&tracked()),
+            vec![Step::Orphan {
+                node: node("pod", 0, &[("rs", "ReplicaSet", true)]),
+                owner_uid: "rs".into()
+            }]
+        );
+        graph.insert(node("pod", 0, &[]));
+        assert_eq!(
+            graph.take_plan(&tracked()),
+            vec![Step::Release {
+                node: orphaning,
+                finalizer: ORPHAN
+            }],
+            "the owner is looked at when its last dependent lets go"
+        );
+
+        graph.replace_kind(0, vec![]);
+        assert!(
+            !graph.nodes.contains_key("pod"),
+            "a new list drops the unlisted"
+        );
+        assert!(graph.nodes.contains_key("rs"), "other kinds stay");
     }
 
     #[test]

@@ -177,9 +177,14 @@ pub async fn run(
                     debug!(node = %name, %error, "failed to update node taints");
                 }
             }
-            node_taints.insert(name, taints);
+            // only NoExecute taints evict
+            if taints.iter().any(|t| t.effect == "NoExecute") {
+                node_taints.insert(name, taints);
+            }
         }
-        evict(&ctx, &pods, &node_taints, &now).await;
+        if !node_taints.is_empty() {
+            evict(&ctx, &pods, &node_taints, &now).await;
+        }
     }
 }
 

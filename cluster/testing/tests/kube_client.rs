@@ -235,17 +235,26 @@ async fn reflector_survives_restart_and_compaction() {
     task.abort();
 }
 
+/// A new ConfigMap in `default`, as the object events are about.
+async fn config_map_reference(
+    client: &kube::Client,
+    name: &str,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let created = maps
+        .create(&PostParams::default(), &config_map(name, &[]))
+        .await
+        .unwrap();
+    kube::Resource::object_ref(&created, &())
+}
+
 #[tokio::test]
 async fn events_recorded_through_events_k8s_io_are_core_events() {
     use k8s_openapi::api::core::v1::Event as CoreEvent;
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let server = TestServer::start().await;
     let client = server.client().await;
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let cm = maps
-        .create(&PostParams::default(), &config_map("noted", &[]))
-        .await
-        .unwrap();
+    let reference = config_map_reference(&client, "noted").await;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -253,7 +262,6 @@ async fn events_recorded_through_events_k8s_io_are_core_events() {
             instance: None,
         },
     );
-    let reference = kube::Resource::object_ref(&cm, &());
     recorder
         .publish(
             &Event {
@@ -277,6 +285,51 @@ async fn events_recorded_through_events_k8s_io_are_core_events() {
     assert_eq!(event.reason.as_deref(), Some("Noted"));
     assert_eq!(event.message.as_deref(), Some("seen by the test"));
     assert_eq!(event.reporting_component.as_deref(), Some("kelson-test"));
+}
+
+#[tokio::test]
+async fn our_recorder_counts_repeats_in_a_series() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kelson_common::events::{Recorder, Reporter};
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let reference = config_map_reference(&client, "repeated").await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kelson-test".into(),
+            instance: Some("here".into()),
+        },
+    );
+    for reason in ["Again", "Again", "Again", "Other"] {
+        kelson_common::events::publish(&recorder, &reference, true, reason, "n".into()).await;
+    }
+    let events: Api<K8sEvent> = Api::namespaced(client, "default");
+    // selected on a field of the served (converted) form
+    let mut listed = events
+        .list(&ListParams::default().fields("regarding.name=repeated"))
+        .await
+        .unwrap()
+        .items;
+    listed.sort_by_key(|e| e.reason.clone());
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap(),
+                e.type_.clone().unwrap(),
+                e.series.as_ref().map(|s| s.count),
+                e.reporting_instance.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("Again".into(), "Warning".into(), Some(3), "here".into()),
+            ("Other".into(), "Warning".into(), None, "here".into())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -472,5 +525,125 @@ async fn filtered_watches_see_objects_enter_and_leave() {
         seen,
         ["ADDED", "MODIFIED", "DELETED"],
         "entering, changing and leaving the selection"
+    );
+}
+
+#[tokio::test]
+async fn metadata_only_reads_watches_and_writes() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (name, team) in [("meta-a", "blue"), ("meta-b", "red"), ("meta-c", "blue")] {
+        let mut map = config_map(name, &[("payload", "not in metadata")]);
+        map.metadata.labels = Some([("team".to_string(), team.to_string())].into());
+        maps.create(&PostParams::default(), &map).await.unwrap();
+    }
+
+    let one = maps.get_metadata("meta-a").await.unwrap();
+    assert_eq!(one.metadata.labels.unwrap()["team"], "blue");
+    assert!(one.metadata.resource_version.is_some());
+    assert!(one.metadata.uid.is_some());
+
+    // every list path: unfiltered, paged, and filtered by a selector
+    let all = maps.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(all.items.len(), 3);
+    let first = maps
+        .list_metadata(&ListParams::default().limit(2))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().unwrap();
+    let rest = maps
+        .list_metadata(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items[0].metadata.name.as_deref(), Some("meta-c"));
+    let blue = maps
+        .list_metadata(&ListParams::default().labels("team=blue"))
+        .await
+        .unwrap();
+    let names: Vec<_> = blue
+        .items
+        .iter()
+        .filter_map(|m| m.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["meta-a", "meta-c"]);
+
+    // the wire form: Kubernetes' kinds, and nothing but metadata
+    for (path, kind) in [
+        (
+            "/api/v1/namespaces/default/configmaps/meta-a",
+            "PartialObjectMetadata",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps",
+            "PartialObjectMetadataList",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps?labelSelector=team%3Dred",
+            "PartialObjectMetadataList",
+        ),
+    ] {
+        let accept = if kind.ends_with("List") {
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+        } else {
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+        };
+        let request = http::Request::get(path)
+            .header(http::header::ACCEPT, accept)
+            .body(Vec::new())
+            .unwrap();
+        let text = client.request_text(request).await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["kind"], kind, "{path}");
+        assert_eq!(body["apiVersion"], "meta.k8s.io/v1", "{path}");
+        assert!(!text.contains("not in metadata"), "{path}: {text}");
+        if let Some(items) = body["items"].as_array() {
+            assert!(!items.is_empty());
+            for item in items {
+                assert_eq!(item["kind"], "PartialObjectMetadata");
+                assert!(item["metadata"]["resourceVersion"].is_string());
+            }
+        }
+    }
+
+    // a metadata watcher sees changes, with the object's new resourceVersion
+    let metadata: Api<kube::core::PartialObjectMeta<ConfigMap>> =
+        Api::namespaced(client.clone(), "default");
+    let mut events = watcher(metadata, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let mut initial = 0;
+    while initial < 3 {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        initial += 1;
+    }
+    let patched = maps
+        .patch_metadata(
+            "meta-b",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"team": "green"}}})),
+        )
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.metadata.name.as_deref(), Some("meta-b"));
+    assert_eq!(seen.metadata.labels.unwrap()["team"], "green");
+    assert_eq!(
+        seen.metadata.resource_version,
+        patched.metadata.resource_version
+    );
+    // the write answered with metadata too, and the data is untouched
+    assert_eq!(
+        maps.get("meta-b").await.unwrap().data.unwrap()["payload"],
+        "not in metadata"
     );
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kelson_common::events::Recorder;
 use kube::api::Api;
-use kube::runtime::events::Recorder;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
