@@ -58,6 +58,8 @@ struct Reference {
     namespace: Option<String>,
     name: Option<String>,
     uid: Option<String>,
+    /// A container of a pod is a reference of its own (`spec.containers{name}`).
+    field_path: Option<String>,
 }
 
 impl From<&ObjectReference> for Reference {
@@ -68,6 +70,7 @@ impl From<&ObjectReference> for Reference {
             namespace: object.namespace.clone(),
             name: object.name.clone(),
             uid: object.uid.clone(),
+            field_path: object.field_path.clone(),
         }
     }
 }

@@ -438,9 +438,14 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             }
             if let Err(error) = apply(&client, &kinds.resources, &step).await {
                 debug!(?step, %error, "garbage collection step failed");
-                // try again at the next pass
+                // try again at the next pass: the object, and its owners, whose planning
+                // gives the Orphan and foreground steps
                 done.remove(&format!("{step:?}"));
-                graph.mark(&step_node(&step).uid);
+                let node = step_node(&step);
+                graph.mark(&node.uid);
+                for (owner, _, _) in &node.owners {
+                    graph.mark(owner);
+                }
             }
         }
     }
@@ -462,8 +467,14 @@ fn api_for(client: &kube::Client, kinds: &[ApiResource], node: &Node) -> Api<Dyn
 }
 
 async fn apply(client: &kube::Client, kinds: &[ApiResource], step: &Step) -> kube::Result<()> {
-    let ignore_missing = |result: kube::Result<()>| match result {
+    // a deletion's 409 is its uid precondition (the object was replaced): nothing to do; a
+    // patch's 409 is its resourceVersion (the object changed): an error, so it is tried again
+    let ignore_replaced = |result: kube::Result<()>| match result {
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        other => other,
+    };
+    let ignore_missing = |result: kube::Result<()>| match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         other => other,
     };
     match step {
@@ -483,7 +494,7 @@ async fn apply(client: &kube::Client, kinds: &[ApiResource], step: &Step) -> kub
                 ..DeleteParams::default()
             };
             debug!(kind = %kinds[node.kind].kind, name = %node.name, "collecting garbage");
-            ignore_missing(api.delete(&node.name, &params).await.map(|_| ()))
+            ignore_replaced(api.delete(&node.name, &params).await.map(|_| ()))
         }
         Step::Orphan { node, owner_uid } => {
             let api = api_for(client, kinds, node);

@@ -304,6 +304,12 @@ async fn our_recorder_counts_repeats_in_a_series() {
     for reason in ["Again", "Again", "Again", "Other"] {
         kelson_common::events::publish(&recorder, &reference, true, reason, "n".into()).await;
     }
+    // a container is a reference of its own: its events are not another container's repeats
+    for container in ["a", "b"] {
+        let mut part = reference.clone();
+        part.field_path = Some(format!("spec.containers{{{container}}}"));
+        kelson_common::events::publish(&recorder, &part, true, "Part", "n".into()).await;
+    }
     let events: Api<K8sEvent> = Api::namespaced(client, "default");
     // selected on a field of the served (converted) form
     let mut listed = events
@@ -327,7 +333,9 @@ async fn our_recorder_counts_repeats_in_a_series() {
         summary,
         [
             ("Again".into(), "Warning".into(), Some(3), "here".into()),
-            ("Other".into(), "Warning".into(), None, "here".into())
+            ("Other".into(), "Warning".into(), None, "here".into()),
+            ("Part".into(), "Warning".into(), None, "here".into()),
+            ("Part".into(), "Warning".into(), None, "here".into())
         ]
     );
 }
