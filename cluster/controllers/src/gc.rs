@@ -312,13 +312,13 @@ impl Kinds {
         client: &kube::Client,
         resource: ApiResource,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) {
         if self
             .resources
             .iter()
             .any(|k| k.group == resource.group && k.plural == resource.plural)
         {
-            return false;
+            return;
         }
         let kind = self.resources.len();
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
@@ -359,7 +359,6 @@ impl Kinds {
         });
         self.resources.push(resource);
         self.ready.push(false);
-        true
     }
 
     fn receive(&mut self, graph: &mut Graph, message: Message) {
