@@ -147,7 +147,11 @@ where
             // after the store has the change
             .inspect(move |event| match event {
                 Ok(watcher::Event::Apply(object)) => {
-                    let _ = applied.send(Arc::new(object.clone()));
+                    // the cache's copy, just stored: no second copy of every object
+                    let cached = store
+                        .get(&ObjectRef::from_obj(object))
+                        .unwrap_or_else(|| Arc::new(object.clone()));
+                    let _ = applied.send(cached);
                 }
                 Ok(watcher::Event::Delete(object)) => {
                     let _ = deleted.send(Arc::new(object.clone()));

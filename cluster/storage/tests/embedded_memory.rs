@@ -1,5 +1,69 @@
-//! The conformance suite on the in-memory embedded backend.
+//! The conformance suite on the in-memory embedded backend, plus how writes share commits.
 
-use kelson_storage::Embedded;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kelson_storage::{Embedded, EmbeddedOptions, Storage};
 
 kelson_storage::storage_conformance_suite!(|| async { (Embedded::in_memory(), ()) });
+
+#[tokio::test]
+async fn writes_arriving_under_load_share_commits() {
+    let storage = Arc::new(
+        Embedded::open(EmbeddedOptions {
+            gather: Duration::from_millis(100),
+            ..EmbeddedOptions::default()
+        })
+        .unwrap(),
+    );
+    // two writes at once: the writer now knows writes are concurrent
+    let (a, b) = tokio::join!(
+        storage.create("/k/a", Bytes::from_static(b"1")),
+        storage.create("/k/b", Bytes::from_static(b"1")),
+    );
+    a.unwrap();
+    b.unwrap();
+    let before = storage.commits();
+    // 50 writes trickling in over about 50 ms, each alone fast enough to commit on its own
+    let writes: Vec<_> = (0..50)
+        .map(|i| {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i)).await;
+                storage
+                    .create(&format!("/k/{i:02}"), Bytes::from_static(b"2"))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap();
+    }
+    let commits = storage.commits() - before;
+    assert!(commits <= 5, "50 writes took {commits} commits");
+}
+
+#[tokio::test]
+async fn a_lone_writer_does_not_wait() {
+    let storage = Embedded::open(EmbeddedOptions {
+        gather: Duration::from_millis(100),
+        ..EmbeddedOptions::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    for i in 0..20 {
+        storage
+            .create(&format!("/k/{i:02}"), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(storage.commits(), 20, "one commit per write");
+    // waiting 100 ms before each commit would take 2 s
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -112,16 +112,6 @@ pub fn prepare_status_update(rt: &ResourceType, object: &mut Value, old: &Value)
     };
     let status = map.remove("status");
     let new_meta = map.remove("metadata").unwrap_or_else(|| json!({}));
-    let mut result = old.clone();
-    let result_map = result.as_object_mut().expect("stored objects are objects");
-    match status {
-        Some(status) => {
-            result_map.insert("status".into(), status);
-        }
-        None => {
-            result_map.remove("status");
-        }
-    }
     let mut carried = vec!["resourceVersion", "managedFields"];
     if !rt.custom {
         carried.push("annotations");
@@ -129,15 +119,36 @@ pub fn prepare_status_update(rt: &ResourceType, object: &mut Value, old: &Value)
             carried.push("labels");
         }
     }
+    // the stored object, less what the request replaces; fields the request left as they
+    // were are moved over rather than copied
+    let mut result = serde_json::Map::new();
+    for (key, value) in old.as_object().into_iter().flatten() {
+        match (key.as_str(), value) {
+            ("status", _) => {}
+            ("metadata", Value::Object(metadata)) => {
+                let kept = metadata
+                    .iter()
+                    .filter(|(field, _)| !carried.contains(&field.as_str()))
+                    .map(|(field, value)| (field.clone(), value.clone()));
+                result.insert(key.clone(), Value::Object(kept.collect()));
+            }
+            _ => {
+                let value = match map.remove(key) {
+                    Some(same) if same == *value => same,
+                    _ => value.clone(),
+                };
+                result.insert(key.clone(), value);
+            }
+        }
+    }
+    if let Some(status) = status {
+        result.insert("status".into(), status);
+    }
+    let mut result = Value::Object(result);
     let meta = meta_mut(&mut result);
     for field in carried {
-        match new_meta.get(field) {
-            Some(value) => {
-                meta.insert(field.into(), value.clone());
-            }
-            None => {
-                meta.remove(field);
-            }
+        if let Some(value) = new_meta.get(field) {
+            meta.insert(field.into(), value.clone());
         }
     }
     *object = result;

@@ -591,7 +591,8 @@ fn pod_update(object: &Value, old: &Value, causes: &mut Vec<Cause>) {
         spec
     };
     let (new_spec, old_spec) = (object.get("spec"), old.get("spec"));
-    if new_spec.map(mutable) != old_spec.map(mutable) {
+    // status writes leave the spec as it was: no copies to compare then
+    if new_spec != old_spec && new_spec.map(mutable) != old_spec.map(mutable) {
         causes.push(Cause::new("FieldValueForbidden", "spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
     }
     let old_node = old

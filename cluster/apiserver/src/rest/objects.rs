@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kelson_storage::{KeyValue, ListRequest, Revision, Storage};
+use serde::ser::SerializeMap;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
@@ -66,39 +67,48 @@ impl Objects {
     /// The stored form: `apiVersion`, `kind` and `metadata` (without `resourceVersion`) first,
     /// then the other fields, so that [`Objects::response_bytes`] can add the resourceVersion
     /// without parsing.
-    fn encode(object: &mut Value) -> Bytes {
-        let mut out = Vec::with_capacity(1024);
-        out.push(b'{');
+    fn encode(object: &Value) -> Bytes {
         let Some(map) = object.as_object() else {
             return Bytes::from(serde_json::to_vec(object).expect("json values serialize"));
         };
-        let mut first = true;
-        let mut field = |out: &mut Vec<u8>, key: &str, value: &Value| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            serde_json::to_writer(&mut *out, key).expect("strings serialize");
-            out.push(b':');
-            serde_json::to_writer(&mut *out, value).expect("json values serialize");
-        };
+        let mut ordered: Vec<(&str, &Value)> = Vec::with_capacity(map.len());
         for key in ["apiVersion", "kind"] {
             if let Some(value) = map.get(key) {
-                field(&mut out, key, value);
+                ordered.push((key, value));
             }
         }
-        if let Some(Value::Object(metadata)) = map.get("metadata") {
-            let mut metadata = metadata.clone();
-            metadata.remove("resourceVersion");
-            field(&mut out, "metadata", &Value::Object(metadata));
+        let metadata = match map.get("metadata") {
+            Some(Value::Object(metadata)) => Some(metadata),
+            _ => None,
+        };
+        let rest = map
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "apiVersion" | "kind" | "metadata"));
+        let mut out = Vec::with_capacity(1024);
+        let mut writer = serde_json::Serializer::new(&mut out);
+        let mut fields = serde::Serializer::serialize_map(&mut writer, None).expect("serializes");
+        for (key, value) in ordered {
+            SerializeMap::serialize_entry(&mut fields, key, value).expect("serializes");
         }
-        for (key, value) in map {
-            if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
-                field(&mut out, key, value);
-            }
+        if let Some(metadata) = metadata {
+            // without the resourceVersion, which the revision holds
+            let kept = WithoutResourceVersion(metadata);
+            SerializeMap::serialize_entry(&mut fields, "metadata", &kept).expect("serializes");
         }
-        out.push(b'}');
+        for (key, value) in rest {
+            SerializeMap::serialize_entry(&mut fields, key, value).expect("serializes");
+        }
+        SerializeMap::end(fields).expect("serializes");
         Bytes::from(out)
+    }
+
+    /// The stored bytes of `object` as `rt` stores it (converted where `rt` serves another form).
+    fn encode_for(rt: &ResourceType, object: &Value) -> Bytes {
+        if crate::convert::converts(rt) {
+            Self::encode(&crate::convert::to_storage(rt, object.clone()))
+        } else {
+            Self::encode(object)
+        }
     }
 
     /// The prefix every object of `rt` stored by [`Objects::encode`] starts with.
@@ -255,7 +265,7 @@ impl Objects {
     pub async fn create(&self, rt: &ResourceType, mut object: Value) -> ApiResult<Value> {
         let name = meta::name(&object).to_owned();
         let key = rt.key(meta::namespace(&object), &name);
-        let bytes = Self::encode(&mut crate::convert::to_storage(rt, object.clone()));
+        let bytes = Self::encode_for(rt, &object);
         match self.storage.create(&key, bytes).await {
             Ok(kv) => {
                 meta::set_resource_version(&mut object, kv.mod_revision);
@@ -280,7 +290,7 @@ impl Objects {
     ) -> ApiResult<Value> {
         let name = meta::name(&object).to_owned();
         let key = rt.key(meta::namespace(&object), &name);
-        let bytes = Self::encode(&mut crate::convert::to_storage(rt, object.clone()));
+        let bytes = Self::encode_for(rt, &object);
         match self.storage.update(&key, bytes, expected).await {
             Ok(kv) => {
                 meta::set_resource_version(&mut object, kv.mod_revision);
@@ -397,6 +407,15 @@ impl Objects {
     }
 }
 
+/// Metadata serialized without its `resourceVersion`.
+struct WithoutResourceVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().filter(|(key, _)| *key != "resourceVersion"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -414,11 +433,11 @@ mod tests {
     fn spliced_responses_equal_decoded_ones() {
         let rt = configmaps();
         let prefix = Objects::stored_prefix(&rt);
-        for mut object in [
+        for object in [
             json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "1"}, "metadata": {"name": "x", "namespace": "d", "resourceVersion": "3", "annotations": {"resourceVersion": "trap"}}}),
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}),
         ] {
-            let stored = Objects::encode(&mut object);
+            let stored = Objects::encode(&object);
             assert!(
                 stored.starts_with(prefix.as_bytes()),
                 "{}",

@@ -762,12 +762,14 @@ pub async fn patch(
             }
             None => Err(ApiError::not_found(rt, name)),
             Some(current) => {
+                let scale;
                 let base = if target == Target::Scale {
-                    scale_of(rt, current)
+                    scale = scale_of(rt, current);
+                    &scale
                 } else {
-                    current.clone()
+                    current
                 };
-                let mut patched = document.apply(&base, schema_root, &options.manager)?;
+                let mut patched = document.apply(base, schema_root, &options.manager)?;
                 if kind == patch::PatchKind::Apply {
                     crate::fieldset::record_apply(
                         &mut patched,

@@ -13,7 +13,7 @@ mod record;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +45,10 @@ pub struct EmbeddedOptions {
     pub cache_size_bytes: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// Under concurrent writes (the last commit held more than one), how long the writer waits
+    /// for more before committing: fewer, larger commits (each one costs a sync of the file)
+    /// for at most this much more latency. A lone writer never waits.
+    pub gather: Duration,
     /// How often watchers report progress when nothing happens.
     pub progress_interval: Duration,
 }
@@ -55,6 +59,7 @@ impl Default for EmbeddedOptions {
             path: None,
             cache_size_bytes: 64 << 20,
             max_batch: 1024,
+            gather: Duration::from_millis(1),
             progress_interval: Duration::from_secs(1),
         }
     }
@@ -84,6 +89,8 @@ struct Shared {
     /// The revision of the latest event sent on `events`.
     broadcast_revision: AtomicI64,
     progress_interval: Duration,
+    /// Write transactions committed since the store opened.
+    commits: AtomicU64,
 }
 
 enum WriteOp {
@@ -144,10 +151,12 @@ impl Embedded {
             index: RwLock::new(index),
             events,
             progress_interval: options.progress_interval,
+            commits: AtomicU64::new(0),
         });
         let (writes, queue) = mpsc::channel(options.max_batch * 4);
         let writer_shared = shared.clone();
         let max_batch = options.max_batch.max(1);
+        let gather = options.gather;
         std::thread::Builder::new()
             .name("kelson-storage-writer".into())
             .spawn(move || {
@@ -155,11 +164,19 @@ impl Embedded {
                     shared: writer_shared,
                     queue,
                     max_batch,
+                    gather,
                 }
                 .run()
             })
             .map_err(backend)?;
         Ok(Self { shared, writes })
+    }
+
+    /// How many batches of writes were committed since the store opened (each is one sync of
+    /// the file); concurrent writes share them.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// An empty in-memory store (for tests).
@@ -421,6 +438,7 @@ struct Writer {
     shared: Arc<Shared>,
     queue: mpsc::Receiver<WriteOp>,
     max_batch: usize,
+    gather: Duration,
 }
 
 /// What a batch did to one key, visible to later operations of the same batch.
@@ -451,6 +469,7 @@ enum Outcome {
 impl Writer {
     fn run(mut self) {
         let mut pending: Option<WriteOp> = None;
+        let mut concurrent = false;
         loop {
             let first = match pending.take() {
                 Some(op) => op,
@@ -463,6 +482,9 @@ impl Writer {
                 let _ = reply.send(self.compact(revision));
                 continue;
             }
+            if concurrent && !self.gather.is_zero() {
+                std::thread::sleep(self.gather);
+            }
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 match self.queue.try_recv() {
@@ -474,6 +496,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            concurrent = batch.len() > 1;
             self.commit_batch(batch);
         }
         debug!("storage writer stopped");
@@ -638,6 +661,7 @@ impl Writer {
             meta.insert(META_CURRENT, revision).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
         Ok(Applied {
             outcomes,
             versions,
