@@ -8,7 +8,7 @@ use kelson_storage::{Embedded, EmbeddedOptions, Storage};
 
 kelson_storage::storage_conformance_suite!(|| async { (Embedded::in_memory(), ()) });
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_arriving_under_load_share_commits() {
     let storage = Arc::new(
         Embedded::open(EmbeddedOptions {
@@ -25,19 +25,29 @@ async fn writes_arriving_under_load_share_commits() {
     a.unwrap();
     b.unwrap();
     let before = storage.commits();
-    // 50 writes trickling in over about 50 ms, each alone fast enough to commit on its own
-    let writes: Vec<_> = (0..50)
-        .map(|i| {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i)).await;
-                storage
-                    .create(&format!("/k/{i:02}"), Bytes::from_static(b"2"))
-                    .await
-                    .unwrap();
+    // 50 writes arriving about 60 µs apart, each alone fast enough to commit before the next
+    let runtime = tokio::runtime::Handle::current();
+    let spawner = storage.clone();
+    let writes = std::thread::spawn(move || {
+        (0..50)
+            .map(|i| {
+                let storage = spawner.clone();
+                let write = runtime.spawn(async move {
+                    storage
+                        .create(&format!("/k/{i:02}"), Bytes::from_static(b"2"))
+                        .await
+                        .unwrap();
+                });
+                let next = Instant::now() + Duration::from_micros(60);
+                while Instant::now() < next {
+                    std::hint::spin_loop();
+                }
+                write
             })
-        })
-        .collect();
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
     for write in writes {
         write.await.unwrap();
     }

@@ -45,9 +45,10 @@ pub struct EmbeddedOptions {
     pub cache_size_bytes: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
-    /// Under concurrent writes (the last commit held more than one), how long the writer waits
-    /// for more before committing: fewer, larger commits (each one costs a sync of the file)
-    /// for at most this much more latency. A lone writer never waits.
+    /// Under concurrent writes (the last commit held more than one), how long at most the
+    /// writer waits for more while they keep arriving before committing: fewer, larger
+    /// commits (each one costs a sync of the file) for a little more latency. A lone writer
+    /// never waits.
     pub gather: Duration,
     /// How often watchers report progress when nothing happens.
     pub progress_interval: Duration,
@@ -482,8 +483,8 @@ impl Writer {
                 let _ = reply.send(self.compact(revision));
                 continue;
             }
-            if concurrent && !self.gather.is_zero() {
-                std::thread::sleep(self.gather);
+            if concurrent {
+                self.gather_more();
             }
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
@@ -500,6 +501,27 @@ impl Writer {
             self.commit_batch(batch);
         }
         debug!("storage writer stopped");
+    }
+
+    /// Waits while more writes keep arriving (a quiet step of up to 100 µs ends it), for at
+    /// most `gather` in all or until a full batch waits. Clients that each wait for their
+    /// last write are all queued after a step, so they lose little; writers that do not wait
+    /// for each other are gathered into fewer commits.
+    fn gather_more(&self) {
+        if self.gather.is_zero() {
+            return;
+        }
+        let step = self.gather.min(Duration::from_micros(100));
+        let deadline = std::time::Instant::now() + self.gather;
+        let mut queued = self.queue.len();
+        while queued + 1 < self.max_batch && std::time::Instant::now() + step <= deadline {
+            std::thread::sleep(step);
+            let now = self.queue.len();
+            if now == queued {
+                break;
+            }
+            queued = now;
+        }
     }
 
     fn commit_batch(&mut self, batch: Vec<WriteOp>) {
