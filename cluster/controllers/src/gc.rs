@@ -7,7 +7,9 @@
 //! every 30 s), reading metadata only; an owner of a kind it does not track is never assumed
 //! gone. The decision is [`Graph::take_plan`], a pure function over the cached graph that looks
 //! at the objects whose decision may have changed (and at everything every 30 s); the loop
-//! re-plans whenever a watch reports a change and applies the plan idempotently.
+//! re-plans whenever a watch reports a change and applies the plan idempotently. Before it
+//! deletes a dependent whose owners look gone, it reads them from the API server: a cache can
+//! lag (an owner's watch event may come after its dependent's), a deletion cannot be undone.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -41,12 +43,27 @@ pub struct Node {
     pub name: String,
     /// Uid.
     pub uid: String,
-    /// Owner uids with their kinds and whether they block owner deletion.
-    pub owners: Vec<(String, String, bool)>,
+    /// Its owner references.
+    pub owners: Vec<Owner>,
     /// Being deleted.
     pub deleting: bool,
     /// Finalizers.
     pub finalizers: Vec<String>,
+}
+
+/// One owner reference, reduced to what the collector needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner's uid.
+    pub uid: String,
+    /// Its apiVersion and kind, to look it up.
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its name (in the dependent's namespace when the kind is namespaced).
+    pub name: String,
+    /// Whether the reference blocks the owner's foreground deletion.
+    pub blocks: bool,
 }
 
 /// An action of the collector.
@@ -82,12 +99,12 @@ impl Graph {
             // dependents seen before their owner no longer miss it
             None => self.mark_dependents(&uid),
         }
-        for (owner, _, _) in &node.owners {
+        for owner in &node.owners {
             self.dependents
-                .entry(owner.clone())
+                .entry(owner.uid.clone())
                 .or_default()
                 .insert(uid.clone());
-            self.dirty.insert(owner.clone());
+            self.dirty.insert(owner.uid.clone());
         }
         self.dirty.insert(uid.clone());
         self.nodes.insert(uid, node);
@@ -129,14 +146,14 @@ impl Graph {
     }
 
     fn unlink(&mut self, old: &Node) {
-        for (owner, _, _) in &old.owners {
-            if let Some(set) = self.dependents.get_mut(owner) {
+        for owner in &old.owners {
+            if let Some(set) = self.dependents.get_mut(&owner.uid) {
                 set.remove(&old.uid);
                 if set.is_empty() {
-                    self.dependents.remove(owner);
+                    self.dependents.remove(&owner.uid);
                 }
             }
-            self.dirty.insert(owner.clone());
+            self.dirty.insert(owner.uid.clone());
         }
     }
 
@@ -195,11 +212,7 @@ impl Graph {
             let children = self.children(&node.uid);
             let blocking = children
                 .iter()
-                .filter(|c| {
-                    c.owners
-                        .iter()
-                        .any(|(o, _, block)| *o == node.uid && *block)
-                })
+                .filter(|c| c.owners.iter().any(|o| o.uid == node.uid && o.blocks))
                 .count();
             for child in children.iter().filter(|c| !c.deleting) {
                 steps.push(Step::Delete {
@@ -219,8 +232,8 @@ impl Graph {
         if node.owners.is_empty() || node.deleting {
             return;
         }
-        let all_gone = node.owners.iter().all(|(uid, kind, _)| {
-            tracked_kinds.contains(kind) && !self.nodes.contains_key(uid.as_str())
+        let all_gone = node.owners.iter().all(|owner| {
+            tracked_kinds.contains(&owner.kind) && !self.nodes.contains_key(owner.uid.as_str())
         });
         if all_gone {
             steps.push(Step::Delete {
@@ -242,7 +255,9 @@ pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
 }
 
 /// Every resource type the API serves that can be listed, watched and deleted.
-async fn discover(client: &kube::Client) -> kube::Result<Vec<ApiResource>> {
+/// Every resource type the API serves that can be listed, watched and deleted, and whether it
+/// is namespaced.
+async fn discover(client: &kube::Client) -> kube::Result<Vec<(ApiResource, bool)>> {
     let discovery = Discovery::new(client.clone()).run().await?;
     let mut resources = Vec::new();
     for group in discovery.groups() {
@@ -252,7 +267,8 @@ async fn discover(client: &kube::Client) -> kube::Result<Vec<ApiResource>> {
                 .all(|v| capabilities.supports_operation(v));
             // events are never owners and churn a lot
             if usable && resource.plural != "events" {
-                resources.push(resource);
+                let namespaced = capabilities.scope == kube::discovery::Scope::Namespaced;
+                resources.push((resource, namespaced));
             }
         }
     }
@@ -268,12 +284,12 @@ fn node_of(kind: usize, object: &PartialObjectMeta<DynamicObject>) -> Node {
         owners: object
             .owner_references()
             .iter()
-            .map(|o| {
-                (
-                    o.uid.clone(),
-                    o.kind.clone(),
-                    o.block_owner_deletion.unwrap_or(false),
-                )
+            .map(|o| Owner {
+                uid: o.uid.clone(),
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                blocks: o.block_owner_deletion.unwrap_or(false),
             })
             .collect(),
         deleting: object.metadata.deletion_timestamp.is_some(),
@@ -299,6 +315,8 @@ enum Message {
 /// watch reads metadata only (`PartialObjectMetadata`), as Kubernetes' collector does.
 struct Kinds {
     resources: Vec<ApiResource>,
+    /// Whether each kind is namespaced.
+    namespaced: Vec<bool>,
     /// Whether the kind's first full list is complete.
     ready: Vec<bool>,
     /// Objects of full lists in progress, by kind.
@@ -310,7 +328,7 @@ impl Kinds {
     fn track(
         &mut self,
         client: &kube::Client,
-        resource: ApiResource,
+        (resource, namespaced): (ApiResource, bool),
         shutdown: &CancellationToken,
     ) {
         if self
@@ -358,6 +376,7 @@ impl Kinds {
             }
         });
         self.resources.push(resource);
+        self.namespaced.push(namespaced);
         self.ready.push(false);
     }
 
@@ -382,6 +401,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (sender, mut receiver) = mpsc::channel(4096);
     let mut kinds = Kinds {
         resources: Vec::new(),
+        namespaced: Vec::new(),
         ready: Vec::new(),
         listing: HashMap::new(),
         sender,
@@ -435,15 +455,15 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             if !done.insert(key) {
                 continue;
             }
-            if let Err(error) = apply(&client, &kinds.resources, &step).await {
+            if let Err(error) = apply(&client, &kinds, &step).await {
                 debug!(?step, %error, "garbage collection step failed");
                 // try again at the next pass: the object, and its owners, whose planning
                 // gives the Orphan and foreground steps
                 done.remove(&format!("{step:?}"));
                 let node = step_node(&step);
                 graph.mark(&node.uid);
-                for (owner, _, _) in &node.owners {
-                    graph.mark(owner);
+                for owner in &node.owners {
+                    graph.mark(&owner.uid);
                 }
             }
         }
@@ -465,7 +485,62 @@ fn api_for(client: &kube::Client, kinds: &[ApiResource], node: &Node) -> Api<Dyn
     }
 }
 
-async fn apply(client: &kube::Client, kinds: &[ApiResource], step: &Step) -> kube::Result<()> {
+/// Whether an owner of `node` still exists, asked of the API server rather than the cache (as
+/// Kubernetes' collector does before deleting a dependent): the watch may not have delivered a
+/// new owner yet, and a deletion made on a stale cache cannot be undone.
+async fn an_owner_exists(client: &kube::Client, kinds: &Kinds, node: &Node) -> kube::Result<bool> {
+    for owner in &node.owners {
+        if owner_exists(
+            client,
+            &kinds.resources,
+            &kinds.namespaced,
+            &node.namespace,
+            owner,
+        )
+        .await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `owner` (a reference of an object in `namespace`) exists: looked up among
+/// `resources` (served kinds, `namespaced` telling each one's scope) and read from the API
+/// server. An object of another uid under the owner's name replaced it, so the owner is gone.
+/// An owner whose kind is not served cannot be looked up and counts as existing.
+///
+/// # Errors
+/// When the API server does not answer the lookup.
+pub async fn owner_exists(
+    client: &kube::Client,
+    resources: &[ApiResource],
+    namespaced: &[bool],
+    namespace: &str,
+    owner: &Owner,
+) -> kube::Result<bool> {
+    let group = owner
+        .api_version
+        .rsplit_once('/')
+        .map_or("", |(group, _)| group);
+    let Some(index) = (resources.iter())
+        .position(|r| r.kind == owner.kind && r.group == group)
+        .or_else(|| resources.iter().position(|r| r.kind == owner.kind))
+    else {
+        return Ok(true);
+    };
+    let resource = &resources[index];
+    let api: Api<DynamicObject> = if namespaced.get(index).copied().unwrap_or(true) {
+        Api::namespaced_with(client.clone(), namespace, resource)
+    } else {
+        Api::all_with(client.clone(), resource)
+    };
+    let found = api.get_metadata_opt(&owner.name).await?;
+    Ok(found.is_some_and(|found| found.metadata.uid.as_deref() == Some(owner.uid.as_str())))
+}
+
+async fn apply(client: &kube::Client, kinds: &Kinds, step: &Step) -> kube::Result<()> {
+    let resources = &kinds.resources;
     // a deletion's 409 is its uid precondition (the object was replaced): nothing to do; a
     // patch's 409 is its resourceVersion (the object changed): an error, so it is tried again
     let ignore_replaced = |result: kube::Result<()>| match result {
@@ -478,7 +553,13 @@ async fn apply(client: &kube::Client, kinds: &[ApiResource], step: &Step) -> kub
     };
     match step {
         Step::Delete { node, foreground } => {
-            let api = api_for(client, kinds, node);
+            // a dependent of owners that look gone; a foreground owner's children are deleted
+            // because their owner is (it is there, being deleted)
+            if !*foreground && an_owner_exists(client, kinds, node).await? {
+                debug!(name = %node.name, "an owner the cache lacks exists: kept");
+                return Ok(());
+            }
+            let api = api_for(client, resources, node);
             let policy = if *foreground {
                 PropagationPolicy::Foreground
             } else {
@@ -492,11 +573,11 @@ async fn apply(client: &kube::Client, kinds: &[ApiResource], step: &Step) -> kub
                 }),
                 ..DeleteParams::default()
             };
-            debug!(kind = %kinds[node.kind].kind, name = %node.name, "collecting garbage");
+            debug!(kind = %resources[node.kind].kind, name = %node.name, "collecting garbage");
             ignore_replaced(api.delete(&node.name, &params).await.map(|_| ()))
         }
         Step::Orphan { node, owner_uid } => {
-            let api = api_for(client, kinds, node);
+            let api = api_for(client, resources, node);
             let object = match api.get(&node.name).await {
                 Ok(object) => object,
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
@@ -516,7 +597,7 @@ async fn apply(client: &kube::Client, kinds: &[ApiResource], step: &Step) -> kub
             )
         }
         Step::Release { node, finalizer } => {
-            let api = api_for(client, kinds, node);
+            let api = api_for(client, resources, node);
             let object = match api.get(&node.name).await {
                 Ok(object) => object,
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
@@ -549,7 +630,13 @@ mod tests {
             uid: uid.into(),
             owners: owners
                 .iter()
-                .map(|(u, k, b)| ((*u).into(), (*k).into(), *b))
+                .map(|(u, k, b)| Owner {
+                    uid: (*u).into(),
+                    api_version: "v1".into(),
+                    kind: (*k).into(),
+                    name: (*u).into(),
+                    blocks: *b,
+                })
                 .collect(),
             deleting: false,
             finalizers: vec![],

@@ -655,3 +655,64 @@ async fn metadata_only_reads_watches_and_writes() {
         "not in metadata"
     );
 }
+
+/// Before deleting a dependent whose owner its cache lacks, the garbage collector asks the API
+/// server: an owner there with the referenced uid keeps the dependent; one deleted, or replaced
+/// by an object of another uid, does not; an owner of a kind not served counts as existing;
+/// cluster-scoped owners are looked up outside the dependent's namespace.
+#[tokio::test]
+async fn the_collector_confirms_missing_owners_with_the_server() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kelson_controllers::gc::{Owner, owner_exists};
+    use kube::api::ApiResource;
+
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let resources = [
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<Namespace>(&()),
+    ];
+    let namespaced = [true, false];
+    let exists = |owner: Owner| {
+        let client = client.clone();
+        let resources = resources.clone();
+        async move {
+            owner_exists(&client, &resources, &namespaced, "default", &owner)
+                .await
+                .unwrap()
+        }
+    };
+    let owner = |uid: &str, api_version: &str, kind: &str, name: &str| Owner {
+        uid: uid.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        blocks: true,
+    };
+
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let live = maps
+        .create(&PostParams::default(), &config_map("gc-owner", &[]))
+        .await
+        .unwrap();
+    let uid = live.metadata.uid.clone().unwrap();
+    assert!(exists(owner(&uid, "v1", "ConfigMap", "gc-owner")).await);
+    assert!(
+        !exists(owner("another-uid", "v1", "ConfigMap", "gc-owner")).await,
+        "an object of another uid replaced the owner"
+    );
+    assert!(!exists(owner(&uid, "v1", "ConfigMap", "never-made")).await);
+    maps.delete("gc-owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(!exists(owner(&uid, "v1", "ConfigMap", "gc-owner")).await);
+    assert!(
+        exists(owner("u", "example.com/v1", "Widget", "w")).await,
+        "an owner of a kind not served cannot be looked up"
+    );
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let default = namespaces.get("default").await.unwrap();
+    let namespace_uid = default.metadata.uid.unwrap();
+    assert!(exists(owner(&namespace_uid, "v1", "Namespace", "default")).await);
+}
