@@ -254,7 +254,6 @@ pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
     graph.take_plan(tracked_kinds)
 }
 
-/// Every resource type the API serves that can be listed, watched and deleted.
 /// Every resource type the API serves that can be listed, watched and deleted, and whether it
 /// is namespaced.
 async fn discover(client: &kube::Client) -> kube::Result<Vec<(ApiResource, bool)>> {
@@ -411,6 +410,8 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     // steps already taken, so that a lagging cache does not repeat them
     let mut done: HashSet<String> = HashSet::new();
     let mut done_since = tokio::time::Instant::now();
+    // owner uids the API server confirmed gone (a uid never comes back)
+    let mut absent: HashSet<String> = HashSet::new();
     info!("garbage collector started");
     loop {
         if last_discovery.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
@@ -455,7 +456,12 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             if !done.insert(key) {
                 continue;
             }
-            if let Err(error) = apply(&client, &kinds, &step).await {
+            let applied = apply(&client, &kinds, &mut absent, &step).await;
+            if applied.as_ref().is_ok_and(|kept| *kept) {
+                // not taken: planned again as soon as the owner changes or goes
+                done.remove(&format!("{step:?}"));
+            }
+            if let Err(error) = applied {
                 debug!(?step, %error, "garbage collection step failed");
                 // try again at the next pass: the object, and its owners, whose planning
                 // gives the Orphan and foreground steps
@@ -488,19 +494,27 @@ fn api_for(client: &kube::Client, kinds: &[ApiResource], node: &Node) -> Api<Dyn
 /// Whether an owner of `node` still exists, asked of the API server rather than the cache (as
 /// Kubernetes' collector does before deleting a dependent): the watch may not have delivered a
 /// new owner yet, and a deletion made on a stale cache cannot be undone.
-async fn an_owner_exists(client: &kube::Client, kinds: &Kinds, node: &Node) -> kube::Result<bool> {
+///
+/// `absent` remembers the owners found gone, so that the dependents of one owner cost one
+/// lookup; it is emptied when it grows large.
+async fn an_owner_exists(
+    client: &kube::Client,
+    kinds: &Kinds,
+    absent: &mut HashSet<String>,
+    node: &Node,
+) -> kube::Result<bool> {
     for owner in &node.owners {
-        if owner_exists(
-            client,
-            &kinds.resources,
-            &kinds.namespaced,
-            &node.namespace,
-            owner,
-        )
-        .await?
-        {
+        if absent.contains(&owner.uid) {
+            continue;
+        }
+        let (resources, namespaced) = (&kinds.resources, &kinds.namespaced);
+        if owner_exists(client, resources, namespaced, &node.namespace, owner).await? {
             return Ok(true);
         }
+        if absent.len() >= 10_000 {
+            absent.clear();
+        }
+        absent.insert(owner.uid.clone());
     }
     Ok(false)
 }
@@ -508,7 +522,8 @@ async fn an_owner_exists(client: &kube::Client, kinds: &Kinds, node: &Node) -> k
 /// Whether `owner` (a reference of an object in `namespace`) exists: looked up among
 /// `resources` (served kinds, `namespaced` telling each one's scope) and read from the API
 /// server. An object of another uid under the owner's name replaced it, so the owner is gone.
-/// An owner whose kind is not served cannot be looked up and counts as existing.
+/// An owner that cannot be looked up counts as existing: its kind (group and kind) is not
+/// served, or it is a namespaced kind referenced by a cluster-scoped object.
 ///
 /// # Errors
 /// When the API server does not answer the lookup.
@@ -523,14 +538,16 @@ pub async fn owner_exists(
         .api_version
         .rsplit_once('/')
         .map_or("", |(group, _)| group);
-    let Some(index) = (resources.iter())
-        .position(|r| r.kind == owner.kind && r.group == group)
-        .or_else(|| resources.iter().position(|r| r.kind == owner.kind))
+    let Some(index) = (resources.iter()).position(|r| r.kind == owner.kind && r.group == group)
     else {
         return Ok(true);
     };
     let resource = &resources[index];
-    let api: Api<DynamicObject> = if namespaced.get(index).copied().unwrap_or(true) {
+    let is_namespaced = namespaced.get(index).copied().unwrap_or(true);
+    if is_namespaced && namespace.is_empty() {
+        return Ok(true);
+    }
+    let api: Api<DynamicObject> = if is_namespaced {
         Api::namespaced_with(client.clone(), namespace, resource)
     } else {
         Api::all_with(client.clone(), resource)
@@ -539,25 +556,31 @@ pub async fn owner_exists(
     Ok(found.is_some_and(|found| found.metadata.uid.as_deref() == Some(owner.uid.as_str())))
 }
 
-async fn apply(client: &kube::Client, kinds: &Kinds, step: &Step) -> kube::Result<()> {
+/// Takes one step; `Ok(true)` when it was not taken because an owner exists after all.
+async fn apply(
+    client: &kube::Client,
+    kinds: &Kinds,
+    absent: &mut HashSet<String>,
+    step: &Step,
+) -> kube::Result<bool> {
     let resources = &kinds.resources;
     // a deletion's 409 is its uid precondition (the object was replaced): nothing to do; a
     // patch's 409 is its resourceVersion (the object changed): an error, so it is tried again
     let ignore_replaced = |result: kube::Result<()>| match result {
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        other => other,
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        other => other.map(|()| false),
     };
     let ignore_missing = |result: kube::Result<()>| match result {
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        other => other,
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        other => other.map(|()| false),
     };
     match step {
         Step::Delete { node, foreground } => {
             // a dependent of owners that look gone; a foreground owner's children are deleted
             // because their owner is (it is there, being deleted)
-            if !*foreground && an_owner_exists(client, kinds, node).await? {
+            if !*foreground && an_owner_exists(client, kinds, absent, node).await? {
                 debug!(name = %node.name, "an owner the cache lacks exists: kept");
-                return Ok(());
+                return Ok(true);
             }
             let api = api_for(client, resources, node);
             let policy = if *foreground {
@@ -580,7 +603,7 @@ async fn apply(client: &kube::Client, kinds: &Kinds, step: &Step) -> kube::Resul
             let api = api_for(client, resources, node);
             let object = match api.get(&node.name).await {
                 Ok(object) => object,
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
                 Err(error) => return Err(error),
             };
             let remaining: Vec<_> = object
@@ -600,7 +623,7 @@ async fn apply(client: &kube::Client, kinds: &Kinds, step: &Step) -> kube::Resul
             let api = api_for(client, resources, node);
             let object = match api.get(&node.name).await {
                 Ok(object) => object,
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
                 Err(error) => return Err(error),
             };
             let remaining: Vec<&String> = object

@@ -17,15 +17,25 @@ async fn writes_arriving_under_load_share_commits() {
         })
         .unwrap(),
     );
-    // two writes at once: the writer now knows writes are concurrent
-    let (a, b) = tokio::join!(
-        storage.create("/k/a", Bytes::from_static(b"1")),
-        storage.create("/k/b", Bytes::from_static(b"1")),
-    );
-    a.unwrap();
-    b.unwrap();
+    // writes at once until two share a commit: the writer then knows writes are concurrent
+    let mut primed = false;
+    for round in 0..20 {
+        let before = storage.commits();
+        let (key_a, key_b) = (format!("/p/{round}a"), format!("/p/{round}b"));
+        let (a, b) = tokio::join!(
+            storage.create(&key_a, Bytes::from_static(b"1")),
+            storage.create(&key_b, Bytes::from_static(b"1")),
+        );
+        a.unwrap();
+        b.unwrap();
+        if storage.commits() - before == 1 {
+            primed = true;
+            break;
+        }
+    }
+    assert!(primed, "two writes at once never shared a commit");
     let before = storage.commits();
-    // 50 writes arriving about 60 µs apart, each alone fast enough to commit before the next
+    // 50 writes arriving about 80 µs apart, each alone fast enough to commit before the next
     let runtime = tokio::runtime::Handle::current();
     let spawner = storage.clone();
     let writes = std::thread::spawn(move || {
@@ -38,7 +48,7 @@ async fn writes_arriving_under_load_share_commits() {
                         .await
                         .unwrap();
                 });
-                let next = Instant::now() + Duration::from_micros(60);
+                let next = Instant::now() + Duration::from_micros(80);
                 while Instant::now() < next {
                     std::hint::spin_loop();
                 }

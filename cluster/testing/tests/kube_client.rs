@@ -658,8 +658,9 @@ async fn metadata_only_reads_watches_and_writes() {
 
 /// Before deleting a dependent whose owner its cache lacks, the garbage collector asks the API
 /// server: an owner there with the referenced uid keeps the dependent; one deleted, or replaced
-/// by an object of another uid, does not; an owner of a kind not served counts as existing;
-/// cluster-scoped owners are looked up outside the dependent's namespace.
+/// by an object of another uid, does not; an owner that cannot be looked up (a kind not served,
+/// a namespaced owner of a cluster-scoped object) counts as existing; cluster-scoped owners are
+/// looked up outside the dependent's namespace.
 #[tokio::test]
 async fn the_collector_confirms_missing_owners_with_the_server() {
     use k8s_openapi::api::core::v1::Namespace;
@@ -709,6 +710,22 @@ async fn the_collector_confirms_missing_owners_with_the_server() {
     assert!(
         exists(owner("u", "example.com/v1", "Widget", "w")).await,
         "an owner of a kind not served cannot be looked up"
+    );
+    assert!(
+        exists(owner("u", "example.com/v1", "ConfigMap", "gc-owner")).await,
+        "a kind of that name in another group is not the owner's"
+    );
+    assert!(
+        owner_exists(
+            &client,
+            &resources,
+            &namespaced,
+            "",
+            &owner("u", "v1", "ConfigMap", "gc-owner")
+        )
+        .await
+        .unwrap(),
+        "a cluster-scoped object's namespaced owner cannot be looked up"
     );
 
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -47,8 +47,9 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// Under concurrent writes (the last commit held more than one), how long at most the
     /// writer waits for more while they keep arriving before committing: fewer, larger
-    /// commits (each one costs a sync of the file) for a little more latency. A lone writer
-    /// never waits.
+    /// commits (each one costs a sync of the file) for a little more latency. A write that
+    /// comes alone after a concurrent burst waits one quiet step (100 µs); sequential writes
+    /// never wait.
     pub gather: Duration,
     /// How often watchers report progress when nothing happens.
     pub progress_interval: Duration,
@@ -511,11 +512,14 @@ impl Writer {
         if self.gather.is_zero() {
             return;
         }
-        let step = self.gather.min(Duration::from_micros(100));
         let deadline = std::time::Instant::now() + self.gather;
         let mut queued = self.queue.len();
-        while queued + 1 < self.max_batch && std::time::Instant::now() + step <= deadline {
-            std::thread::sleep(step);
+        while queued + 1 < self.max_batch {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_micros(100)));
             let now = self.queue.len();
             if now == queued {
                 break;
