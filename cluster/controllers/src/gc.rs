@@ -66,6 +66,15 @@ pub struct Owner {
     pub blocks: bool,
 }
 
+/// A kind the API serves, as the collector tracks it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// How to address it.
+    pub resource: ApiResource,
+    /// Whether its objects live in namespaces.
+    pub namespaced: bool,
+}
+
 /// An action of the collector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -256,7 +265,7 @@ pub fn plan(nodes: &[Node], tracked_kinds: &HashSet<String>) -> Vec<Step> {
 
 /// Every resource type the API serves that can be listed, watched and deleted, and whether it
 /// is namespaced.
-async fn discover(client: &kube::Client) -> kube::Result<Vec<(ApiResource, bool)>> {
+async fn discover(client: &kube::Client) -> kube::Result<Vec<Served>> {
     let discovery = Discovery::new(client.clone()).run().await?;
     let mut resources = Vec::new();
     for group in discovery.groups() {
@@ -267,7 +276,10 @@ async fn discover(client: &kube::Client) -> kube::Result<Vec<(ApiResource, bool)
             // events are never owners and churn a lot
             if usable && resource.plural != "events" {
                 let namespaced = capabilities.scope == kube::discovery::Scope::Namespaced;
-                resources.push((resource, namespaced));
+                resources.push(Served {
+                    resource,
+                    namespaced,
+                });
             }
         }
     }
@@ -313,9 +325,7 @@ enum Message {
 /// The kinds the collector watches, growing as new kinds (custom resources) appear; each one's
 /// watch reads metadata only (`PartialObjectMetadata`), as Kubernetes' collector does.
 struct Kinds {
-    resources: Vec<ApiResource>,
-    /// Whether each kind is namespaced.
-    namespaced: Vec<bool>,
+    served: Vec<Served>,
     /// Whether the kind's first full list is complete.
     ready: Vec<bool>,
     /// Objects of full lists in progress, by kind.
@@ -324,21 +334,15 @@ struct Kinds {
 }
 
 impl Kinds {
-    fn track(
-        &mut self,
-        client: &kube::Client,
-        (resource, namespaced): (ApiResource, bool),
-        shutdown: &CancellationToken,
-    ) {
-        if self
-            .resources
-            .iter()
-            .any(|k| k.group == resource.group && k.plural == resource.plural)
+    fn track(&mut self, client: &kube::Client, served: Served, shutdown: &CancellationToken) {
+        let resource = &served.resource;
+        if (self.served.iter())
+            .any(|k| k.resource.group == resource.group && k.resource.plural == resource.plural)
         {
             return;
         }
-        let kind = self.resources.len();
-        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
+        let kind = self.served.len();
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), resource);
         let sender = self.sender.clone();
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
@@ -374,8 +378,7 @@ impl Kinds {
                 () = stream => {}
             }
         });
-        self.resources.push(resource);
-        self.namespaced.push(namespaced);
+        self.served.push(served);
         self.ready.push(false);
     }
 
@@ -399,8 +402,7 @@ impl Kinds {
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (sender, mut receiver) = mpsc::channel(4096);
     let mut kinds = Kinds {
-        resources: Vec::new(),
-        namespaced: Vec::new(),
+        served: Vec::new(),
         ready: Vec::new(),
         listing: HashMap::new(),
         sender,
@@ -449,27 +451,32 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         if kinds.ready.iter().any(|ready| !ready) {
             continue;
         }
-        let tracked_kinds: HashSet<String> =
-            kinds.resources.iter().map(|k| k.kind.clone()).collect();
+        let tracked_kinds: HashSet<String> = kinds
+            .served
+            .iter()
+            .map(|k| k.resource.kind.clone())
+            .collect();
         for step in graph.take_plan(&tracked_kinds) {
             let key = format!("{step:?}");
-            if !done.insert(key) {
+            if !done.insert(key.clone()) {
                 continue;
             }
-            let applied = apply(&client, &kinds, &mut absent, &step).await;
-            if applied.as_ref().is_ok_and(|kept| *kept) {
+            match apply(&client, &kinds, &mut absent, &step).await {
+                Ok(false) => {}
                 // not taken: planned again as soon as the owner changes or goes
-                done.remove(&format!("{step:?}"));
-            }
-            if let Err(error) = applied {
-                debug!(?step, %error, "garbage collection step failed");
-                // try again at the next pass: the object, and its owners, whose planning
-                // gives the Orphan and foreground steps
-                done.remove(&format!("{step:?}"));
-                let node = step_node(&step);
-                graph.mark(&node.uid);
-                for owner in &node.owners {
-                    graph.mark(&owner.uid);
+                Ok(true) => {
+                    done.remove(&key);
+                }
+                Err(error) => {
+                    debug!(?step, %error, "garbage collection step failed");
+                    // try again at the next pass: the object, and its owners, whose planning
+                    // gives the Orphan and foreground steps
+                    done.remove(&key);
+                    let node = step_node(&step);
+                    graph.mark(&node.uid);
+                    for owner in &node.owners {
+                        graph.mark(&owner.uid);
+                    }
                 }
             }
         }
@@ -482,8 +489,8 @@ fn step_node(step: &Step) -> &Node {
     }
 }
 
-fn api_for(client: &kube::Client, kinds: &[ApiResource], node: &Node) -> Api<DynamicObject> {
-    let resource = &kinds[node.kind];
+fn api_for(client: &kube::Client, kinds: &[Served], node: &Node) -> Api<DynamicObject> {
+    let resource = &kinds[node.kind].resource;
     if node.namespace.is_empty() {
         Api::all_with(client.clone(), resource)
     } else {
@@ -507,8 +514,7 @@ async fn an_owner_exists(
         if absent.contains(&owner.uid) {
             continue;
         }
-        let (resources, namespaced) = (&kinds.resources, &kinds.namespaced);
-        if owner_exists(client, resources, namespaced, &node.namespace, owner).await? {
+        if owner_exists(client, &kinds.served, &node.namespace, owner).await? {
             return Ok(true);
         }
         if absent.len() >= 10_000 {
@@ -519,18 +525,17 @@ async fn an_owner_exists(
     Ok(false)
 }
 
-/// Whether `owner` (a reference of an object in `namespace`) exists: looked up among
-/// `resources` (served kinds, `namespaced` telling each one's scope) and read from the API
-/// server. An object of another uid under the owner's name replaced it, so the owner is gone.
-/// An owner that cannot be looked up counts as existing: its kind (group and kind) is not
-/// served, or it is a namespaced kind referenced by a cluster-scoped object.
+/// Whether `owner` (a reference of an object in `namespace`) exists: looked up among the
+/// `served` kinds and read from the API server. An object of another uid under the owner's
+/// name replaced it, so the owner is gone. An owner that cannot be looked up counts as
+/// existing: its kind (group and kind) is not served, or it is a namespaced kind referenced by
+/// a cluster-scoped object.
 ///
 /// # Errors
 /// When the API server does not answer the lookup.
 pub async fn owner_exists(
     client: &kube::Client,
-    resources: &[ApiResource],
-    namespaced: &[bool],
+    served: &[Served],
     namespace: &str,
     owner: &Owner,
 ) -> kube::Result<bool> {
@@ -538,19 +543,15 @@ pub async fn owner_exists(
         .api_version
         .rsplit_once('/')
         .map_or("", |(group, _)| group);
-    let Some(index) = (resources.iter()).position(|r| r.kind == owner.kind && r.group == group)
+    let Some(kind) =
+        (served.iter()).find(|k| k.resource.kind == owner.kind && k.resource.group == group)
     else {
         return Ok(true);
     };
-    let resource = &resources[index];
-    let is_namespaced = namespaced.get(index).copied().unwrap_or(true);
-    if is_namespaced && namespace.is_empty() {
-        return Ok(true);
-    }
-    let api: Api<DynamicObject> = if is_namespaced {
-        Api::namespaced_with(client.clone(), namespace, resource)
-    } else {
-        Api::all_with(client.clone(), resource)
+    let api: Api<DynamicObject> = match (kind.namespaced, namespace) {
+        (true, "") => return Ok(true),
+        (true, namespace) => Api::namespaced_with(client.clone(), namespace, &kind.resource),
+        (false, _) => Api::all_with(client.clone(), &kind.resource),
     };
     let found = api.get_metadata_opt(&owner.name).await?;
     Ok(found.is_some_and(|found| found.metadata.uid.as_deref() == Some(owner.uid.as_str())))
@@ -563,7 +564,7 @@ async fn apply(
     absent: &mut HashSet<String>,
     step: &Step,
 ) -> kube::Result<bool> {
-    let resources = &kinds.resources;
+    let resources = &kinds.served;
     // a deletion's 409 is its uid precondition (the object was replaced): nothing to do; a
     // patch's 409 is its resourceVersion (the object changed): an error, so it is tried again
     let ignore_replaced = |result: kube::Result<()>| match result {
@@ -596,7 +597,7 @@ async fn apply(
                 }),
                 ..DeleteParams::default()
             };
-            debug!(kind = %resources[node.kind].kind, name = %node.name, "collecting garbage");
+            debug!(kind = %resources[node.kind].resource.kind, name = %node.name, "collecting garbage");
             ignore_replaced(api.delete(&node.name, &params).await.map(|_| ()))
         }
         Step::Orphan { node, owner_uid } => {

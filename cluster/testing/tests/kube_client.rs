@@ -664,21 +664,26 @@ async fn metadata_only_reads_watches_and_writes() {
 #[tokio::test]
 async fn the_collector_confirms_missing_owners_with_the_server() {
     use k8s_openapi::api::core::v1::Namespace;
-    use kelson_controllers::gc::{Owner, owner_exists};
+    use kelson_controllers::gc::{Owner, Served, owner_exists};
     use kube::api::ApiResource;
 
     let server = TestServer::start().await;
     let client = server.client().await;
-    let resources = [
-        ApiResource::erase::<ConfigMap>(&()),
-        ApiResource::erase::<Namespace>(&()),
+    let served = [
+        Served {
+            resource: ApiResource::erase::<ConfigMap>(&()),
+            namespaced: true,
+        },
+        Served {
+            resource: ApiResource::erase::<Namespace>(&()),
+            namespaced: false,
+        },
     ];
-    let namespaced = [true, false];
     let exists = |owner: Owner| {
         let client = client.clone();
-        let resources = resources.clone();
+        let served = served.clone();
         async move {
-            owner_exists(&client, &resources, &namespaced, "default", &owner)
+            owner_exists(&client, &served, "default", &owner)
                 .await
                 .unwrap()
         }
@@ -718,8 +723,7 @@ async fn the_collector_confirms_missing_owners_with_the_server() {
     assert!(
         owner_exists(
             &client,
-            &resources,
-            &namespaced,
+            &served,
             "",
             &owner("u", "v1", "ConfigMap", "gc-owner")
         )

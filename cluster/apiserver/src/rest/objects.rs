@@ -175,16 +175,13 @@ impl Objects {
             }
             None => None,
         };
-        let metadata = match metadata {
-            Some(bytes) => bytes,
-            None => {
-                let object = Self::decode_at(rt, stored, revision)?;
-                let mut metadata = object.get("metadata").cloned().unwrap_or(Value::Null);
-                if let Some(map) = metadata.as_object_mut() {
-                    map.remove("resourceVersion");
-                }
-                serde_json::to_vec(&metadata).expect("json values serialize")
-            }
+        let Some(metadata) = metadata else {
+            // not in the stored layout: decoded whole
+            let object = Self::decode_at(rt, stored, revision)?;
+            let partial = crate::rest::read::partial_metadata(&object);
+            return Ok(Bytes::from(
+                serde_json::to_vec(&partial).expect("json values serialize"),
+            ));
         };
         let rest = metadata
             .strip_prefix(b"{")
@@ -449,6 +446,15 @@ mod tests {
                 crate::rest::read::with_type(&rt, Objects::decode_at(&rt, &stored, 42).unwrap());
             assert_eq!(spliced, decoded);
             assert_eq!(spliced["metadata"]["resourceVersion"], "42");
+            // metadata alone, spliced from the stored layout or decoded from any other
+            for bytes in [stored.to_vec(), serde_json::to_vec(&object).unwrap()] {
+                let partial = Objects::metadata_bytes(&rt, &prefix, &bytes, 42).unwrap();
+                let partial: Value = serde_json::from_slice(&partial).unwrap();
+                let expected = crate::rest::read::partial_metadata(
+                    &Objects::decode_at(&rt, &bytes, 42).unwrap(),
+                );
+                assert_eq!(partial, expected, "{}", String::from_utf8_lossy(&bytes));
+            }
         }
     }
 
